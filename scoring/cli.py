@@ -1,0 +1,234 @@
+"""``python -m scoring``: the steps as commands. A user's mistake ends in one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from . import media
+from .errors import UserError
+from .segments import DEFAULT_SEGMENT_FRAMES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    if result is not None:
+        print(json.dumps(result) if not isinstance(result, str) else result)
+    return 0
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_probe(args) -> str:
+    return media.probe(args.input, limits_from(args)).to_json()
+
+
+def cmd_split(args) -> dict:
+    from .split import split
+
+    plan = split(args.input, args.out, args.max_side, args.segment_frames, limits_from(args))
+    return {"segments": len(plan.segments), "frames": plan.frames, "frame_rate": plan.frame_rate,
+            "size": f"{plan.width}x{plan.height}", "audio": plan.audio is not None, "folder": str(args.out)}
+
+
+def cmd_score(args) -> dict | None:
+    from . import score
+
+    world = score.World()
+    score.exit_on_sigterm()
+    score.set_threads(world)
+    try:
+        encoding = score.Encoding(args.batch, args.crf, args.preset)
+        result = score.score(args.segments, args.out, stylizer_from(args), model_id_from(args), encoding, world)
+    except UserError as exc:
+        if world.size > 1:  # the other ranks would wait for this one forever
+            print(f"error: [rank {world.rank}] {exc}", file=sys.stderr, flush=True)
+            world.abort(exc.exit_code)
+        raise
+    return score.summarize(world, result)
+
+
+def cmd_stitch(args) -> dict:
+    from .stitch import stitch
+
+    return stitch(args.segments, args.styled, args.output)
+
+
+def cmd_stylize(args) -> dict:
+    source, output = Path(args.input), Path(args.output)
+    info = media.probe(source, limits_from(args))
+    if info.kind == "image":
+        from .images import stylize_image
+
+        return stylize_image(source, output, stylizer_from(args), args.max_side, limits_from(args))
+    from .split import split
+    from .stitch import check_output_path, stitch
+
+    check_output_path(output)
+    model_id = model_id_from(args)
+    work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"
+    plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args))
+    # keyed by split and model, so a rerun of the same command resumes and a new style starts clean
+    styled = work / ("styled-" + hashlib.sha256(f"{plan.fingerprint} {model_id}".encode()).hexdigest()[:12])
+    if args.ranks > 1:
+        from .score import run_ranks
+
+        run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], args.ranks)
+    else:
+        args.segments, args.out = work / "segments", styled
+        cmd_score(args)
+    result = stitch(work / "segments", styled, output)
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def cmd_styles(args) -> dict:
+    from .images import style_sheet
+
+    return style_sheet(args.image, Path(args.sheet), args.device, args.tile)
+
+
+def cmd_sample(args) -> dict:
+    from .samples import make_clip
+
+    width, _, height = args.size.partition("x")
+    return make_clip(args.output, args.seconds, args.fps, (int(width), int(height)), audio=not args.no_audio)
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def stylizer_from(args):
+    from .models import load_model
+    from .stylizer import Stylizer
+
+    return Stylizer(load_model(args.style, args.model), args.device, args.precision)
+
+
+def model_id_from(args) -> str:
+    from .models import model_id
+
+    return f"{model_id(args.style, args.model)}@{args.precision}"
+
+
+def model_args(args) -> list[str]:
+    """The model options again, to hand to the ranks that mpiexec starts."""
+    chosen = ["--model", str(args.model)] if args.model else ["--style", args.style]
+    return [*chosen, "--device", args.device, "--precision", args.precision, "--batch", str(args.batch),
+            "--crf", str(args.crf), "--preset", args.preset]
+
+
+def limits_from(args) -> media.Limits:
+    return media.Limits(max_pixels=args.max_pixels, max_duration=args.max_duration, max_frames=args.max_frames)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = media.Limits()
+    limits = argparse.ArgumentParser(add_help=False)
+    group = limits.add_argument_group("input limits")
+    group.add_argument("--max-pixels", type=positive_int, default=defaults.max_pixels,
+                       help="largest frame accepted, width x height (default: %(default)s, 4K UHD)")
+    group.add_argument("--max-duration", type=float, default=defaults.max_duration,
+                       help="longest video accepted, in seconds (default: %(default)s)")
+    group.add_argument("--max-frames", type=positive_int, default=defaults.max_frames,
+                       help="most frames accepted (default: %(default)s)")
+
+    model = argparse.ArgumentParser(add_help=False)
+    group = model.add_argument_group("model")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--style", default="0",
+                        help="built-in style 0-25, or a blend such as 3:0.5,12:0.5 (default: %(default)s)")
+    choice.add_argument("--model", type=Path, help="a pytorch/examples TransformerNet .pth state dict instead")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: %(default)s)")
+    group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="fp16 needs CUDA (default: %(default)s)")
+    group.add_argument("--batch", type=positive_int, default=4, help="frames per forward pass (default: %(default)s)")
+    group.add_argument("--crf", type=int, default=18, help="x264 quality of the output, lower is better "
+                       "(default: %(default)s)")
+    group.add_argument("--preset", default="fast", help="x264 speed preset of the output (default: %(default)s)")
+
+    split_opts = argparse.ArgumentParser(add_help=False)
+    group = split_opts.add_argument_group("splitting")
+    group.add_argument("--max-side", type=positive_int, help="scale down so the longer side is at most this many "
+                       "pixels (aspect kept, even sizes)")
+    group.add_argument("--segment-frames", type=positive_int, default=DEFAULT_SEGMENT_FRAMES,
+                       help="frames per segment, the unit of work and of resume (default: %(default)s)")
+
+    parser = argparse.ArgumentParser(prog="python -m scoring", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stylize", parents=[model, split_opts, limits], help="a video or image, start to end",
+                       description="Stylize a video (split, score on N ranks, stitch with the original audio) "
+                       "or a still image. Rerunning after a crash resumes from finished segments.")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path, help="video: .mp4 .m4v .mov .mkv; image: .png .jpg .webp ...")
+    p.add_argument("--ranks", type=positive_int, default=1, help="MPI ranks; above 1 runs mpiexec (default: 1)")
+    p.add_argument("--work-dir", type=Path, help="where segments go (default: .OUTPUT.work beside the output)")
+    p.add_argument("--keep-work", action="store_true", help="keep the segments after a successful run")
+    p.set_defaults(run=cmd_stylize)
+
+    p = sub.add_parser("probe", parents=[limits], help="validate an input and print its facts as JSON",
+                       description="Validate an input and print what the pipeline needs to know, as JSON.")
+    p.add_argument("input", type=Path)
+    p.set_defaults(run=cmd_probe)
+
+    p = sub.add_parser("split", parents=[split_opts, limits], help="cut a video into segments, extract its audio",
+                       description="Validate a video, write its frames as segments and its audio track into a "
+                       "folder, with a plan.json listing them. Rerunning with the same input reuses the split.")
+    p.add_argument("input", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="folder for segments, audio and plan.json")
+    p.set_defaults(run=cmd_split)
+
+    p = sub.add_parser("score", parents=[model], help="style the segments (the MPI step)",
+                       description="Style every segment of a split; run under mpiexec each rank takes a "
+                       "contiguous share. Finished segments are skipped, so a rerun resumes.")
+    p.add_argument("--segments", type=Path, required=True, help="folder written by split")
+    p.add_argument("--out", type=Path, required=True, help="folder for styled segments and their done markers")
+    p.set_defaults(run=cmd_score)
+
+    p = sub.add_parser("stitch", help="join styled segments and the audio into one video",
+                       description="Join the styled segments in order at the source frame rate, add the "
+                       "source audio, check the frame count, and publish the output atomically.")
+    p.add_argument("--segments", type=Path, required=True, help="folder written by split")
+    p.add_argument("--styled", type=Path, required=True, help="folder written by score")
+    p.add_argument("output", type=Path, help=".mp4 .m4v .mov or .mkv")
+    p.set_defaults(run=cmd_stitch)
+
+    p = sub.add_parser("styles", help="all 26 built-in styles on one labelled image",
+                       description="Render a photo in each of the 26 built-in styles, labelled, on one sheet.")
+    p.add_argument("--sheet", required=True, type=Path, help="output image, e.g. styles.png")
+    p.add_argument("--image", type=Path, help="photo to use (default: scikit-image's astronaut)")
+    p.add_argument("--tile", type=positive_int, default=192, help="longer side of each tile (default: %(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(run=cmd_styles)
+
+    p = sub.add_parser("sample", help="make a sample clip from real photos",
+                       description="Make a clip that pans across scikit-image's photos, with a tone track.")
+    p.add_argument("output", type=Path, help=".mp4 .m4v .mov or .mkv")
+    p.add_argument("--seconds", type=float, default=4.0, help="(default: %(default)s)")
+    p.add_argument("--fps", default="25", help="frame rate, may be a fraction such as 30000/1001 (default: 25)")
+    p.add_argument("--size", default="320x180", help="WIDTHxHEIGHT (default: %(default)s)")
+    p.add_argument("--no-audio", action="store_true", help="leave out the tone track")
+    p.set_defaults(run=cmd_sample)
+    return parser

