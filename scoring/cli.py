@@ -70,10 +70,12 @@ def cmd_stitch(args) -> dict:
 def cmd_stylize(args) -> dict:
     source, output = Path(args.input), Path(args.output)
     info = media.probe(source, limits_from(args))
+    stylizer = stylizer_from(args)  # a bad style or model fails here, before any work
     if info.kind == "image":
         from .images import stylize_image
 
-        return stylize_image(source, output, stylizer_from(args), args.max_side, limits_from(args))
+        return stylize_image(source, output, stylizer, args.max_side, limits_from(args))
+    from .score import Encoding, run_ranks, score
     from .split import split
     from .stitch import check_output_path, stitch
 
@@ -84,12 +86,9 @@ def cmd_stylize(args) -> dict:
     # keyed by split and model, so a rerun of the same command resumes and a new style starts clean
     styled = work / ("styled-" + hashlib.sha256(f"{plan.fingerprint} {model_id}".encode()).hexdigest()[:12])
     if args.ranks > 1:
-        from .score import run_ranks
-
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], args.ranks)
     else:
-        args.segments, args.out = work / "segments", styled
-        cmd_score(args)
+        score(work / "segments", styled, stylizer, model_id, Encoding(args.batch, args.crf, args.preset))
     result = stitch(work / "segments", styled, output)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)

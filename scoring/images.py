@@ -34,10 +34,10 @@ def load_image(path: Path | str, max_side: int | None = None, limits: media.Limi
             image = image.convert("RGB")
         except OSError as exc:
             raise UserError(f"{path.name} is damaged ({exc})") from None
-    size = media.output_size(image.width, image.height, max_side)
+    size = media.output_size(image.width, image.height, max_side, even=False)
     if size != image.size:
         image = image.resize(size, Image.LANCZOS)
-    return np.asarray(image)
+    return np.array(image)  # writable, for torch.from_numpy
 
 
 def save_image(array: np.ndarray, output: Path) -> None:

@@ -94,10 +94,9 @@ def probe(path: Path | str, limits: Limits = Limits()) -> MediaInfo:
     result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     facts = json.loads(result.stdout or "{}")
     if result.returncode != 0 or "format" not in facts:
-        reason = _ffprobe_reason(result.stderr)
-        if "moov atom not found" in result.stderr:
+        if "moov atom not found" in result.stderr and _looks_like_mp4(path):
             raise UserError(f"{name} is truncated or incomplete (no moov atom): upload the whole file again")
-        raise UserError(f"{name} is not a video or image we can read ({reason})")
+        raise UserError(f"{name} is not a video or image we can read ({_ffprobe_reason(result.stderr)})")
 
     streams = facts.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover_art(s)), None)
@@ -140,6 +139,12 @@ def probe(path: Path | str, limits: Limits = Limits()) -> MediaInfo:
     )
 
 
+def _looks_like_mp4(path: Path) -> bool:
+    """An ISO media file starts with a box such as ftyp; random bytes or text do not."""
+    with open(path, "rb") as f:
+        return f.read(8)[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+
+
 def _ffprobe_reason(stderr: str) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     reason = lines[-1] if lines else "ffprobe found no streams"
@@ -172,11 +177,11 @@ def _frame_rate(video: dict) -> Fraction:
 # --------------------------------------------------------------------------- sizes
 
 
-def output_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
-    """Frame size after capping the longer side; aspect kept, both sides even (for yuv420p)."""
+def output_size(width: int, height: int, max_side: int | None, even: bool = True) -> tuple[int, int]:
+    """Frame size after capping the longer side, aspect kept; even sides for yuv420p video."""
     scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
-    even = lambda v: max(2, int(round(v * scale / 2)) * 2)
-    return even(width), even(height)
+    step = 2 if even else 1
+    return tuple(max(step, int(side * scale / step + 1e-9) * step) for side in (width, height))  # never above the cap
 
 
 # --------------------------------------------------------------------------- frame pipes

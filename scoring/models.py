@@ -263,6 +263,8 @@ def load_model(style: str | None = None, model_path: Path | str | None = None) -
 def model_id(style: str | None = None, model_path: Path | str | None = None) -> str:
     """A short name for what styles a run; done-markers record it so runs never mix."""
     if model_path:
+        if not Path(model_path).is_file():
+            raise UserError(f"model file not found: {model_path}")
         digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:16]
         return f"pth:{digest}"
     weights = parse_style(style if style is not None else "0")

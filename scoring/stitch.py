@@ -32,7 +32,7 @@ def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str)
 
 
 def check_output_path(output: Path) -> None:
-    if output.suffix.lower() not in media.VIDEO_SUFFIXES:
-        raise UserError(f"output {output.name} must end in one of {', '.join(sorted(media.VIDEO_SUFFIXES))}")
     if output.is_dir():
         raise UserError(f"output {output} is a folder; give a file name")
+    if output.suffix.lower() not in media.VIDEO_SUFFIXES:
+        raise UserError(f"output {output.name} must end in one of {', '.join(sorted(media.VIDEO_SUFFIXES))}")

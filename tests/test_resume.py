@@ -1,0 +1,114 @@
+"""A rank killed mid-segment, or a node told to stop: rerunning finishes the job, nothing twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from scoring import media
+
+from .helpers import REPO, psnr, read_frames, run_scoring
+
+STYLE = "7"
+
+
+def _score_cmd(ranks: int, segments, out) -> list[str]:
+    cmd = [sys.executable, "-m", "scoring", "score", "--segments", str(segments), "--out", str(out),
+           "--style", STYLE, "--batch", "2"]
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return [mpiexec, "-n", str(ranks), *cmd] if ranks > 1 else cmd
+
+
+def _wait_until(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.01)
+
+
+def _is_rank(process: psutil.Process) -> bool:
+    try:
+        return process.cmdline()[1:4] == ["-m", "scoring", "score"]
+    except psutil.Error:  # an ffmpeg child that just exited
+        return False
+
+
+@pytest.fixture(scope="module")
+def split_clip(clip_factory, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("split")
+    source = clip_factory(seconds=4, fps="24", size=(320, 180))
+    run_scoring("split", source, "--out", folder / "segments", "--segment-frames", "6", check=True)
+    return source, folder / "segments"
+
+
+def test_rank_killed_mid_segment_then_rerun(split_clip, tmp_path):
+    source, segments = split_clip
+    styled = tmp_path / "styled"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    job = subprocess.Popen(_score_cmd(2, segments, styled), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # wait until some segments are done and one is being written, then SIGKILL a rank
+    _wait_until(lambda: len(list(styled.glob("*.done"))) >= 3 and list(styled.glob(".*.partial")))
+    candidates = [p for p in psutil.Process(job.pid).children(recursive=True) if _is_rank(p)]
+    # a rank that is just forking ffmpeg shows a child with its own command line: skip those
+    ranks = [p for p in candidates if p.ppid() not in {c.pid for c in candidates}]
+    assert len(ranks) == 2
+    ranks[-1].send_signal(signal.SIGKILL)
+    job.communicate(timeout=60)
+    assert job.returncode != 0
+
+    done_before = {p.name for p in styled.glob("*.done")}
+    assert 3 <= len(done_before) < 16
+    mtimes = {name: (styled / name).stat().st_mtime_ns for name in done_before}
+
+    rerun = subprocess.run(_score_cmd(2, segments, styled), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["segments"] == 16
+    assert summary["skipped"] == len(done_before)  # finished work is kept...
+    assert summary["scored"] == 16 - len(done_before)  # ...and only the rest is done
+    assert all((styled / name).stat().st_mtime_ns == mtimes[name] for name in done_before)
+    assert not list(styled.glob(".*.partial"))
+
+    # the result is the same video an uninterrupted run makes: every frame once, in order
+    run_scoring("stitch", "--segments", segments, "--styled", styled, tmp_path / "resumed.mp4", check=True)
+    run_scoring("score", "--segments", segments, "--out", tmp_path / "clean", "--style", STYLE, check=True)
+    run_scoring("stitch", "--segments", segments, "--styled", tmp_path / "clean", tmp_path / "clean.mp4", check=True)
+    resumed, clean = read_frames(tmp_path / "resumed.mp4"), read_frames(tmp_path / "clean.mp4")
+    assert len(resumed) == len(clean) == media.count_frames(source) == 96
+    for i, (a, b) in enumerate(zip(resumed, clean)):
+        assert psnr(a, b) > 40, f"frame {i} differs from the uninterrupted run"
+
+
+def test_sigterm_leaves_no_half_written_segment(split_clip, tmp_path):
+    _, segments = split_clip
+    styled = tmp_path / "styled"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    job = subprocess.Popen(_score_cmd(1, segments, styled), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_until(lambda: len(list(styled.glob("*.done"))) >= 2 and list(styled.glob(".*.partial")))
+    job.send_signal(signal.SIGTERM)  # what a preempted Azure node gets
+    job.communicate(timeout=60)
+    assert job.returncode == 143
+    assert not list(styled.glob(".*.partial"))
+    finished = sorted(p.name for p in styled.glob("*.done"))
+    streams = sorted(p.name for p in styled.glob("seg-*.h264"))
+    assert [f"{name}.done" for name in streams] == finished  # every stream present is complete
+
+    stitched = run_scoring("stitch", "--segments", segments, "--styled", styled, tmp_path / "early.mp4")
+    assert stitched.returncode == 2 and "not styled yet" in stitched.stderr
+    assert not (tmp_path / "early.mp4").exists()
+
+
+def test_a_different_style_never_mixes_into_finished_segments(split_clip, tmp_path):
+    _, segments = split_clip
+    run_scoring("score", "--segments", segments, "--out", tmp_path / "styled", "--style", "1", check=True)
+    other = run_scoring("score", "--segments", segments, "--out", tmp_path / "styled", "--style", "2")
+    assert other.returncode == 2
+    assert "holds segments of another run" in other.stderr and len(other.stderr.strip().splitlines()) == 1

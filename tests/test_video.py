@@ -1,0 +1,99 @@
+"""Videos end to end through the real ffmpeg, the real model and real mpiexec."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import pytest
+
+from scoring import media
+
+from .helpers import SHARED_MEDIA, psnr, read_frames, run_scoring
+
+
+@pytest.mark.parametrize("fps, suffix, audio", [
+    ("179/6", ".mp4", True),        # 29.83 fps
+    ("30000/1001", ".mkv", True),   # NTSC; Matroska headers carry no frame count
+    ("25/2", ".mov", False),        # 12.5 fps, no audio
+])
+def test_timing_frames_and_audio_follow_the_source(clip_factory, tmp_path, fps, suffix, audio):
+    source = clip_factory(seconds=2.5, fps=fps, audio=audio, suffix=suffix)
+    output = tmp_path / f"styled{suffix}"
+    result = run_scoring("stylize", source, output, "--style", "3:0.5,12:0.5", "--segment-frames", "7", "--ranks", "2",
+                         check=True)
+    assert json.loads(result.stdout.splitlines()[-1])["frames"] == media.count_frames(source)
+
+    before, after = media.probe(source), media.probe(output)
+    assert after.frames == before.frames
+    assert Fraction(after.frame_rate) == Fraction(fps)
+    assert abs(after.duration - before.duration) <= 1 / Fraction(fps)
+    assert after.has_audio == audio
+    assert (after.width, after.height) == (before.width, before.height)
+    assert not list(tmp_path.glob(".*")), "work files or partial outputs left behind"
+
+
+def test_styled_frames_are_the_source_frames_styled_in_order(clip_factory, tmp_path):
+    """Each output frame must resemble the styled version of the same input frame, not a neighbour."""
+    from scoring.models import load_model
+    from scoring.stylizer import Stylizer
+
+    source = clip_factory(seconds=1.2, fps="25")
+    output = tmp_path / "out.mp4"
+    run_scoring("stylize", source, output, "--style", "7", "--segment-frames", "5", "--ranks", "2", check=True)
+    expected = Stylizer(load_model("7"), "cpu")(read_frames(source))
+    got = read_frames(output)
+    assert len(got) == len(expected)
+    for i in range(len(got)):
+        scores = [psnr(got[i], frame) for frame in expected]
+        assert scores[i] > 30, f"frame {i}: {scores[i]:.1f} dB"
+        assert max(range(len(scores)), key=scores.__getitem__) == i, f"frame {i} is closest to another frame"
+
+
+def test_steps_one_by_one_and_max_side(clip_factory, tmp_path):
+    source = clip_factory(seconds=1, fps="24", size=(320, 180))
+    split = json.loads(run_scoring("split", source, "--out", tmp_path / "seg", "--max-side", "101",
+                                   "--segment-frames", "10", check=True).stdout)
+    assert split == {"segments": 3, "frames": 24, "frame_rate": "24/1", "size": "100x56", "audio": True,
+                     "folder": str(tmp_path / "seg")}
+    again = run_scoring("split", source, "--out", tmp_path / "seg", "--max-side", "101", "--segment-frames", "10",
+                        check=True)
+    assert json.loads(again.stdout) == split  # reused, not redone
+    scored = run_scoring("score", "--segments", tmp_path / "seg", "--out", tmp_path / "styled", "--style", "2",
+                         check=True)
+    assert json.loads(scored.stdout)["scored"] == 3
+    assert "[rank 0/1] 24/24 frames" in scored.stderr
+    stitched = run_scoring("stitch", "--segments", tmp_path / "seg", "--styled", tmp_path / "styled",
+                           tmp_path / "out.mkv", check=True)
+    assert json.loads(stitched.stdout)["frames"] == 24
+    info = media.probe(tmp_path / "out.mkv")
+    assert (info.width, info.height, info.frames) == (100, 56, 24)
+
+
+def test_still_image_and_style_sheet(tmp_path):
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.coffee()).save(tmp_path / "photo one.jpg")
+    run_scoring("stylize", tmp_path / "photo one.jpg", tmp_path / "out.png", "--style", "3:0.5,12:0.5",
+                "--max-side", "200", check=True)
+    assert Image.open(tmp_path / "out.png").size == (200, 133)
+    run_scoring("styles", "--sheet", tmp_path / "sheet.png", "--tile", "64", check=True)
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.width > 7 * 64 and sheet.height > 4 * 64  # 27 tiles in rows of 7
+
+
+def test_every_command_has_help():
+    for command in ["stylize", "probe", "split", "score", "stitch", "styles", "sample"]:
+        result = run_scoring(command, "--help", check=True)
+        assert "usage: python -m scoring " + command in result.stdout
+
+
+@pytest.mark.skipif(not (SHARED_MEDIA / "car-detection.mp4").exists(), reason="../shared/media is not here")
+def test_real_clip_from_shared_media(tmp_path):
+    source = SHARED_MEDIA / "car-detection.mp4"
+    output = tmp_path / "car.mp4"
+    run_scoring("stylize", source, output, "--style", "19", "--max-side", "192", "--ranks", "2", check=True)
+    before, after = media.probe(source), media.probe(output)
+    assert after.frames == before.frames and after.has_audio == before.has_audio
+    assert abs(after.duration - before.duration) <= 1 / Fraction(before.frame_rate)
