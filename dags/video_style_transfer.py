@@ -1,0 +1,117 @@
+"""video_style_transfer: one uploaded video in, the same video stylized out.
+
+Wiring only: the task bodies live in plugins/style_pipeline.py and run the scoring
+commands; nothing heavy is imported when this file is parsed.
+
+    probe ─► split ─► choose_backend ─┬─► score_local ────┬─► stitch_and_publish ─► clean_up ─► notify
+                                      └─► score_azureml ──┘
+
+Start it from the UI form, from the CLI
+(``airflow dags trigger video_style_transfer -c '{"input_blob": "clip.mp4"}'``),
+or let ``blob_watcher`` start it for every upload.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from notifications import RunNotifier
+
+PARAMS = {
+    "input_blob": Param("", type="string", minLength=1, maxLength=1024, title="Input video",
+                        description="Blob name in the videos-in container, e.g. holiday/beach.mp4"),
+    "style": Param("19", type="string", pattern=r"^\s*\d{1,2}(:[0-9.]+)?(\s*,\s*\d{1,2}(:[0-9.]+)?)*\s*$",
+                   title="Style", description="Built-in style 0-25, or a blend such as 3:0.5,12:0.5"),
+    "model_blob": Param(None, type=["null", "string"], title="Own model",
+                        description="A TransformerNet .pth in the styles container; replaces the style"),
+    "max_side": Param(None, type=["null", "integer"], minimum=16, maximum=7680, title="Longest side (px)",
+                      description="Scale down so the longer side is at most this; empty keeps the size"),
+    "ranks": Param(2, type="integer", minimum=1, maximum=64, title="MPI ranks"),
+    "backend": Param("local", type="string", enum=["local", "azureml"], title="Where to score"),
+    "output_name": Param(None, type=["null", "string"], maxLength=1024, title="Output blob",
+                         description="Name in videos-out; empty: <input>.style-<style>.mp4"),
+    "segment_frames": Param(48, type="integer", minimum=1, maximum=10000, title="Frames per segment"),
+    "precision": Param("fp32", type="string", enum=["fp32", "bf16", "fp16"], title="Precision"),
+    "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
+    "notify_email": Param(None, type=["null", "string"], title="E-mail to notify"),
+    "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes"),
+    "azureml_gpus_per_node": Param(1, type="integer", minimum=1, maximum=8, title="GPUs per node"),
+    "azureml_vm_size": Param("Standard_NC6s_v3", type="string", title="Azure ML VM size"),
+    "azureml_tier": Param("low_priority", type="string", enum=["low_priority", "dedicated"], title="Azure ML tier"),
+}
+
+
+def _run(step):
+    """Call a pipeline step with the run's params; a bad input fails at once, without retries."""
+    import style_pipeline
+
+    context = get_current_context()
+    try:
+        return step(style_pipeline, dict(context["params"]), context["run_id"])
+    except style_pipeline.BadInput as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+@dag(
+    dag_id="video_style_transfer",
+    schedule=None,
+    params=PARAMS,
+    max_active_runs=16,
+    default_args={
+        "retries": 3,
+        "retry_delay": timedelta(seconds=10),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=5),
+        "on_failure_callback": [RunNotifier("failed")],
+    },
+    tags=["video", "style-transfer"],
+    doc_md=__doc__,
+)
+def video_style_transfer():
+    @task
+    def probe() -> dict:
+        return _run(lambda p, params, run_id: p.probe(params, run_id))
+
+    @task
+    def split(probed: dict) -> dict:
+        return _run(lambda p, params, run_id: p.split(params, probed))
+
+    @task.branch
+    def choose_backend() -> str:
+        return "score_azureml" if get_current_context()["params"]["backend"] == "azureml" else "score_local"
+
+    @task(pool="scoring", execution_timeout=timedelta(hours=6))
+    def score_local(probed: dict) -> dict:
+        return _run(lambda p, params, run_id: p.score_local(params, probed))
+
+    @task(pool="scoring", execution_timeout=timedelta(hours=12))
+    def score_azureml(probed: dict) -> dict:
+        return _run(lambda p, params, run_id: p.score_azureml(params, probed, run_id))
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def stitch_and_publish(probed: dict, split_facts: dict, local: dict | None, azureml: dict | None) -> dict:
+        scored = local or azureml or {}
+        return _run(lambda p, params, run_id: p.stitch_and_publish(params, probed, split_facts, scored, run_id))
+
+    @task
+    def clean_up(probed: dict, published: dict) -> int:
+        return _run(lambda p, params, run_id: p.clean_up(probed))
+
+    @task
+    def notify(published: dict) -> None:
+        RunNotifier("succeeded", published).notify(get_current_context())
+
+    probed = probe()
+    split_facts = split(probed)
+    backend = choose_backend()
+    local, azureml = score_local(probed), score_azureml(probed)
+    split_facts >> backend >> [local, azureml]
+    published = stitch_and_publish(probed, split_facts, local, azureml)
+    clean_up(probed, published)
+    notify(published)
+
+
+video_style_transfer()

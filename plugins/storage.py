@@ -1,0 +1,162 @@
+"""Blob storage as the pipeline uses it: two accounts, fixed containers, folder sync, publishing.
+
+The **data** account is what users touch: ``videos-in`` (uploads, never modified),
+``videos-out`` (results), ``quarantine`` (rejected uploads with a reason), ``styles``
+(users' style models). The **system** account holds intermediate work (``work/<run>/...``)
+and ``logs``. Both are reached through Airflow connections, so Azurite and real Azure differ
+only in the connection string.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_CONN = "wasb_data"
+SYSTEM_CONN = "wasb_system"
+INPUTS, OUTPUTS, QUARANTINE, STYLES = "videos-in", "videos-out", "quarantine", "styles"
+WORK, LOGS = "work", "logs"
+DATA_CONTAINERS = (INPUTS, OUTPUTS, QUARANTINE, STYLES)
+SYSTEM_CONTAINERS = (WORK, LOGS)
+
+
+class InvalidBlobName(ValueError):
+    pass
+
+
+def check_blob_name(name: str) -> str:
+    """Blob names become local file names and URLs: refuse the ones that could escape."""
+    if not name or len(name) > 1024:
+        raise InvalidBlobName("the blob name is empty or longer than 1024 characters")
+    parts = name.split("/")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise InvalidBlobName(f"blob name {name!r} has an empty, '.' or '..' path segment")
+    if any(ord(ch) < 32 for ch in name):
+        raise InvalidBlobName(f"blob name {name!r} has control characters")
+    return name
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    name: str
+    etag: str
+    size: int
+    last_modified: str  # ISO 8601, UTC
+    metadata: dict
+
+
+class BlobStore:
+    """One storage account, through the provider's WasbHook (connection string, SAS, or AAD)."""
+
+    def __init__(self, conn_id: str):
+        from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+
+        self.conn_id = conn_id
+        self.client = WasbHook(wasb_conn_id=conn_id).get_conn()
+
+    def info(self, container: str, name: str) -> BlobInfo | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            props = self.client.get_blob_client(container, name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return _blob_info(props)
+
+    def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
+        blobs = self.client.get_container_client(container).list_blobs(name_starts_with=prefix or None,
+                                                                      include=["metadata"])
+        return [_blob_info(b) for b in blobs]
+
+    def download(self, container: str, name: str, path: Path, etag: str | None = None) -> BlobInfo:
+        """Download to ``path`` atomically; with ``etag``, only that version (else it fails)."""
+        from azure.core import MatchConditions
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        blob = self.client.get_blob_client(container, name)
+        kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        stream = blob.download_blob(max_concurrency=4, **kwargs)
+        with open(tmp, "wb") as f:
+            stream.readinto(f)
+        os.replace(tmp, path)
+        return _blob_info(stream.properties)
+
+    def upload(self, path: Path, container: str, name: str, metadata: dict | None = None) -> None:
+        """A block blob is committed in one step, so readers never see a partial upload."""
+        with open(path, "rb") as f:
+            self.client.get_blob_client(container, name).upload_blob(
+                f, overwrite=True, metadata=metadata, max_concurrency=4)
+
+    def upload_text(self, text: str, container: str, name: str, content_type: str = "text/plain") -> None:
+        from azure.storage.blob import ContentSettings
+
+        self.client.get_blob_client(container, name).upload_blob(
+            text.encode(), overwrite=True, content_settings=ContentSettings(content_type=content_type))
+
+    def copy(self, container: str, name: str, target_container: str, target_name: str, timeout: float = 600) -> None:
+        """Server-side copy within this account; the source is read, never changed."""
+        import time
+
+        source = self.client.get_blob_client(container, name)
+        target = self.client.get_blob_client(target_container, target_name)
+        target.start_copy_from_url(source.url)
+        deadline = time.monotonic() + timeout
+        while (status := target.get_blob_properties().copy.status) == "pending":
+            if time.monotonic() > deadline:
+                target.abort_copy(target.get_blob_properties().copy.id)
+                raise TimeoutError(f"copying {container}/{name} took over {timeout:.0f} s")
+            time.sleep(0.5)
+        if status != "success":
+            raise RuntimeError(f"copying {container}/{name} ended {status}")
+
+    def sync_down(self, container: str, prefix: str, folder: Path) -> int:
+        """Fetch every blob under ``prefix`` missing locally (or of another size). Returns the count."""
+        fetched = 0
+        for blob in self.list(container, prefix):
+            local = folder / blob.name[len(prefix):]
+            if not (local.is_file() and local.stat().st_size == blob.size):
+                self.download(container, blob.name, local)
+                fetched += 1
+        return fetched
+
+    def sync_up(self, folder: Path, container: str, prefix: str, suffixes: tuple[str, ...] = ()) -> int:
+        """Upload every finished file in ``folder`` not yet in storage; ``.partial`` files never go up.
+
+        ``suffixes`` orders the upload: files ending in them go last (e.g. ``.done`` markers
+        after the segments they vouch for).
+        """
+        remote = {b.name: b.size for b in self.list(container, prefix)}
+        files = sorted((p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")),
+                       key=lambda p: (p.name.endswith(suffixes) if suffixes else False, str(p)))
+        sent = 0
+        for path in files:
+            name = prefix + path.relative_to(folder).as_posix()
+            if remote.get(name) != path.stat().st_size:
+                self.upload(path, container, name)
+                sent += 1
+        return sent
+
+    def delete_prefix(self, container: str, prefix: str) -> int:
+        blobs = [b.name for b in self.list(container, prefix)]
+        container_client = self.client.get_container_client(container)
+        for name in blobs:
+            container_client.delete_blob(name)
+        return len(blobs)
+
+
+def _blob_info(props) -> BlobInfo:
+    return BlobInfo(name=props.name, etag=str(props.etag).strip('"'), size=props.size,
+                    last_modified=props.last_modified.isoformat(), metadata=dict(props.metadata or {}))
+
+
+def create_containers(data: BlobStore, system: BlobStore) -> None:
+    from azure.core.exceptions import ResourceExistsError
+
+    for store, names in ((data, DATA_CONTAINERS), (system, SYSTEM_CONTAINERS)):
+        for name in names:
+            try:
+                store.client.create_container(name)
+            except ResourceExistsError:
+                pass
