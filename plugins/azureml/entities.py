@@ -1,0 +1,115 @@
+"""The Azure ML entities of the score step, built offline: compute cluster, environment, job.
+
+Plain functions that return azure-ai-ml objects and talk to nothing; the hook sends them.
+The job runs the same ``python -m scoring score ...`` command as the local backend, under
+``MpiDistribution``: one rank per GPU, ``nodes x gpus_per_node`` ranks in all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import shutil
+from pathlib import Path
+
+from azure.ai.ml import Input, MpiDistribution, Output, command
+from azure.ai.ml.entities import AmlCompute, BuildContext, CommandJob, Environment
+
+REPO = Path(__file__).resolve().parents[2]
+SCORING_DIR = REPO / "scoring"
+DOCKER_CONTEXT = REPO / "docker" / "scoring"
+ENVIRONMENT_NAME = "video-style-transfer-scoring"
+TIERS = ("low_priority", "dedicated")
+# What the cluster waits before giving an idle node back: long enough that the score steps of
+# runs queued a minute apart share a node, short enough that a quiet cluster costs nothing.
+DEFAULT_IDLE_SECONDS = 120
+KEEP_WARM_IDLE_SECONDS = 1800
+
+
+def build_compute(name: str, vm_size: str = "Standard_NC6s_v3", max_nodes: int = 4, *, tier: str = "low_priority",
+                  idle_seconds: int = DEFAULT_IDLE_SECONDS, min_nodes: int = 0) -> AmlCompute:
+    """An autoscaling GPU cluster: ``min_nodes`` (0: nothing billed when idle) to ``max_nodes``,
+    low-priority by default (much cheaper, can be preempted; the operator resubmits)."""
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
+    if not 0 <= min_nodes <= max_nodes or max_nodes < 1:
+        raise ValueError(f"need 0 <= min_nodes <= max_nodes and max_nodes >= 1, got {min_nodes}..{max_nodes}")
+    return AmlCompute(name=name, size=vm_size, min_instances=min_nodes, max_instances=max_nodes, tier=tier,
+                      idle_time_before_scale_down=idle_seconds,
+                      description="video style transfer scoring (managed by the Airflow azureml plugin)")
+
+
+def keep_warm(compute: AmlCompute, idle_seconds: int = KEEP_WARM_IDLE_SECONDS, min_nodes: int | None = None) -> AmlCompute:
+    """The same cluster, kept warm while runs arrive close together: a longer idle time (and
+    optionally a floor of nodes), so that the next job skips the several minutes a node takes
+    to start. Idle nodes are billed: apply :func:`cool_down` when the queue is empty."""
+    return build_compute(compute.name, compute.size, compute.max_instances, tier=compute.tier,
+                         idle_seconds=idle_seconds, min_nodes=compute.min_instances if min_nodes is None else min_nodes)
+
+
+def cool_down(compute: AmlCompute, idle_seconds: int = DEFAULT_IDLE_SECONDS) -> AmlCompute:
+    """The cluster back to scale-to-zero with the normal idle time."""
+    return build_compute(compute.name, compute.size, compute.max_instances, tier=compute.tier,
+                         idle_seconds=idle_seconds, min_nodes=0)
+
+
+def build_environment(context: Path = DOCKER_CONTEXT, name: str = ENVIRONMENT_NAME) -> Environment:
+    """The scoring image, built by Azure ML from ``docker/scoring`` (Dockerfile + requirements).
+    The version is a hash of the build context, so an unchanged Dockerfile reuses the image
+    already built and any change builds a new one."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(context).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(context).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return Environment(name=name, version=digest.hexdigest()[:16], build=BuildContext(path=str(context)),
+                       description="GPU base, ffmpeg, MPI and the scoring requirements (docker/scoring)")
+
+
+def stage_code(target: Path, source: Path = SCORING_DIR) -> Path:
+    """Copy the ``scoring`` package into ``target/scoring`` and return ``target``: the job's code
+    snapshot is exactly the package (the job runs ``python -m scoring`` from the snapshot root),
+    not the repository with its virtual environment."""
+    shutil.copytree(source, Path(target) / "scoring", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                    dirs_exist_ok=True)
+    return Path(target)
+
+
+def score_command(score_args: list[str], model_input: bool = False) -> str:
+    """The command line the job runs: the local backend's score step, with the job's mounts."""
+    chosen = "--model ${{inputs.model}} " if model_input else ""
+    return ("python -m scoring score --segments ${{inputs.segments}} --out ${{outputs.styled}} "
+            + chosen + shlex.join(score_args)).strip()
+
+
+def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str], code: Path | str,
+                    environment: str | Environment, compute: str, nodes: int = 1, gpus_per_node: int = 1,
+                    model_uri: str | None = None, output_mode: str = "rw_mount", name: str | None = None,
+                    experiment_name: str = "video-style-transfer", display_name: str | None = None,
+                    tags: dict | None = None) -> CommandJob:
+    """The score step as a command job: ``nodes`` nodes, one MPI rank per GPU.
+
+    ``segments_uri`` (read) and ``styled_uri`` (write) are ``azureml://datastores/...`` folder
+    paths. The output is mounted read-write by default, so finished segments land in storage
+    as they finish and survive a preemption; a resubmitted job sees their done markers and
+    styles only the rest. ``output_mode="upload"`` writes only at the end (write-only access,
+    but a preempted job loses its work)."""
+    if nodes < 1 or gpus_per_node < 1:
+        raise ValueError(f"nodes and gpus_per_node must be at least 1, got {nodes} and {gpus_per_node}")
+    inputs = {"segments": Input(type="uri_folder", path=segments_uri, mode="ro_mount")}
+    if model_uri:
+        inputs["model"] = Input(type="uri_file", path=model_uri, mode="download")
+    node = command(
+        name=name,
+        display_name=display_name,
+        experiment_name=experiment_name,
+        description="style the segments of one video (python -m scoring score) on MPI ranks",
+        command=score_command(score_args, model_input=bool(model_uri)),
+        code=str(code),
+        environment=environment,
+        compute=compute,
+        inputs=inputs,
+        outputs={"styled": Output(type="uri_folder", path=styled_uri, mode=output_mode)},
+        distribution=MpiDistribution(process_count_per_instance=gpus_per_node),
+        instance_count=nodes,
+        tags=tags or {},
+    )
+    return node._to_job()

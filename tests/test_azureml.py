@@ -1,0 +1,384 @@
+"""The Azure ML backend, offline: real entities checked by azure-ai-ml's own loaders, and the
+operator + trigger against a fake service that really runs the job under mpiexec."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from .helpers import REPO, run_scoring
+
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+sys.path.insert(0, str(REPO / "plugins"))
+
+from azure.ai.ml import load_compute, load_environment, load_job
+from azureml import entities, sas
+from azureml.hook import AzureMLHook
+
+from .fake_mlclient import SERVICE_ERROR, FakeAzureML
+
+DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+ACCOUNT = "sysaccount1"
+WORKSPACE = {"subscription_id": "00000000-0000-0000-0000-000000000001", "resource_group": "rg-vst",
+             "workspace_name": "ws-vst"}
+
+
+# ---------------------------------------------------------------------- entities, offline
+
+
+def test_compute_is_an_autoscaling_low_priority_cluster(tmp_path):
+    cluster = entities.build_compute("vst-gpu", "Standard_NC24ads_A100_v4", 4)
+    assert (cluster.min_instances, cluster.max_instances, cluster.tier) == (0, 4, "low_priority")
+    assert cluster.idle_time_before_scale_down == entities.DEFAULT_IDLE_SECONDS
+    cluster.dump(tmp_path / "compute.yml")
+    loaded = load_compute(tmp_path / "compute.yml")
+    assert (loaded.name, loaded.size, loaded.min_instances, loaded.max_instances, loaded.tier) == \
+        ("vst-gpu", "Standard_NC24ads_A100_v4", 0, 4, "low_priority")
+
+    warm = entities.keep_warm(cluster)
+    assert warm.idle_time_before_scale_down == entities.KEEP_WARM_IDLE_SECONDS and warm.min_instances == 0
+    assert entities.keep_warm(cluster, min_nodes=1).min_instances == 1
+    cold = entities.cool_down(entities.keep_warm(cluster, min_nodes=1))
+    assert (cold.min_instances, cold.idle_time_before_scale_down) == (0, entities.DEFAULT_IDLE_SECONDS)
+    assert entities.build_compute("c", max_nodes=2, tier="dedicated").tier == "dedicated"
+    with pytest.raises(ValueError, match="tier"):
+        entities.build_compute("c", tier="spot")
+
+
+def test_environment_is_built_from_the_dockerfile(tmp_path):
+    env = entities.build_environment()
+    assert Path(env.build.path) == REPO / "docker" / "scoring"
+    assert env.version == entities.build_environment().version  # same context, same version: no rebuild
+    env.dump(tmp_path / "env.yml")
+    assert load_environment(tmp_path / "env.yml").build.path.endswith("docker/scoring")
+
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\n")
+    before = entities.build_environment(context).version
+    (context / "requirements.txt").write_text("numpy==2.4.6\n")
+    assert entities.build_environment(context).version != before  # any change builds a new image
+
+
+def test_job_runs_the_local_score_command_under_mpi(tmp_path):
+    code = entities.stage_code(tmp_path / "code")
+    assert (code / "scoring" / "score.py").is_file() and not list(code.rglob("__pycache__"))
+    job = entities.build_score_job(
+        segments_uri="azureml://datastores/vst_in/paths/run1/segments",
+        styled_uri="azureml://datastores/vst_out/paths/run1/styled",
+        score_args=["--style", "7", "--precision", "fp16", "--batch", "8"], code=code,
+        environment="video-style-transfer-scoring:1", compute="vst-gpu", nodes=3, gpus_per_node=4)
+    assert job.command == ("python -m scoring score --segments ${{inputs.segments}} --out ${{outputs.styled}} "
+                           "--style 7 --precision fp16 --batch 8")
+    assert job.distribution.process_count_per_instance == 4 and job.resources.instance_count == 3
+    assert job.inputs["segments"].mode == "ro_mount" and job.outputs["styled"].mode == "rw_mount"
+
+    job.dump(tmp_path / "job.yml")
+    dumped = (tmp_path / "job.yml").read_text()
+    assert "type: mpi" in dumped and "instance_count: 3" in dumped
+    loaded = load_job(tmp_path / "job.yml")  # azure-ai-ml's own schema accepts it
+    assert loaded.distribution.process_count_per_instance == 4 and loaded.resources.instance_count == 3
+    assert loaded.inputs["segments"].path == "azureml://datastores/vst_in/paths/run1/segments"
+    assert loaded.outputs["styled"].path == "azureml://datastores/vst_out/paths/run1/styled"
+
+    # the command parses the way the local CLI does
+    from scoring.cli import build_parser
+
+    args = build_parser().parse_args(job.command.split()[3:])
+    assert (args.style, args.precision, args.batch) == ("7", "fp16", 8)
+
+    with_model = entities.build_score_job(segments_uri="azureml://datastores/a/paths/s",
+                                          styled_uri="azureml://datastores/b/paths/o", score_args=["--batch", "2"],
+                                          code=code, environment="e:1", compute="c",
+                                          model_uri="azureml://datastores/m/paths/my.pth")
+    assert "--model ${{inputs.model}}" in with_model.command and with_model.inputs["model"].type == "uri_file"
+
+
+# ---------------------------------------------------------------------- hook
+
+
+def _conn(monkeypatch, conn_id: str, **fields) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "azureml", **fields}))
+
+
+def test_hook_builds_mlclient_from_the_connection(monkeypatch):
+    made = []
+    monkeypatch.setattr("azureml.hook.MLClient", lambda cred, **kw: made.append((cred, kw)) or "client")
+    _conn(monkeypatch, "aml_sp", login="app-id", password="app-secret", extra={**WORKSPACE, "tenant_id": "tenant"})
+    assert AzureMLHook("aml_sp").get_conn() == "client"
+    credential, kwargs = made[-1]
+    assert type(credential).__name__ == "ClientSecretCredential"
+    assert kwargs == {"subscription_id": WORKSPACE["subscription_id"], "resource_group_name": "rg-vst",
+                      "workspace_name": "ws-vst"}
+
+    _conn(monkeypatch, "aml_default_cred", extra=WORKSPACE)
+    AzureMLHook("aml_default_cred").get_conn()
+    assert type(made[-1][0]).__name__ == "DefaultAzureCredential"
+
+    _conn(monkeypatch, "aml_bad", extra={"subscription_id": "s"})
+    with pytest.raises(ValueError, match="resource_group, workspace_name"):
+        AzureMLHook("aml_bad").get_conn()
+
+
+# ---------------------------------------------------------------------- SAS
+
+
+def test_sas_tokens_grant_least_privilege_and_expire():
+    signer = sas.Signer(ACCOUNT, account_key=DEV_KEY)
+    assert DEV_KEY not in repr(signer)
+    now = datetime.now(UTC)
+    expiry = sas.expiry_for(timedelta(minutes=40), now)
+    assert expiry == now + timedelta(minutes=70)
+
+    read = sas.describe(sas.container_sas(signer, "work", sas.INPUT, expiry, "run1/segments"))
+    assert (read["permission"], read["resource"], read["protocol"]) == ("rl", "c", "https")
+    se = datetime.fromisoformat(read["expiry"])
+    assert abs(se - expiry) < timedelta(seconds=1)
+    assert datetime.fromisoformat(read["start"]) < now  # tolerates clock skew
+
+    write_only = sas.describe(sas.container_sas(signer, "work", sas.OUTPUT_WRITE_ONLY, expiry))
+    assert write_only["permission"] == "cw"  # no read, no list, no delete
+    resumable = sas.describe(sas.container_sas(signer, "work", sas.OUTPUT_RESUMABLE, expiry))
+    assert resumable["permission"] == "rcwdl"  # what a resumable read-write mount needs, no more
+    for token in (read, write_only, resumable):
+        assert "a" not in token["permission"] and "x" not in token["permission"]
+
+
+# ---------------------------------------------------------------------- the fake service, operator, trigger
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory):
+    """Azurite with the system account: where the job's logs are copied."""
+    binary = REPO / "node_modules" / ".bin" / "azurite-blob"
+    if not binary.exists():
+        pytest.skip("Azurite is not installed (npm install)")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, AZURITE_ACCOUNTS=f"{ACCOUNT}:{DEV_KEY}")
+    proc = subprocess.Popen([str(binary), "--silent", "--location", str(tmp_path_factory.mktemp("azurite")),
+                             "--blobHost", "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("Azurite did not start")
+        time.sleep(0.2)
+    yield (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={DEV_KEY};"
+           f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # Azurite may linger on SIGTERM; it holds nothing we need
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def split_clip(clip_factory, tmp_path_factory):
+    """A 2 s clip split into 4-frame segments: 13 segments, 50 frames."""
+    folder = tmp_path_factory.mktemp("split") / "segments"
+    source = clip_factory(seconds=2, fps="25", size=(96, 64))
+    run_scoring("split", source, "--out", folder, "--segment-frames", "4", check=True)
+    return source, folder
+
+
+@pytest.fixture
+def service(tmp_path, monkeypatch, azurite, split_clip):
+    """The fake workspace, its storage (a folder per container) holding the run's segments,
+    and the Airflow connections the operator uses."""
+    import shutil
+
+    fake = FakeAzureML(tmp_path / "storage", tmp_path / "service", step=0.02, preempt_after=3)
+    shutil.copytree(split_clip[1], tmp_path / "storage" / "work" / "run1" / "segments")
+    monkeypatch.setattr("azureml.hook.MLClient", fake.client)
+    _conn(monkeypatch, "azureml_default", login="app-id", password="app-secret",
+          extra={**WORKSPACE, "tenant_id": "tenant"})
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_SYSTEM",
+                       json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite}}))
+    yield fake
+    fake.shutdown()
+
+
+class TaskInstance:
+    """What the operator touches of a task instance: its ids and XCom."""
+
+    def __init__(self):
+        self.dag_id, self.run_id, self.task_id = "video_style_transfer", "manual__2025-01-01T00:00:00", "score_azureml"
+        self.xcom: dict = {}
+
+    def xcom_push(self, key, value):
+        self.xcom[key] = value
+
+
+def _operator(**kwargs):
+    from azureml.operators import AzureMLScoreOperator
+
+    defaults = {"task_id": "score_azureml", "segments": "work/run1/segments", "styled": "work/run1/styled",
+                "style": "7", "precision": "fp32", "batch": 2, "nodes": 1, "gpus_per_node": 2, "poll_interval": 0.05}
+    return AzureMLScoreOperator(**{**defaults, **kwargs})
+
+
+async def _events(trigger) -> list:
+    return [event async for event in trigger.run()]
+
+
+def _run_to_the_end(operator, context, events_seen: list | None = None):
+    """What the scheduler and triggerer do: execute, run each trigger, resume the task."""
+    from airflow.providers.common.compat.sdk import TaskDeferred
+
+    try:
+        operator.execute(context)
+        return None
+    except TaskDeferred as deferred:
+        step = deferred
+    while True:
+        events = asyncio.run(_events(step.trigger))
+        assert len(events) == 1  # the trigger yields exactly one event
+        if events_seen is not None:
+            events_seen.append(events[0].payload)
+        try:
+            return getattr(operator, step.method_name)(context, events[0].payload, **(step.kwargs or {}))
+        except TaskDeferred as deferred:
+            step = deferred
+
+
+def _summaries(service: FakeAzureML) -> list[dict]:
+    return [a.summary() for run in service.runs.values() for a in run.attempts]
+
+
+def _check_complete_output(tmp_path, source_segments: Path, styled: Path) -> None:
+    from scoring import media
+
+    assert len(list(styled.glob("*.done"))) == 13 and not list(styled.glob(".*.partial"))
+    out = tmp_path / "styled.mp4"
+    run_scoring("stitch", "--segments", source_segments, "--styled", styled, out, check=True)
+    assert media.count_frames(out) == 50
+
+
+def test_preempted_job_is_resubmitted_and_only_missing_segments_are_scored(service, tmp_path, azurite):
+    service.script("preempt-fail", "complete")
+    ti = TaskInstance()
+    events = []
+    result = _run_to_the_end(_operator(), {"ti": ti}, events)
+
+    first, second = service.runs.values()
+    assert first.history[-1] == "Failed" and first.attempts[0].signalled == "SIGTERM"
+    assert [e["job_status"] for e in events] == ["Failed", "Completed"]
+    assert "PreemptionError" in events[0]["message"]
+    assert result == {"job_name": second.name, "job_names": [first.name, second.name], "resubmits": 1}
+    assert ti.xcom["job_name"] == second.name and second.name in ti.xcom["studio_url"]
+
+    # the rerun styled exactly what the preempted job had not finished
+    preempted, rerun = _summaries(service)
+    assert preempted is None  # the preempted ranks never got to print a summary
+    styled = tmp_path / "storage" / "work" / "run1" / "styled"
+    done_before = 13 - rerun["scored"]
+    assert 3 <= done_before < 13
+    assert rerun["skipped"] == done_before and rerun["segments"] == 13 and rerun["ranks"] == 2
+    _check_complete_output(tmp_path, tmp_path / "storage" / "work" / "run1" / "segments", styled)
+
+    # what the job got: datastore paths whose tokens read the input and write the output, no key
+    job = first.job
+    assert job.inputs["segments"].path.startswith("azureml://datastores/vst_")
+    tokens = {name: sas.describe(store.credentials.sas_token) for name, store in service.datastores.items()}
+    assert sorted(t["permission"] for t in tokens.values()) == ["rcwdl", "rl"]
+    assert DEV_KEY not in json.dumps(ti.xcom) and DEV_KEY not in job.command
+    assert service.computes["vst-gpu"].tier == "low_priority" and service.computes["vst-gpu"].min_instances == 0
+
+    # both jobs' logs are in the system account's logs container
+    from azure.storage.blob import BlobServiceClient
+
+    logs = BlobServiceClient.from_connection_string(azurite).get_container_client("logs")
+    names = [b.name for b in logs.list_blobs()]
+    assert any(first.name in n for n in names) and any(second.name in n for n in names)
+
+
+def test_service_restart_of_the_same_job_resumes_without_a_resubmission(service, tmp_path):
+    service.script("preempt-requeue")
+    result = _run_to_the_end(_operator(logs_container=""), {"ti": TaskInstance()})
+    (run,) = service.runs.values()
+    assert result["resubmits"] == 0
+    assert run.history.count("Queued") == 2 and run.history[-1] == "Completed"  # back to Queued, then on
+    restarted = run.attempts[1].summary()
+    assert 3 <= restarted["skipped"] < 13 and restarted["scored"] == 13 - restarted["skipped"]
+    _check_complete_output(tmp_path, tmp_path / "storage" / "work" / "run1" / "segments",
+                           tmp_path / "storage" / "work" / "run1" / "styled")
+
+
+def test_retry_budget_exhausted_fails_clearly(service):
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    service.script("preempt-kill", "preempt-fail")
+    with pytest.raises(AirflowException) as failure:
+        _run_to_the_end(_operator(max_resubmits=1, logs_container=""), {"ti": TaskInstance()})
+    assert len(service.runs) == 2
+    message = str(failure.value)
+    assert "preempted again after 1 resubmission(s)" in message and "max_resubmits=1" in message
+    assert "PreemptionError" in message
+
+
+def test_non_retriable_failure_is_not_resubmitted(service):
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    with pytest.raises(AirflowException) as failure:  # a style that does not exist: the command exits 2
+        _run_to_the_end(_operator(style="99", logs_container=""), {"ti": TaskInstance()})
+    assert len(service.runs) == 1
+    assert "ended Failed" in str(failure.value) and "exited with status code 2" in str(failure.value)
+    assert "style" in str(failure.value)
+
+    service.script("fail")  # a service-side failure before the command runs
+    with pytest.raises(AirflowException, match="JobConfigurationError"):
+        _run_to_the_end(_operator(logs_container=""), {"ti": TaskInstance()})
+    assert len(service.runs) == 2
+
+
+def test_on_kill_cancels_the_job(service):
+    from airflow.providers.common.compat.sdk import TaskDeferred
+
+    operator = _operator(logs_container="")
+    with pytest.raises(TaskDeferred):
+        operator.execute({"ti": TaskInstance()})
+    operator.on_kill()
+    assert service.cancel_requests == [operator.job_name]
+    assert service.wait(operator.job_name) == "Canceled"
+
+
+def test_trigger_yields_one_event_with_the_service_message(service):
+    from azureml.trigger import AzureMLJobTrigger
+
+    service.script("fail")
+    op = _operator(logs_container="")
+    op.hook.ensure_compute(entities.build_compute("vst-gpu", max_nodes=1))
+    environment = op.hook.ensure_environment(entities.build_environment())
+    job = entities.build_score_job(segments_uri="azureml://datastores/x/paths/s", styled_uri="azureml://datastores/x/paths/o",
+                                   score_args=[], code=entities.stage_code(Path(tempfile.mkdtemp())),
+                                   environment=environment, compute="vst-gpu")
+    name = op.hook.submit(job).name
+    trigger = AzureMLJobTrigger(name, "azureml_default", poll_interval=0.02)
+    (event,) = asyncio.run(_events(trigger))
+    assert event.payload == {"status": "error", "job_name": name, "job_status": "Failed",
+                             "message": f"UserError: {SERVICE_ERROR[1]}"}
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "azureml.trigger.AzureMLJobTrigger" and kwargs["job_name"] == name
+
+    # a status read that keeps failing ends in one error event, never a hang
+    missing = AzureMLJobTrigger("no-such-job", "azureml_default", poll_interval=0.01, max_poll_errors=2)
+    (event,) = asyncio.run(_events(missing))
+    assert event.payload["status"] == "error" and "could not read the status" in event.payload["message"]
