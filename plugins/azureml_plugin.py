@@ -1,0 +1,13 @@
+"""Registers the Azure ML extra link ("Azure ML job") with Airflow's plugin manager."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from airflow.plugins_manager import AirflowPlugin
+from azureml.links import AzureMLJobLink
+
+
+class AzureMLPlugin(AirflowPlugin):
+    name = "azureml"
+    operator_extra_links: ClassVar[list] = [AzureMLJobLink()]
