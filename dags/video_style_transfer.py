@@ -18,7 +18,10 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from azureml.operators import AzureMLScoreOperator
 from notifications import RunNotifier
+
+RUN_KEY = "{{ ti.xcom_pull(task_ids='probe')['run_key'] }}"
 
 PARAMS = {
     "input_blob": Param("", type="string", minLength=1, maxLength=1024, title="Input video",
@@ -34,7 +37,8 @@ PARAMS = {
     "output_name": Param(None, type=["null", "string"], maxLength=1024, title="Output blob",
                          description="Name in videos-out; empty: <input>.style-<style>.mp4"),
     "segment_frames": Param(48, type="integer", minimum=1, maximum=10000, title="Frames per segment"),
-    "precision": Param("fp32", type="string", enum=["fp32", "bf16", "fp16"], title="Precision"),
+    "precision": Param("fp32", type="string", enum=["fp32", "bf16", "fp16"], title="Precision",
+                       description="fp16 needs CUDA: use it with the azureml backend"),
     "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
     "notify_email": Param(None, type=["null", "string"], title="E-mail to notify"),
     "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes"),
@@ -87,9 +91,6 @@ def video_style_transfer():
     def score_local(probed: dict) -> dict:
         return _run(lambda p, params, run_id: p.score_local(params, probed))
 
-    @task(pool="scoring", execution_timeout=timedelta(hours=12))
-    def score_azureml(probed: dict) -> dict:
-        return _run(lambda p, params, run_id: p.score_azureml(params, probed, run_id))
 
     @task(trigger_rule="none_failed_min_one_success")
     def stitch_and_publish(probed: dict, split_facts: dict, local: dict | None, azureml: dict | None) -> dict:
@@ -107,7 +108,15 @@ def video_style_transfer():
     probed = probe()
     split_facts = split(probed)
     backend = choose_backend()
-    local, azureml = score_local(probed), score_azureml(probed)
+    local = score_local(probed)
+    azureml = AzureMLScoreOperator(
+        task_id="score_azureml", pool="scoring", execution_timeout=timedelta(hours=12),
+        segments=f"work/{RUN_KEY}/segments", styled=f"work/{RUN_KEY}/styled",
+        style="{{ params.style }}", model=f"{{{{ 'work/{RUN_KEY}/model.pth' if params.model_blob else '' }}}}",
+        precision="{{ params.precision }}", nodes="{{ params.azureml_nodes }}",
+        gpus_per_node="{{ params.azureml_gpus_per_node }}", vm_size="{{ params.azureml_vm_size }}",
+        tier="{{ params.azureml_tier }}", max_resubmits=3,
+    ).output
     split_facts >> backend >> [local, azureml]
     published = stitch_and_publish(probed, split_facts, local, azureml)
     clean_up(probed, published)

@@ -8,6 +8,7 @@ again and ``rm -rf .demo`` forgets everything.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Azurite's published development key (not a secret); the second account uses it too.
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 DATA_ACCOUNT, SYSTEM_ACCOUNT = "devstoreaccount1", "sysaccount1"
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 
 def connection_string(account: str, port: int) -> str:
@@ -54,6 +56,7 @@ class Stack:
         self.blob_port, self.api_port = blob_port, api_port
         self.airflow_home = self.root / "airflow"
         self.scratch = self.root / "scratch"
+        self.extra_env: dict[str, str] = {}  # e.g. notification connections in tests
 
     def env(self) -> dict[str, str]:
         """Environment for every Airflow process (and the tests' `airflow` commands)."""
@@ -81,7 +84,7 @@ class Stack:
             "AIRFLOW_CONN_WASB_SYSTEM": conn(SYSTEM_ACCOUNT),
             "VST_SCRATCH": str(self.scratch),
             "PYTHONPATH": str(REPO),
-        })
+        }, **self.extra_env)
 
     # ----------------------------------------------------------------------- Azurite
 
@@ -167,3 +170,11 @@ class Stack:
             pid_file.unlink()
             stopped.append(pid_file.stem)
         return stopped
+
+
+def airflow_json(result: subprocess.CompletedProcess):
+    """The JSON an `airflow ... -o json` command printed (it may print warnings before it)."""
+    for line in reversed(result.stdout.splitlines()):
+        if line.startswith(("[", "{")):
+            return json.loads(line)
+    return []

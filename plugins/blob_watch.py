@@ -55,13 +55,12 @@ def advance(state: dict | None, handled: list[dict]) -> dict | None:
     return {"since": newest, "seen": sorted(list(v) for v in seen)}
 
 
-async def list_versions(hook, container: str, prefix: str) -> list[dict]:
-    async with await hook.get_async_conn() as client:
-        container_client = client.get_container_client(container)
-        return [{"name": b.name, "etag": str(b.etag).strip('"'), "last_modified": b.last_modified.isoformat(),
-                 "size": b.size}
-                async for b in container_client.list_blobs(name_starts_with=prefix or None)
-                if b.size and not b.name.endswith("/")]
+async def list_versions(client, container: str, prefix: str) -> list[dict]:
+    container_client = client.get_container_client(container)
+    return [{"name": b.name, "etag": str(b.etag).strip('"'), "last_modified": b.last_modified.isoformat(),
+             "size": b.size}
+            async for b in container_client.list_blobs(name_starts_with=prefix or None)
+            if b.size and not b.name.endswith("/")]
 
 
 class NewBlobVersionTrigger(BaseTrigger):
@@ -84,20 +83,21 @@ class NewBlobVersionTrigger(BaseTrigger):
         hook = WasbAsyncHook(wasb_conn_id=self.wasb_conn_id)
         deadline = asyncio.get_running_loop().time() + self.give_up_after
         polls = 0
-        while True:
-            polls += 1
-            try:
-                fresh = new_versions(await list_versions(hook, self.container, self.prefix), self.state)
-            except Exception as exc:  # noqa: BLE001 - storage hiccups: keep waiting, say so
-                self.log.warning("listing %s failed (%s); trying again", self.container, exc)
-                fresh = []
-            if fresh:
-                yield TriggerEvent({"status": "success", "blobs": fresh, "polls": polls})
-                return
-            if asyncio.get_running_loop().time() >= deadline:
-                yield TriggerEvent({"status": "idle", "blobs": [], "polls": polls})
-                return
-            await asyncio.sleep(self.poke_interval)
+        async with await hook.get_async_conn() as client:  # one client for all polls (the hook caches it)
+            while True:
+                polls += 1
+                try:
+                    fresh = new_versions(await list_versions(client, self.container, self.prefix), self.state)
+                except Exception as exc:  # noqa: BLE001 - storage hiccups: keep waiting, say so
+                    self.log.warning("listing %s failed (%s); trying again", self.container, exc)
+                    fresh = []
+                if fresh:
+                    yield TriggerEvent({"status": "success", "blobs": fresh, "polls": polls})
+                    return
+                if asyncio.get_running_loop().time() >= deadline:
+                    yield TriggerEvent({"status": "idle", "blobs": [], "polls": polls})
+                    return
+                await asyncio.sleep(self.poke_interval)
 
 
 class NewBlobVersionSensor(BaseSensorOperator):

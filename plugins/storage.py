@@ -9,6 +9,7 @@ only in the connection string.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ INPUTS, OUTPUTS, QUARANTINE, STYLES = "videos-in", "videos-out", "quarantine", "
 WORK, LOGS = "work", "logs"
 DATA_CONTAINERS = (INPUTS, OUTPUTS, QUARANTINE, STYLES)
 SYSTEM_CONTAINERS = (WORK, LOGS)
+
+# The SDK logs every request's headers at INFO: noise in task logs, and nothing we need.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 
 class InvalidBlobName(ValueError):

@@ -116,7 +116,10 @@ def split(params: dict, probed: dict) -> dict:
     if params.get("max_side"):
         args += ["--max-side", str(params["max_side"])]
     plan = scoring(*args)
-    uploaded = BlobStore(SYSTEM_CONN).sync_up(local / "segments", WORK, f"{key}/segments/", suffixes=("plan.json",))
+    system = BlobStore(SYSTEM_CONN)
+    uploaded = system.sync_up(local / "segments", WORK, f"{key}/segments/", suffixes=("plan.json",))
+    if params.get("model_blob"):  # scoring nodes read only the system account: the model goes there too
+        system.upload(fetch_model(params, local), WORK, f"{key}/model.pth")
     return plan | {"uploaded": uploaded, "seconds": round(time.monotonic() - started, 3)}
 
 
@@ -139,14 +142,23 @@ def score_local(params: dict, probed: dict) -> dict:
 def model_args(params: dict, local: Path) -> list[str]:
     args = ["--precision", params.get("precision", "fp32")]
     if params.get("model_blob"):
-        path = local / "model.pth"
-        name = storage.check_blob_name(params["model_blob"])
-        if not path.is_file():
-            if BlobStore(DATA_CONN).info(STYLES, name) is None:
-                raise BadInput(f"model_blob {STYLES}/{name} does not exist")
-            BlobStore(DATA_CONN).download(STYLES, name, path)
-        return ["--model", str(path), *args]
+        return ["--model", str(fetch_model(params, local)), *args]
     return ["--style", str(params.get("style") or "0"), *args]
+
+
+def fetch_model(params: dict, local: Path) -> Path:
+    """The user's .pth from the styles container (cached in the run's scratch folder)."""
+    path = local / "model.pth"
+    if not path.is_file():
+        try:
+            name = storage.check_blob_name(params["model_blob"])
+        except storage.InvalidBlobName as exc:
+            raise BadInput(f"model_blob: {exc}") from None
+        data = BlobStore(DATA_CONN)
+        if data.info(STYLES, name) is None:
+            raise BadInput(f"model_blob {STYLES}/{name} does not exist")
+        data.download(STYLES, name, path)
+    return path
 
 
 def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: dict, run_id: str) -> dict:

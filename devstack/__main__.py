@@ -1,0 +1,96 @@
+"""python -m devstack start|demo|stop: the local stack for `make demo` and `make stop`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from . import REPO, Stack, airflow_json
+
+
+def start(stack: Stack) -> None:
+    stack.root.mkdir(parents=True, exist_ok=True)
+    stack.stop()  # a previous demo's processes, if any
+    stack.start_azurite()
+    stack.create_containers()
+    stack.prepare_airflow()
+    print(f"Azurite:  http://127.0.0.1:{stack.blob_port} (accounts devstoreaccount1, sysaccount1)", flush=True)
+    print("Airflow:  starting (scheduler, dag-processor, triggerer, API server)...", flush=True)
+    stack.start_airflow()
+    print(f"Airflow UI: http://127.0.0.1:{stack.api_port}  login admin / {stack.password('admin')}", flush=True)
+
+
+def demo(stack: Stack, clip: Path, blob_name: str, timeout: float) -> int:
+    from blob_watch import processing_run_id
+
+    from scoring.samples import make_clip
+
+    start(stack)
+    if not clip.exists():
+        make_clip(clip, seconds=6, fps="30000/1001", size=(640, 360))
+    blob = stack.blob_client().get_blob_client("videos-in", blob_name)
+    uploaded_at = time.time()
+    props = blob.upload_blob(clip.read_bytes(), overwrite=True)
+    run_id = processing_run_id("videos-in", blob_name, str(props["etag"]).strip('"'))
+    print(f"uploaded {clip} to videos-in/{blob_name}; waiting for the watcher to start {run_id}", flush=True)
+
+    deadline, seen, started = time.monotonic() + timeout, {}, None
+    while time.monotonic() < deadline:
+        runs = {r["run_id"]: r for r in airflow_json(stack.airflow("dags", "list-runs", "video_style_transfer",
+                                                                   "-o", "json", check=False))}
+        run = runs.get(run_id)
+        if run and started is None and run.get("start_date"):
+            started = datetime.fromisoformat(run["start_date"]).timestamp()
+            print(f"run started {started - uploaded_at:.1f} s after the upload", flush=True)
+        if run:
+            states = airflow_json(stack.airflow("tasks", "states-for-dag-run", "video_style_transfer", run_id,
+                                                "-o", "json", check=False))
+            for ti in states:
+                key = ti.get("task_id")
+                if ti.get("state") != seen.get(key):
+                    seen[key] = ti.get("state")
+                    print(f"  {key:<20} {ti.get('state')}", flush=True)
+            if run["state"] in ("success", "failed"):
+                print(f"run {run['state']} in {time.time() - uploaded_at:.0f} s", flush=True)
+                return 0 if run["state"] == "success" and fetch_output(stack, blob_name) else 1
+        time.sleep(2)
+    print(f"timed out after {timeout:.0f} s; the stack is still running (make stop)", file=sys.stderr)
+    return 1
+
+
+def fetch_output(stack: Stack, blob_name: str) -> bool:
+    from style_pipeline import default_output_name
+
+    name = default_output_name(blob_name, "19", None)
+    out = REPO / "out" / Path(name).name
+    out.parent.mkdir(exist_ok=True)
+    container = stack.blob_client().get_container_client("videos-out")
+    out.write_bytes(container.download_blob(name).readall())
+    print(f"videos-out/{name} -> {out}")
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("command", choices=["start", "demo", "stop"])
+    parser.add_argument("--root", type=Path, default=REPO / ".demo", help="state folder (default: .demo)")
+    parser.add_argument("--clip", type=Path, default=REPO / "out" / "sample.mp4")
+    parser.add_argument("--blob", default="demo/sample clip.mp4", help="name to upload as")
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "plugins"))
+    stack = Stack(args.root)
+    if args.command == "stop":
+        print("stopped:", ", ".join(stack.stop()) or "nothing was running")
+        return 0
+    if args.command == "start":
+        start(stack)
+        return 0
+    return demo(stack, args.clip, args.blob, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The Airflow side against real Azurite and real Airflow (`airflow dags test`), with a local
+webhook receiver and a local SMTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from devstack import REPO, SYSTEM_ACCOUNT, Stack, airflow_json, free_port
+from scoring import media
+
+sys.path.insert(0, str(REPO / "plugins"))
+from blob_watch import STATE_VARIABLE, processing_run_id  # noqa: E402
+from notifications import SIGNATURE_HEADER, verify_signature  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
+                                reason="Azurite is not installed (make setup runs npm ci)")
+SECRET = "test-webhook-secret"
+
+
+class Webhooks:
+    """A local HTTP receiver that keeps what it was sent and whether the signature held."""
+
+    def __init__(self):
+        self.received: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                valid = verify_signature(SECRET, body, self.headers.get(SIGNATURE_HEADER, ""))
+                outer.received.append({"body": json.loads(body), "raw": body, "valid": valid,
+                                       "signature": self.headers.get(SIGNATURE_HEADER)})
+                self.send_response(204 if valid else 401)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+
+class Mailbox:
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        outer = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                outer.messages.append(envelope)
+                return "250 OK"
+
+        self.port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("stack"), blob_port=free_port(), api_port=free_port())
+    hooks, mail = Webhooks(), Mailbox()
+    stack.extra_env = {
+        "AIRFLOW_CONN_VIDEO_WEBHOOK": json.dumps({"conn_type": "http", "host": hooks.url, "password": SECRET}),
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": mail.port,
+                                                 "extra": {"disable_tls": True, "disable_ssl": True}}),
+        "VST_WATCH_POLL_SECONDS": "1", "VST_WATCH_IDLE_SECONDS": "6",
+    }
+    stack.start_azurite()
+    stack.create_containers()
+    stack.prepare_airflow()
+    stack.hooks, stack.mail = hooks, mail
+    yield stack
+    stack.stop()
+    mail.controller.stop()
+    hooks.server.shutdown()
+
+
+def upload(stack, name: str, path: Path) -> str:
+    props = stack.blob_client().get_blob_client("videos-in", name).upload_blob(path.read_bytes(), overwrite=True)
+    return str(props["etag"]).strip('"')
+
+
+def dags_test(stack, dag_id: str, conf: dict | None = None) -> str:
+    args = ["dags", "test", dag_id] + (["-c", json.dumps(conf)] if conf else [])
+    result = stack.airflow(*args, check=False, timeout=600)
+    output = result.stdout + result.stderr
+    for state in ("success", "failed"):
+        if f"state={state}, run_type=" in output:
+            return state
+    raise AssertionError(f"no final run state in `airflow {' '.join(args)}`:\n{output[-4000:]}")
+
+
+def blobs(stack, container: str, account=None) -> dict[str, bytes]:
+    client = stack.blob_client(account) if account else stack.blob_client()
+    container_client = client.get_container_client(container)
+    return {b.name: container_client.download_blob(b.name).readall() for b in container_client.list_blobs()}
+
+
+def test_dag_files_import_fast_without_heavy_modules(tmp_path):
+    code = (
+        "import json, sys, time; t = time.perf_counter()\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag({str(REPO / 'dags')!r})\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'dags': sorted(bag.dag_ids),\n"
+        "                  'errors': {k: str(v) for k, v in bag.import_errors.items()},\n"
+        "                  'heavy': [m for m in ('torch', 'azure.ai.ml', 'scoring.models') if m in sys.modules]}))\n"
+    )
+    env = Stack(tmp_path).env()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"DAG folder parsed in {facts['seconds']:.2f} s (Airflow's own import included)")
+    assert facts["dags"] == ["blob_sweep", "blob_watcher", "video_style_transfer"]
+    assert facts["errors"] == {} and facts["heavy"] == []
+    assert facts["seconds"] < 30
+
+
+def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_path):
+    clip = clip_factory(seconds=2, fps="179/6", size=(160, 90))
+    name = "holiday films/clip ü 1.mp4"
+    etag = upload(stack, name, clip)
+    state = dags_test(stack, "video_style_transfer",
+                      {"input_blob": name, "style": "3:0.5,12:0.5", "ranks": 2, "segment_frames": 20,
+                       "notify_email": "ops@example.com"})
+    assert state == "success"
+
+    out = blobs(stack, "videos-out")
+    video_name = "holiday films/clip ü 1.style-3_0.5_12_0.5.mp4"
+    assert set(out) == {video_name, video_name + ".manifest.json"}
+    (tmp_path / "out.mp4").write_bytes(out[video_name])
+    before, after = media.probe(clip), media.probe(tmp_path / "out.mp4")
+    assert after.frames == before.frames == 60 and after.has_audio and after.frame_rate == "179/6"
+    manifest = json.loads(out[video_name + ".manifest.json"])
+    assert manifest["input"]["etag"] == etag and manifest["output"]["frames"] == 60
+    assert manifest["segments"] == 3 and manifest["scoring"]["scored"] == 3
+    assert set(manifest["seconds"]) == {"probe", "split", "score", "stitch", "publish"}
+
+    # the input is untouched, the system account holds nothing of the finished run
+    client = stack.blob_client().get_blob_client("videos-in", name)
+    assert client.get_blob_properties().etag.strip('"') == etag
+    assert client.download_blob().readall() == clip.read_bytes()
+    assert blobs(stack, "work", SYSTEM_ACCOUNT) == {}
+
+    # notifications: a signed webhook and an e-mail, both saying it worked, no secret inside
+    done = [m for m in stack.hooks.received if m["body"]["status"] == "succeeded"]
+    assert len(done) == 1 and done[0]["valid"] and done[0]["body"]["output_blob"] == video_name
+    assert SECRET not in done[0]["raw"].decode()
+    assert not verify_signature("wrong secret", done[0]["raw"], done[0]["signature"])
+    assert not verify_signature(SECRET, done[0]["raw"].replace(b"succeeded", b"failed"), done[0]["signature"])
+    mails = [m for m in stack.mail.messages if b"succeeded" in m.content]
+    assert len(mails) == 1 and mails[0].rcpt_tos == ["ops@example.com"]
+
+
+def test_bad_upload_is_quarantined_and_input_kept(stack):
+    name = "bad/notes.mp4"
+    text = b"this is a shopping list, not a video\n"
+    stack.blob_client().get_blob_client("videos-in", name).upload_blob(text, overwrite=True)
+    outputs_before = set(blobs(stack, "videos-out"))
+    assert dags_test(stack, "video_style_transfer", {"input_blob": name}) == "failed"
+
+    quarantined = blobs(stack, "quarantine")
+    assert quarantined[name] == text
+    reason = json.loads(quarantined[name + ".reason.json"])
+    assert "not a video or image we can read" in reason["reason"] and reason["input"] == f"videos-in/{name}"
+    assert blobs(stack, "videos-in")[name] == text
+    assert set(blobs(stack, "videos-out")) == outputs_before
+    failed = [m for m in stack.hooks.received if m["body"]["status"] == "failed"]
+    assert failed and failed[-1]["valid"] and "not a video" in failed[-1]["body"]["error"]
+
+
+def test_missing_input_blob_fails_with_a_clear_message(stack):
+    result = stack.airflow("dags", "test", "video_style_transfer", "-c", json.dumps({"input_blob": "nope.mp4"}),
+                           check=False)
+    assert "videos-in/nope.mp4 does not exist" in result.stdout + result.stderr
+
+
+def _upload_runs(stack) -> set[str]:
+    runs = airflow_json(stack.airflow("dags", "list-runs", "video_style_transfer", "-o", "json"))
+    return {r["run_id"] for r in runs if r["run_id"].startswith("upload__")}
+
+
+def test_watcher_starts_one_run_per_blob_version(stack, clip_factory):
+    stack.airflow("variables", "delete", STATE_VARIABLE, check=False)
+    stack.airflow("dags", "test", "blob_watcher", check=False)  # takes in what earlier tests uploaded
+    baseline = _upload_runs(stack)
+
+    first = upload(stack, "watched/a.mp4", clip_factory(seconds=1, fps="25", size=(96, 64)))
+    assert dags_test(stack, "blob_watcher") == "success"
+    runs = _upload_runs(stack)
+    assert runs - baseline == {processing_run_id("videos-in", "watched/a.mp4", first)}
+
+    assert dags_test(stack, "blob_watcher") == "success"  # nothing new: the sensor gives up, skipped
+    assert _upload_runs(stack) == runs
+
+    second = upload(stack, "watched/a.mp4", clip_factory(seconds=1.5, fps="25", size=(96, 64)))
+    assert second != first
+    assert dags_test(stack, "blob_watcher") == "success"
+    assert _upload_runs(stack) - runs == {processing_run_id("videos-in", "watched/a.mp4", second)}
+
+    # the watermark lost (or a second watcher): every version is offered again, none runs twice
+    stack.airflow("variables", "delete", STATE_VARIABLE)
+    before = _upload_runs(stack)
+    assert dags_test(stack, "blob_watcher") == "success"
+    assert _upload_runs(stack) == before
