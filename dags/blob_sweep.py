@@ -1,6 +1,7 @@
 """blob_sweep: process the uploads of a time window that have no run yet (for backfills).
 
-Each run's data interval selects the blobs in videos-in last modified inside it, and starts
+Each run's data interval (the hour before it runs; ``VST_SWEEP_MINUTES`` changes the length)
+selects the blobs in videos-in last modified inside it, and starts
 one video_style_transfer run per blob version, with the same run id the watcher would use,
 so versions already processed are skipped. Catch up on a period Airflow was down with:
 
@@ -9,13 +10,20 @@ so versions already processed are skipped. Catch up on a period Airflow was down
 
 from __future__ import annotations
 
-from datetime import datetime
+import os
+from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
+
+MINUTES = int(os.environ.get("VST_SWEEP_MINUTES", "60"))
+# A trigger timetable whose runs cover the preceding interval (Airflow 3's default cron
+# schedule gives a run no interval at all, and the sweep is all about its interval).
+EVERY = CronTriggerTimetable("0 * * * *" if MINUTES == 60 else f"*/{MINUTES} * * * *", timezone="UTC",
+                             interval=timedelta(minutes=MINUTES))
 
 
-@dag(dag_id="blob_sweep", schedule="@hourly", start_date=datetime(2026, 1, 1), catchup=False,
+@dag(dag_id="blob_sweep", schedule=EVERY, start_date=datetime(2026, 1, 1), catchup=False,
      max_active_runs=4, tags=["video", "backfill"], doc_md=__doc__)
 def blob_sweep():
     @task

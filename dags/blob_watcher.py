@@ -17,7 +17,6 @@ from datetime import datetime
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import dag, task
-
 from blob_watch import NewBlobVersionSensor
 
 POLL_SECONDS = float(os.environ.get("VST_WATCH_POLL_SECONDS", "2"))
@@ -41,7 +40,6 @@ def blob_watcher():
     @task  # only after every run was started: a failed start is retried by the next watcher run
     def remember(blobs: list[dict]) -> dict | None:
         from airflow.sdk import Variable
-
         from blob_watch import STATE_VARIABLE, advance
 
         state = advance(Variable.get(STATE_VARIABLE, default=None, deserialize_json=True), blobs)

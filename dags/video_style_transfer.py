@@ -17,7 +17,6 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
-
 from azureml.operators import AzureMLScoreOperator
 from notifications import RunNotifier
 

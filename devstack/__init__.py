@@ -63,7 +63,7 @@ class Stack:
         conn = lambda account: json.dumps({"conn_type": "wasb", "extra": {  # noqa: E731
             "connection_string": connection_string(account, self.blob_port)}})
         venv_bin = os.path.dirname(sys.executable)
-        return dict(os.environ, **{
+        return os.environ | {
             "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -84,7 +84,7 @@ class Stack:
             "AIRFLOW_CONN_WASB_SYSTEM": conn(SYSTEM_ACCOUNT),
             "VST_SCRATCH": str(self.scratch),
             "PYTHONPATH": str(REPO),
-        }, **self.extra_env)
+        } | self.extra_env
 
     # ----------------------------------------------------------------------- Azurite
 

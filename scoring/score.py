@@ -14,12 +14,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
 from threading import Thread
-from collections.abc import Iterable, Iterator
 
 from . import media
 from .errors import UserError

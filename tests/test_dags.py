@@ -3,7 +3,6 @@ webhook receiver and a local SMTP server."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -214,3 +213,50 @@ def test_watcher_starts_one_run_per_blob_version(stack, clip_factory):
     before = _upload_runs(stack)
     assert dags_test(stack, "blob_watcher") == "success"
     assert _upload_runs(stack) == before
+
+
+def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
+    """A running Airflow (standalone): uploads nobody watched are found by a backfill of the
+    sweep over their window; an upload that already has its run is skipped."""
+    from datetime import datetime, timedelta, timezone
+
+    stack = Stack(tmp_path_factory.mktemp("backfill"), blob_port=free_port(), api_port=free_port())
+    stack.extra_env = {"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True", "VST_SWEEP_MINUTES": "1"}
+    stack.start_azurite()
+    try:
+        stack.create_containers()
+        stack.prepare_airflow()
+        stack.start_airflow()
+        clip = clip_factory(seconds=1, fps="25", size=(96, 64))
+        etags = {name: upload(stack, name, clip) for name in ("missed/one.mp4", "missed/two.mp4", "done.mp4")}
+        window_end = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        done_run = processing_run_id("videos-in", "done.mp4", etags["done.mp4"])
+        stack.airflow("dags", "trigger", "video_style_transfer", "-r", done_run, "-c",
+                      json.dumps({"input_blob": "done.mp4"}))
+        # the window must be over, and so must the next one: the sweep's own schedule (which
+        # starts on unpause) then covers a later minute, and only the backfill sees the uploads
+        while datetime.now(timezone.utc) < window_end + timedelta(seconds=62):
+            time.sleep(1)
+        _wait_for(lambda: "blob_sweep" in stack.airflow("dags", "list", "-o", "json").stdout, 120)
+        stack.airflow("backfill", "create", "--dag-id", "blob_sweep", "--from-date", window_end.isoformat(),
+                      "--to-date", window_end.isoformat())
+        stack.airflow("dags", "unpause", "blob_sweep")  # video_style_transfer stays paused: runs only queue
+
+        def sweep_done():
+            runs = airflow_json(stack.airflow("dags", "list-runs", "blob_sweep", "-o", "json"))
+            return any(r["run_id"].startswith("backfill__") and r["state"] in ("success", "failed") for r in runs)
+
+        _wait_for(sweep_done, 180)
+        runs = airflow_json(stack.airflow("dags", "list-runs", "blob_sweep", "-o", "json"))
+        assert [r["state"] for r in runs if r["run_id"].startswith("backfill__")] == ["success"]
+        started = _upload_runs(stack)
+        assert started == {processing_run_id("videos-in", name, etag) for name, etag in etags.items()}
+    finally:
+        stack.stop()
+
+
+def _wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(2)
