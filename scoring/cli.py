@@ -50,11 +50,13 @@ def cmd_score(args) -> dict | None:
     world = score.World()
     score.exit_on_sigterm()
     score.set_threads(world)
+    # a bad style or model fails every rank alike, before any work: a plain exit 2 in each
+    stylizer, model_id = stylizer_from(args), model_id_from(args)
     try:
         encoding = score.Encoding(args.batch, args.crf, args.preset)
-        result = score.score(args.segments, args.out, stylizer_from(args), model_id_from(args), encoding, world)
+        result = score.score(args.segments, args.out, stylizer, model_id, encoding, world)
     except UserError as exc:
-        if world.size > 1:  # the other ranks would wait for this one forever
+        if world.size > 1:  # a failure in one rank's share: the others would wait for it forever
             print(f"error: [rank {world.rank}] {exc}", file=sys.stderr, flush=True)
             world.abort(exc.exit_code)
         raise
@@ -115,20 +117,22 @@ def stylizer_from(args):
     from .models import load_model
     from .stylizer import Stylizer
 
-    return Stylizer(load_model(args.style, args.model), args.device, args.precision)
+    return Stylizer(load_model(args.style, args.model), args.device, args.precision, args.compile)
 
 
 def model_id_from(args) -> str:
     from .models import model_id
 
-    return f"{model_id(args.style, args.model)}@{args.precision}"
+    from .stylizer import resolve_precision
+
+    return f"{model_id(args.style, args.model)}@{resolve_precision(args.precision, args.device)}"
 
 
 def model_args(args) -> list[str]:
     """The model options again, to hand to the ranks that mpiexec starts."""
     chosen = ["--model", str(args.model)] if args.model else ["--style", args.style]
     return [*chosen, "--device", args.device, "--precision", args.precision, "--batch", str(args.batch),
-            "--crf", str(args.crf), "--preset", args.preset]
+            "--crf", str(args.crf), "--preset", args.preset, *(["--compile"] if args.compile else [])]
 
 
 def limits_from(args) -> media.Limits:
@@ -160,9 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="built-in style 0-25, or a blend such as 3:0.5,12:0.5 (default: %(default)s)")
     choice.add_argument("--model", type=Path, help="a pytorch/examples TransformerNet .pth state dict instead")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: %(default)s)")
-    group.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                       help="fp16 needs CUDA (default: %(default)s)")
-    group.add_argument("--batch", type=positive_int, default=4, help="frames per forward pass (default: %(default)s)")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="auto: fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), else fp32; "
+                       "fp16 needs CUDA (default: %(default)s)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the network: faster per frame "
+                       "after a first call of about half a minute per process (per rank): for long clips")
+    group.add_argument("--batch", type=positive_int, default=1, help="frames per forward pass; 1 is fastest on a "
+                       "CPU (bench/run.py), a GPU may like 8 (default: %(default)s)")
     group.add_argument("--crf", type=int, default=18, help="x264 quality of the output, lower is better "
                        "(default: %(default)s)")
     group.add_argument("--preset", default="fast", help="x264 speed preset of the output (default: %(default)s)")

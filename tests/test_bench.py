@@ -1,0 +1,50 @@
+"""bench/run.py on a handful of small frames: every row is there and its numbers are sane
+(timings are not checked: they depend on the machine and its load)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from .helpers import REPO
+
+
+def test_bench_prints_every_row(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--frames", "6", "--size", "320x180",
+                             "--json", str(out)], capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout
+    for row in ("| 1 reference", "| 2 peer", "| 3 scaling, 1 rank", "| 3 scaling, 2 ranks", "| 4 limit"):
+        assert row in table, f"{row!r} missing from:\n{table}"
+
+    r = json.loads(out.read_text())
+    assert r["clip"]["frames"] == 6 and r["clip"]["size"] == "320x180"
+    ref = r["reference"]
+    assert ref["frames"] == 6
+    for key in ("reference_fps", "ours_fps", "ratio"):
+        assert 0 < ref[key] < math.inf
+    assert math.isclose(ref["ratio"], ref["ours_fps"] / ref["reference_fps"], rel_tol=1e-6)
+    assert ref["psnr_model_db"] >= 35  # the network at our default precision against fp32
+    assert ref["psnr_ours_db"] > 10 and ref["psnr_reference_db"] > 10  # same pictures, through codecs
+
+    peer = r["peer"]
+    if "skipped" not in peer:
+        assert 0 < peer["peer_fps"] and 0 < peer["ours_fps"] and peer["ratio"] > 0
+    else:
+        assert "opencv" in peer["skipped"]
+
+    assert [s["ranks"] for s in r["scaling"]] == [1, 2]
+    for s in r["scaling"]:
+        assert set(s["steps_s"]) == {"probe", "split", "score", "stitch"}
+        assert 0 < s["non_scoring_share"] < 1 and s["fps"] > 0
+
+    limit = r["limit"]
+    # TransformerNet: 307,584 FLOPs per pixel (9x9 in/out convs, 2 down, 10 residual, 2 up)
+    assert limit["transformer_net_flops"] == 307_584 * 320 * 180
+    assert 0 < limit["multistyle_flops"] < limit["transformer_net_flops"]
+    assert 1e9 < limit["matmul_fp32_flops"] < 1e14 and limit["matmul_bf16_flops"] > 0
+    assert 0 < limit["transformer_net_ours_share"] < 1.5
