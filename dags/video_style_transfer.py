@@ -13,6 +13,7 @@ or let ``blob_watcher`` start it for every upload.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
@@ -20,7 +21,10 @@ from airflow.sdk.exceptions import AirflowFailException
 from azureml.operators import AzureMLScoreOperator
 from notifications import RunNotifier
 
-RUN_KEY = "{{ ti.xcom_pull(task_ids='probe')['run_key'] }}"
+WORK_IN = "{{ ti.xcom_pull(task_ids='probe')['work_in'] }}"
+WORK_OUT = "{{ ti.xcom_pull(task_ids='probe')['work_out'] }}"
+AZUREML_POLL_SECONDS = float(os.environ.get("VST_AZUREML_POLL_SECONDS", "30"))
+MODEL_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/model.pth') if params.model_blob else '' }}"
 
 PARAMS = {
     "input_blob": Param("", type="string", minLength=1, maxLength=1024, title="Input video",
@@ -110,11 +114,11 @@ def video_style_transfer():
     local = score_local(probed)
     azureml = AzureMLScoreOperator(
         task_id="score_azureml", pool="scoring", execution_timeout=timedelta(hours=12),
-        segments=f"work/{RUN_KEY}/segments", styled=f"work/{RUN_KEY}/styled",
-        style="{{ params.style }}", model=f"{{{{ 'work/{RUN_KEY}/model.pth' if params.model_blob else '' }}}}",
+        segments=f"{WORK_IN}/segments", styled=f"{WORK_OUT}/styled",
+        style="{{ params.style }}", model=MODEL_IN,
         precision="{{ params.precision }}", nodes="{{ params.azureml_nodes }}",
         gpus_per_node="{{ params.azureml_gpus_per_node }}", vm_size="{{ params.azureml_vm_size }}",
-        tier="{{ params.azureml_tier }}", max_resubmits=3,
+        tier="{{ params.azureml_tier }}", max_resubmits=3, poll_interval=AZUREML_POLL_SECONDS,
     ).output
     split_facts >> backend >> [local, azureml]
     published = stitch_and_publish(probed, split_facts, local, azureml)

@@ -109,7 +109,7 @@ class Stack:
         from azure.storage.blob import BlobServiceClient
 
         for account, names in ((DATA_ACCOUNT, ("videos-in", "videos-out", "quarantine", "styles")),
-                               (SYSTEM_ACCOUNT, ("work", "logs"))):
+                               (SYSTEM_ACCOUNT, ("logs",))):
             client = BlobServiceClient.from_connection_string(connection_string(account, self.blob_port))
             for name in names:
                 try:

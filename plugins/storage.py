@@ -2,13 +2,14 @@
 
 The **data** account is what users touch: ``videos-in`` (uploads, never modified),
 ``videos-out`` (results), ``quarantine`` (rejected uploads with a reason), ``styles``
-(users' style models). The **system** account holds intermediate work (``work/<run>/...``)
-and ``logs``. Both are reached through Airflow connections, so Azurite and real Azure differ
+(users' style models). The **system** account holds ``logs`` and each run's intermediate
+work in two containers of the run's own (``run_containers``). Both are reached through Airflow connections, so Azurite and real Azure differ
 only in the connection string.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -17,12 +18,20 @@ from pathlib import Path
 DATA_CONN = "wasb_data"
 SYSTEM_CONN = "wasb_system"
 INPUTS, OUTPUTS, QUARANTINE, STYLES = "videos-in", "videos-out", "quarantine", "styles"
-WORK, LOGS = "work", "logs"
+LOGS = "logs"
 DATA_CONTAINERS = (INPUTS, OUTPUTS, QUARANTINE, STYLES)
-SYSTEM_CONTAINERS = (WORK, LOGS)
+SYSTEM_CONTAINERS = (LOGS,)
 
 # The SDK logs every request's headers at INFO: noise in task logs, and nothing we need.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+
+
+def run_containers(run_id: str) -> tuple[str, str]:
+    """The system-account containers of one run: what scoring reads (segments, audio, plan,
+    model) and what it writes (styled segments). A container is the narrowest scope a SAS
+    has on blob storage, so a token for one of them reaches one run's data, one way."""
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:24]
+    return f"run-{digest}-in", f"run-{digest}-out"
 
 
 class InvalidBlobName(ValueError):
@@ -142,12 +151,22 @@ class BlobStore:
                 sent += 1
         return sent
 
-    def delete_prefix(self, container: str, prefix: str) -> int:
-        blobs = [b.name for b in self.list(container, prefix)]
-        container_client = self.client.get_container_client(container)
-        for name in blobs:
-            container_client.delete_blob(name)
-        return len(blobs)
+    def ensure_container(self, container: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self.client.create_container(container)
+        except ResourceExistsError:
+            pass
+
+    def delete_container(self, container: str) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.client.delete_container(container)
+        except ResourceNotFoundError:
+            return False
+        return True
 
 
 def _blob_info(props) -> BlobInfo:
@@ -156,11 +175,6 @@ def _blob_info(props) -> BlobInfo:
 
 
 def create_containers(data: BlobStore, system: BlobStore) -> None:
-    from azure.core.exceptions import ResourceExistsError
-
     for store, names in ((data, DATA_CONTAINERS), (system, SYSTEM_CONTAINERS)):
         for name in names:
-            try:
-                store.client.create_container(name)
-            except ResourceExistsError:
-                pass
+            store.ensure_container(name)

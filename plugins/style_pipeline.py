@@ -1,8 +1,9 @@
 """The bodies of the ``video_style_transfer`` tasks: storage in, a scoring command, storage out.
 
 Each function is idempotent: it can be rerun after a crash or a retry and gives the same
-result, never touching the input. Big data moves through blob storage (the system account's
-``work/<run>/``); a local scratch folder is only a cache, so any task may run on any worker.
+result, never touching the input. Big data moves through blob storage (the run's own
+containers in the system account); a local scratch folder is only a cache, so any task may
+run on any worker.
 What a task returns goes to XCom and is small.
 """
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 import storage
-from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, WORK, BlobStore
+from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 
 STATUS_FILE = ".run.json"
 
@@ -93,7 +94,11 @@ def probe(params: dict, run_id: str) -> dict:
         raise BadInput(f"{name}: {reason} (copied to {QUARANTINE}/{name})") from None
     output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"))
     storage.check_blob_name(output)
-    return {"run_key": key, "input_blob": name, "etag": blob.etag, "size": blob.size, "output_blob": output,
+    work_in, work_out = storage.run_containers(run_id)
+    system = BlobStore(SYSTEM_CONN)
+    system.ensure_container(work_in)
+    system.ensure_container(work_out)
+    return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag, "size": blob.size, "output_blob": output,
             "frames": info["frames"], "duration": info["duration"], "frame_rate": info["frame_rate"],
             "width": info["width"], "height": info["height"], "audio": info["has_audio"],
             "seconds": round(time.monotonic() - started, 3)}
@@ -117,9 +122,9 @@ def split(params: dict, probed: dict) -> dict:
         args += ["--max-side", str(params["max_side"])]
     plan = scoring(*args)
     system = BlobStore(SYSTEM_CONN)
-    uploaded = system.sync_up(local / "segments", WORK, f"{key}/segments/", suffixes=("plan.json",))
+    uploaded = system.sync_up(local / "segments", probed["work_in"], "segments/", suffixes=("plan.json",))
     if params.get("model_blob"):  # scoring nodes read only the system account: the model goes there too
-        system.upload(fetch_model(params, local), WORK, f"{key}/model.pth")
+        system.upload(fetch_model(params, local), probed["work_in"], "model.pth")
     return plan | {"uploaded": uploaded, "seconds": round(time.monotonic() - started, 3)}
 
 
@@ -128,13 +133,13 @@ def score_local(params: dict, probed: dict) -> dict:
     started = time.monotonic()
     key, local = probed["run_key"], scratch(probed["run_key"])
     system = BlobStore(SYSTEM_CONN)
-    system.sync_down(WORK, f"{key}/segments/", local / "segments")
-    resumed = system.sync_down(WORK, f"{key}/styled/", local / "styled")
+    system.sync_down(probed["work_in"], "segments/", local / "segments")
+    resumed = system.sync_down(probed["work_out"], "styled/", local / "styled")
     try:
         summary = scoring("score", "--segments", str(local / "segments"), "--out", str(local / "styled"),
                           *model_args(params, local), ranks=int(params["ranks"]))
     finally:  # what finished is kept in storage even if this attempt fails
-        system.sync_up(local / "styled", WORK, f"{key}/styled/", suffixes=(".done",))
+        system.sync_up(local / "styled", probed["work_out"], "styled/", suffixes=(".done",))
     return {k: summary.get(k) for k in ("segments", "scored", "skipped", "frames_scored", "ranks")} | {
         "fetched_done_files": resumed, "seconds": round(time.monotonic() - started, 3)}
 
@@ -174,8 +179,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
         print(f"{OUTPUTS}/{output} already holds this input version with these settings "
               f"(published by run {existing.metadata.get('run_id')}); nothing to do")
         return {"output_blob": output, "published": False, "by_run": existing.metadata.get("run_id")}
-    system.sync_down(WORK, f"{key}/segments/", local / "segments")
-    system.sync_down(WORK, f"{key}/styled/", local / "styled")
+    system.sync_down(probed["work_in"], "segments/", local / "segments")
+    system.sync_down(probed["work_out"], "styled/", local / "styled")
     video = local / "output.mp4"
     stitched = scoring("stitch", "--segments", str(local / "segments"), "--styled", str(local / "styled"), str(video))
     stitch_seconds = time.monotonic() - started
@@ -191,7 +196,7 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
         "settings": {k: params.get(k) for k in ("style", "model_blob", "max_side", "ranks", "backend",
                                                  "segment_frames", "precision")},
         "segments": split_facts.get("segments"),
-        "scoring": {k: scored.get(k) for k in ("scored", "skipped", "frames_scored", "ranks")},
+        "scoring": {k: v for k, v in scored.items() if k not in ("seconds", "fetched_done_files")},
         "seconds": {"probe": probed["seconds"], "split": split_facts["seconds"], "score": scored.get("seconds"),
                     "stitch": round(stitch_seconds, 3),
                     "publish": round(time.monotonic() - started - stitch_seconds, 3)},
@@ -203,7 +208,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
 
 def clean_up(probed: dict) -> int:
     """After publishing, the run's intermediate files are no longer needed anywhere."""
-    removed = BlobStore(SYSTEM_CONN).delete_prefix(WORK, probed["run_key"] + "/")
+    system = BlobStore(SYSTEM_CONN)
+    removed = sum(system.delete_container(name) for name in (probed["work_in"], probed["work_out"]))
     shutil.rmtree(scratch(probed["run_key"]), ignore_errors=True)
     return removed
 

@@ -412,3 +412,50 @@ class _Jobs:
             (logs / f"std_log_attempt_{i}.txt").write_text(attempt.stdout + attempt.stderr)
         if all:
             raise NotImplementedError("the fake downloads logs only")
+
+
+class BlobMountedFakeAzureML(FakeAzureML):
+    """The same service, with datastores mounted from real blob storage (Azurite).
+
+    Before a run it downloads the job's inputs, and the outputs already there, *with the
+    datastore's own SAS token*, so storage itself checks the token; after the run, finished
+    or preempted, it uploads the output folder with that token (a read-write mount writes
+    through; ``.partial`` files are the ones a mount would hold half-written, left out).
+    ``account_urls`` maps an account name to its endpoint (Azurite's
+    ``http://127.0.0.1:PORT/<account>``).
+    """
+
+    def __init__(self, account_urls: dict[str, str], work_root: Path, **kwargs):
+        super().__init__(storage_root=Path(work_root) / "mounts", work_root=work_root, **kwargs)
+        self.account_urls = account_urls
+        self.writable: list[tuple[Path, object]] = []
+
+    def _container(self, store):
+        from azure.storage.blob import ContainerClient
+
+        return ContainerClient(self.account_urls[store.account_name], store.container_name,
+                               credential=store.credentials.sas_token)
+
+    def _resolve(self, path: str, mode: str) -> Path:
+        store_name, _, rest = str(path)[len("azureml://datastores/"):].partition("/paths/")
+        store = self.datastores.get(store_name)
+        if store is not None and mode in ("ro_mount", "download", "rw_mount"):
+            container, root = self._container(store), self.storage_root / store.container_name
+            for blob in container.list_blobs(name_starts_with=rest.strip("/")):
+                target = root / blob.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(container.download_blob(blob.name).readall())
+            if mode == "rw_mount":
+                self.writable.append((root, container))
+        return super()._resolve(path, mode)
+
+    def _execute(self, run: FakeRun, command: list[str], outcome: str) -> Attempt:
+        try:
+            return super()._execute(run, command, outcome)
+        finally:
+            for root, container in self.writable:
+                for path in sorted(root.rglob("*"), key=lambda p: p.name.endswith(".done")):
+                    if path.is_file() and not path.name.startswith("."):
+                        with open(path, "rb") as f:
+                            container.upload_blob(path.relative_to(root).as_posix(), f, overwrite=True)
+            self.writable.clear()

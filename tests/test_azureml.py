@@ -371,12 +371,13 @@ def test_trigger_yields_one_event_with_the_service_message(service):
                                    score_args=[], code=entities.stage_code(Path(tempfile.mkdtemp())),
                                    environment=environment, compute="vst-gpu")
     name = op.hook.submit(job).name
-    trigger = AzureMLJobTrigger(name, "azureml_default", poll_interval=0.02)
+    trigger = AzureMLJobTrigger(name, "azureml_default", poll_interval=0.02, carry={"resubmits": 1})
     (event,) = asyncio.run(_events(trigger))
     assert event.payload == {"status": "error", "job_name": name, "job_status": "Failed",
-                             "message": f"UserError: {SERVICE_ERROR[1]}"}
+                             "message": f"UserError: {SERVICE_ERROR[1]}", "carry": {"resubmits": 1}}
     classpath, kwargs = trigger.serialize()
     assert classpath == "azureml.trigger.AzureMLJobTrigger" and kwargs["job_name"] == name
+    assert kwargs["carry"] == {"resubmits": 1}
 
     # a status read that keeps failing ends in one error event, never a hang
     missing = AzureMLJobTrigger("no-such-job", "azureml_default", poll_interval=0.01, max_poll_errors=2)

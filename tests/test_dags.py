@@ -95,6 +95,8 @@ def dags_test(stack, dag_id: str, conf: dict | None = None) -> str:
     args = ["dags", "test", dag_id] + (["-c", json.dumps(conf)] if conf else [])
     result = stack.airflow(*args, check=False, timeout=600)
     output = result.stdout + result.stderr
+    log = stack.root / f"dags-test-{dag_id}-{time.strftime('%H%M%S')}.log"
+    log.write_text(output)  # the whole run's task logs, for when a test fails
     for state in ("success", "failed"):
         if f"state={state}, run_type=" in output:
             return state
@@ -150,7 +152,8 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     client = stack.blob_client().get_blob_client("videos-in", name)
     assert client.get_blob_properties().etag.strip('"') == etag
     assert client.download_blob().readall() == clip.read_bytes()
-    assert blobs(stack, "work", SYSTEM_ACCOUNT) == {}
+    system_containers = [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()]
+    assert system_containers == ["logs"]  # the run's own work containers are gone
 
     # notifications: a signed webhook and an e-mail, both saying it worked, no secret inside
     done = [m for m in stack.hooks.received if m["body"]["status"] == "succeeded"]
@@ -260,3 +263,38 @@ def _wait_for(condition, timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(2)
+
+
+def test_azureml_backend_end_to_end_through_a_preemption(stack, clip_factory, tmp_path):
+    """backend=azureml: the real operator, trigger and SAS tokens against Azurite; only the
+    service is the fake, which runs the job under mpiexec and preempts the first one midway."""
+    from devstack import DATA_ACCOUNT
+
+    clip = clip_factory(seconds=2, fps="25", size=(96, 64))
+    name = "aml/clip.mp4"
+    upload(stack, name, clip)
+    accounts = {a: f"http://127.0.0.1:{stack.blob_port}/{a}" for a in (DATA_ACCOUNT, SYSTEM_ACCOUNT)}
+    saved = dict(stack.extra_env)
+    stack.extra_env |= {
+        "VST_FAKE_AZUREML": json.dumps({"account_urls": accounts, "work_root": str(tmp_path),
+                                        "outcomes": ["preempt-fail", "complete"], "preempt_after": 2}),
+        "PYTHONPATH": f"{REPO / 'tests' / 'azureml_site'}:{REPO / 'plugins'}:{REPO}",
+        "VST_AZUREML_POLL_SECONDS": "1",
+        "AIRFLOW_CONN_AZUREML_DEFAULT": json.dumps({
+            "conn_type": "azureml", "login": "app-id", "password": "app-secret",
+            "extra": {"subscription_id": "sub", "resource_group": "rg", "workspace_name": "ws", "tenant_id": "t"}}),
+    }
+    try:
+        state = dags_test(stack, "video_style_transfer", {
+            "input_blob": name, "backend": "azureml", "segment_frames": 8, "azureml_nodes": 1,
+            "azureml_gpus_per_node": 2, "output_name": "aml/clip-styled.mp4"})
+    finally:
+        stack.extra_env = saved
+    assert state == "success"
+    out = blobs(stack, "videos-out")
+    (tmp_path / "out.mp4").write_bytes(out["aml/clip-styled.mp4"])
+    assert media.probe(tmp_path / "out.mp4").frames == media.probe(clip).frames == 50
+    scoring = json.loads(out["aml/clip-styled.mp4.manifest.json"])["scoring"]
+    assert scoring["resubmits"] == 1 and len(scoring["job_names"]) == 2  # preempted once, resubmitted once
+    logs = blobs(stack, "logs", SYSTEM_ACCOUNT)
+    assert any(job in log for job in scoring["job_names"] for log in logs), sorted(logs)

@@ -98,9 +98,9 @@ class AzureMLScoreOperator(BaseOperator):
         self.hook.ensure_compute(entities.keep_warm(cluster) if self.keep_warm else cluster)
         self._submit_and_defer(context, resubmits=0, job_names=[])
 
-    def execute_complete(self, context, event: dict[str, Any], resubmits: int = 0,
-                         job_names: list[str] | None = None) -> dict:
-        job_names = list(job_names or [event.get("job_name")])
+    def execute_complete(self, context, event: dict[str, Any]) -> dict:
+        carry = event.get("carry") or {}
+        resubmits, job_names = carry.get("resubmits", 0), carry.get("job_names") or [event.get("job_name")]
         self.job_name = event.get("job_name")
         self._copy_logs(context, self.job_name)
         if event.get("status") == "success":
@@ -149,9 +149,9 @@ class AzureMLScoreOperator(BaseOperator):
         context["ti"].xcom_push(key=STUDIO_URL_KEY, value=url)
         self.log.info("submitted Azure ML job %s (%s x %s GPUs, %s): %s", submitted.name, self.nodes,
                       self.gpus_per_node, self.tier, url)
-        self.defer(trigger=AzureMLJobTrigger(submitted.name, self.azureml_conn_id, self.poll_interval),
-                   method_name="execute_complete", timeout=self.execution_timeout,
-                   kwargs={"resubmits": resubmits, "job_names": [*job_names, submitted.name]})
+        carry = {"resubmits": resubmits, "job_names": [*job_names, submitted.name]}
+        self.defer(trigger=AzureMLJobTrigger(submitted.name, self.azureml_conn_id, self.poll_interval, carry=carry),
+                   method_name="execute_complete", timeout=self.execution_timeout)
 
     def _data_paths(self, context) -> tuple[str, str, str | None]:
         """The job's inputs and output as ``azureml://`` paths, through datastores that hold
@@ -178,7 +178,8 @@ class AzureMLScoreOperator(BaseOperator):
             container, _, prefix = loc[0].strip("/").partition("/")
             store = f"vst_{tag}_{re.sub(r'[^a-z0-9]', '_', container.lower())}_{loc[1]}"
             if store not in stores:
-                token = sas.container_sas(signer, container, permission[loc[1]], expiry, prefix)
+                token = sas.container_sas(signer, container, permission[loc[1]], expiry, prefix,
+                                          protocol="https,http" if service.url.startswith("http://") else "https")
                 stores[store] = self.hook.register_sas_datastore(store, signer.account_name, container, token, endpoint)
             paths[key] = f"azureml://datastores/{store}/paths/{prefix}"
         return paths["segments"], paths["styled"], paths["model"]

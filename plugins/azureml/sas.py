@@ -89,15 +89,16 @@ def expiry_for(expected: timedelta = DEFAULT_EXPECTED, now: datetime | None = No
 
 
 def container_sas(signer: Signer, container: str, permission: ContainerSasPermissions, expiry: datetime,
-                  prefix: str = "") -> str:
+                  prefix: str = "", protocol: str = "https") -> str:
     """A container SAS (``sr=c``) with exactly ``permission``, valid from a few minutes ago
-    (clock skew) until ``expiry``, HTTPS only."""
+    (clock skew) until ``expiry``, HTTPS only (``protocol="https,http"`` is for an emulator
+    such as Azurite, which serves plain HTTP on 127.0.0.1)."""
     if prefix.strip("/"):
         log.info("SAS for %s/%s covers container %s as a whole (blob storage has no prefix-scoped SAS); "
                  "a per-run container makes it exact", container, prefix.strip("/"), container)
     return generate_container_sas(signer.account_name, container, account_key=signer.account_key,
                                   user_delegation_key=signer.user_delegation_key, permission=permission,
-                                  start=datetime.now(UTC) - CLOCK_SKEW, expiry=expiry, protocol="https")
+                                  start=datetime.now(UTC) - CLOCK_SKEW, expiry=expiry, protocol=protocol)
 
 
 def describe(token: str) -> dict:

@@ -23,11 +23,15 @@ class AzureMLJobTrigger(BaseTrigger):
     :param poll_interval: seconds between status reads.
     :param end_time: epoch seconds after which it gives up with an error event (None: never).
     :param max_poll_errors: consecutive failed status reads (network blips) tolerated.
+    :param carry: small state of the operator's (resubmission count, earlier jobs), handed back
+        in the event under ``"carry"``; the event is the one thing every runner of triggers
+        (the triggerer, ``airflow dags test``) delivers to ``execute_complete`` intact.
     """
 
     def __init__(self, job_name: str, azureml_conn_id: str, poll_interval: float = 30.0,
-                 end_time: float | None = None, max_poll_errors: int = 5):
+                 end_time: float | None = None, max_poll_errors: int = 5, carry: dict | None = None):
         super().__init__()
+        self.carry = carry or {}
         self.job_name = job_name
         self.azureml_conn_id = azureml_conn_id
         self.poll_interval = poll_interval
@@ -38,11 +42,11 @@ class AzureMLJobTrigger(BaseTrigger):
         return ("azureml.trigger.AzureMLJobTrigger",
                 {"job_name": self.job_name, "azureml_conn_id": self.azureml_conn_id,
                  "poll_interval": self.poll_interval, "end_time": self.end_time,
-                 "max_poll_errors": self.max_poll_errors})
+                 "max_poll_errors": self.max_poll_errors, "carry": self.carry})
 
     def _event(self, status: str, job_status: str, message: str) -> TriggerEvent:
         return TriggerEvent({"status": status, "job_name": self.job_name, "job_status": job_status,
-                             "message": message})
+                             "message": message, "carry": self.carry})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from .hook import AzureMLHook  # the SDK is imported in the triggerer, never at DAG parse time
