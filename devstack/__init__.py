@@ -125,9 +125,15 @@ class Stack:
     # ----------------------------------------------------------------------- Airflow
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        result = subprocess.run([shutil.which("airflow", path=self.env()["PATH"]) or "airflow", *args],
-                                env=self.env(), capture_output=True, text=True, timeout=timeout,
-                                stdin=subprocess.DEVNULL)
+        """Run an `airflow` command against this stack. With SQLite, a command can meet the
+        running scheduler's write lock; it failed whole then, so it is simply run again."""
+        for attempt in range(4):
+            result = subprocess.run([shutil.which("airflow", path=self.env()["PATH"]) or "airflow", *args],
+                                    env=self.env(), capture_output=True, text=True, timeout=timeout,
+                                    stdin=subprocess.DEVNULL)
+            if result.returncode == 0 or "database is locked" not in result.stdout + result.stderr:
+                break
+            time.sleep(2 + attempt)
         if check and result.returncode != 0:
             raise RuntimeError(f"airflow {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         return result

@@ -145,7 +145,7 @@ def score_local(params: dict, probed: dict) -> dict:
 
 
 def model_args(params: dict, local: Path) -> list[str]:
-    args = ["--precision", params.get("precision", "fp32")]
+    args = ["--precision", params.get("precision", "auto")]
     if params.get("model_blob"):
         return ["--model", str(fetch_model(params, local)), *args]
     return ["--style", str(params.get("style") or "0"), *args]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack import REPO, SYSTEM_ACCOUNT, Stack, airflow_json, free_port
+from devstack import DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, airflow_json, free_port
 from scoring import media
 
 sys.path.insert(0, str(REPO / "plugins"))
@@ -97,6 +97,7 @@ def dags_test(stack, dag_id: str, conf: dict | None = None) -> str:
     output = result.stdout + result.stderr
     log = stack.root / f"dags-test-{dag_id}-{time.strftime('%H%M%S')}.log"
     log.write_text(output)  # the whole run's task logs, for when a test fails
+    stack.last_output = output
     for state in ("success", "failed"):
         if f"state={state}, run_type=" in output:
             return state
@@ -154,6 +155,11 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert client.download_blob().readall() == clip.read_bytes()
     system_containers = [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()]
     assert system_containers == ["logs"]  # the run's own work containers are gone
+    data_containers = [c.name for c in stack.blob_client().list_containers()]
+    assert data_containers == ["quarantine", "styles", "videos-in", "videos-out"]  # no work files there, ever
+
+    # no credential in the task logs of the whole run
+    assert DEV_KEY not in stack.last_output and SECRET not in stack.last_output
 
     # notifications: a signed webhook and an e-mail, both saying it worked, no secret inside
     done = [m for m in stack.hooks.received if m["body"]["status"] == "succeeded"]
@@ -254,8 +260,40 @@ def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
         assert [r["state"] for r in runs if r["run_id"].startswith("backfill__")] == ["success"]
         started = _upload_runs(stack)
         assert started == {processing_run_id("videos-in", name, etag) for name, etag in etags.items()}
+        _check_viewer_cannot_change_anything(stack)
     finally:
         stack.stop()
+
+
+def _check_viewer_cannot_change_anything(stack) -> None:
+    """The API server's auth manager: a Viewer sees runs, cannot trigger or pause; an Admin can."""
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{stack.api_port}"
+
+    def call(method: str, path: str, token: str | None = None, body: dict | None = None):
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(base + path, method=method, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+    def token(user: str) -> str:
+        status, answer = call("POST", "/auth/token", body={"username": user, "password": stack.password(user)})
+        assert status in (200, 201), status
+        return answer["access_token"]
+
+    viewer, admin = token("viewer"), token("admin")
+    runs, run = "/api/v2/dags/video_style_transfer/dagRuns", {"logical_date": None, "conf": {"input_blob": "done.mp4"}}
+    assert call("GET", runs, viewer)[0] == 200
+    assert call("POST", runs, viewer, run)[0] == 403
+    assert call("PATCH", "/api/v2/dags/blob_sweep", viewer, {"is_paused": True})[0] == 403
+    assert call("GET", runs)[0] == 401  # no token, no access
+    assert call("POST", runs, admin, run)[0] == 200
 
 
 def _wait_for(condition, timeout: float) -> None:
@@ -296,5 +334,6 @@ def test_azureml_backend_end_to_end_through_a_preemption(stack, clip_factory, tm
     assert media.probe(tmp_path / "out.mp4").frames == media.probe(clip).frames == 50
     scoring = json.loads(out["aml/clip-styled.mp4.manifest.json"])["scoring"]
     assert scoring["resubmits"] == 1 and len(scoring["job_names"]) == 2  # preempted once, resubmitted once
+    assert "sig=" not in stack.last_output and DEV_KEY not in stack.last_output  # no SAS, no key in the logs
     logs = blobs(stack, "logs", SYSTEM_ACCOUNT)
     assert any(job in log for job in scoring["job_names"] for log in logs), sorted(logs)
