@@ -98,7 +98,8 @@ def probe(params: dict, run_id: str) -> dict:
     system = BlobStore(SYSTEM_CONN)
     system.ensure_container(work_in)
     system.ensure_container(work_out)
-    return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag, "size": blob.size, "output_blob": output,
+    return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag,
+            "size": blob.size, "output_blob": output,
             "frames": info["frames"], "duration": info["duration"], "frame_rate": info["frame_rate"],
             "width": info["width"], "height": info["height"], "audio": info["has_audio"],
             "seconds": round(time.monotonic() - started, 3)}
@@ -112,7 +113,7 @@ def quarantine(data: BlobStore, name: str, reason: str, run_id: str) -> None:
 
 def split(params: dict, probed: dict) -> dict:
     started = time.monotonic()
-    key, local = probed["run_key"], scratch(probed["run_key"])
+    local = scratch(probed["run_key"])
     source = local / ("input" + _safe_suffix(probed["input_blob"]))
     if not source.is_file():  # another worker: fetch exactly the version that was probed
         BlobStore(DATA_CONN).download(INPUTS, probed["input_blob"], source, etag=probed["etag"])
@@ -131,7 +132,7 @@ def split(params: dict, probed: dict) -> dict:
 def score_local(params: dict, probed: dict) -> dict:
     """mpiexec over the segments; finished segments in storage are fetched first and skipped."""
     started = time.monotonic()
-    key, local = probed["run_key"], scratch(probed["run_key"])
+    local = scratch(probed["run_key"])
     system = BlobStore(SYSTEM_CONN)
     system.sync_down(probed["work_in"], "segments/", local / "segments")
     resumed = system.sync_down(probed["work_out"], "styled/", local / "styled")
@@ -169,7 +170,7 @@ def fetch_model(params: dict, local: Path) -> Path:
 def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: dict, run_id: str) -> dict:
     """Join, check, and publish the video and its manifest to videos-out (once per input version)."""
     started = time.monotonic()
-    key, local = probed["run_key"], scratch(probed["run_key"])
+    local = scratch(probed["run_key"])
     data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     output = probed["output_blob"]
     existing = data.info(OUTPUTS, output)
