@@ -17,7 +17,7 @@ import os
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from azureml.operators import AzureMLScoreOperator
 from notifications import RunNotifier
 
@@ -52,7 +52,8 @@ PARAMS = {
 
 
 def _run(step):
-    """Call a pipeline step with the run's params; a bad input fails at once, without retries."""
+    """Call a pipeline step with the run's params; a bad input fails at once, without retries;
+    an input version already published with the same settings skips the run, saying by whom."""
     import style_pipeline
 
     context = get_current_context()
@@ -60,6 +61,8 @@ def _run(step):
         return step(style_pipeline, dict(context["params"]), context["run_id"])
     except style_pipeline.BadInput as exc:
         raise AirflowFailException(str(exc)) from None
+    except style_pipeline.AlreadyDone as exc:
+        raise AirflowSkipException(str(exc)) from None
 
 
 @dag(

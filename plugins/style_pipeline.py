@@ -30,6 +30,10 @@ class BadInput(Exception):
     """The upload or the parameters cannot be processed; the message says why, in one line."""
 
 
+class AlreadyDone(Exception):
+    """This input version was already published with these settings; the message says by whom."""
+
+
 def run_key(run_id: str) -> str:
     """A storage-safe, unique folder name for one DAG run (run ids may hold any character)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.")[:60]
@@ -93,7 +97,14 @@ def probe(params: dict, run_id: str) -> dict:
         quarantine(data, name, reason, run_id)
         raise BadInput(f"{name}: {reason} (copied to {QUARANTINE}/{name})") from None
     output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"))
-    storage.check_blob_name(output)
+    try:
+        storage.check_blob_name(output)
+    except storage.InvalidBlobName as exc:
+        raise BadInput(f"output_name: {exc}") from None
+    done_by = published_by(data, output, name, blob.etag, params)
+    if done_by:
+        raise AlreadyDone(f"{OUTPUTS}/{output} already holds {name} (this version, these settings), "
+                          f"published by run {done_by}: nothing to do")
     work_in, work_out = storage.run_containers(run_id)
     system = BlobStore(SYSTEM_CONN)
     system.ensure_container(work_in)
@@ -173,13 +184,10 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     local = scratch(probed["run_key"])
     data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     output = probed["output_blob"]
-    existing = data.info(OUTPUTS, output)
-    if existing and existing.metadata.get("source_etag") == probed["etag"] \
-            and existing.metadata.get("source_blob") == probed["input_blob"] \
-            and existing.metadata.get("settings") == settings_digest(params):
-        print(f"{OUTPUTS}/{output} already holds this input version with these settings "
-              f"(published by run {existing.metadata.get('run_id')}); nothing to do")
-        return {"output_blob": output, "published": False, "by_run": existing.metadata.get("run_id")}
+    done_by = published_by(data, output, probed["input_blob"], probed["etag"], params)
+    if done_by:  # a concurrent run of the same version got here first
+        print(f"{OUTPUTS}/{output} already holds this input version with these settings (run {done_by})")
+        return {"output_blob": output, "published": False, "by_run": done_by}
     system.sync_down(probed["work_in"], "segments/", local / "segments")
     system.sync_down(probed["work_out"], "styled/", local / "styled")
     video = local / "output.mp4"
@@ -216,6 +224,16 @@ def clean_up(probed: dict) -> int:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def published_by(data: BlobStore, output: str, input_blob: str, etag: str, params: dict) -> str | None:
+    """The run that published this input version with these settings to ``output``, if any."""
+    existing = data.info(OUTPUTS, output)
+    meta = existing.metadata if existing else {}
+    if meta.get("source_etag") == etag and meta.get("source_blob") == _ascii(input_blob) \
+            and meta.get("settings") == settings_digest(params):
+        return meta.get("run_id")
+    return None
 
 
 def settings_digest(params: dict) -> str:

@@ -161,6 +161,13 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     # no credential in the task logs of the whole run
     assert DEV_KEY not in stack.last_output and SECRET not in stack.last_output
 
+    # the same version again (say, the watcher and a manual trigger): nothing redone, and why
+    published = stack.blob_client().get_blob_client("videos-out", video_name).get_blob_properties().etag
+    assert dags_test(stack, "video_style_transfer", {"input_blob": name, "style": "3:0.5,12:0.5",
+                                                     "segment_frames": 20}) == "success"
+    assert "already holds holiday films/clip ü 1.mp4 (this version, these settings)" in stack.last_output
+    assert stack.blob_client().get_blob_client("videos-out", video_name).get_blob_properties().etag == published
+
     # notifications: a signed webhook and an e-mail, both saying it worked, no secret inside
     done = [m for m in stack.hooks.received if m["body"]["status"] == "succeeded"]
     assert len(done) == 1 and done[0]["valid"] and done[0]["body"]["output_blob"] == video_name
