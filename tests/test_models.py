@@ -122,3 +122,22 @@ def test_fp16_needs_cuda():
         pytest.skip("this machine has CUDA")
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         Stylizer(load_model("0"), "cpu", "fp16")
+
+
+def test_default_precision_stays_close_to_fp32(tmp_path, photos):
+    """``--precision auto`` (the default) is bf16 on CPUs with native bf16: both networks
+    must stay within 35 dB of fp32, and the caller's fp32 model must be left as it was."""
+    from scoring.stylizer import cpu_has_native_bf16
+
+    path = tmp_path / "mine.pth"
+    net = _saved_transformer_net(path)
+    with torch.no_grad():  # random weights answer ~0 +- 0.3: scale to a trained net's 0..255 spread
+        net.deconv3.conv2d.weight.mul_(160.0)
+        net.deconv3.conv2d.bias.fill_(127.5)
+    torch.save(net.state_dict(), path)
+    for model in (load_model("7"), load_model(model_path=path)):
+        auto = Stylizer(model, "cpu", "auto")
+        assert auto.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        fp32 = Stylizer(model, "cpu", "fp32")(photos[0][None])[0]
+        assert psnr(fp32, auto(photos[0][None])[0]) >= 35
