@@ -87,7 +87,7 @@ def video_style_transfer():
 
     @task
     def split(probed: dict) -> dict:
-        return _run(lambda p, params, run_id: p.split(params, probed))
+        return _run(lambda p, params, run_id: p.split(params, probed, run_id))
 
     @task.branch
     def choose_backend() -> str:

@@ -18,12 +18,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import storage
 from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 
-STATUS_FILE = ".run.json"
+from scoring.media import Limits
+
+MAX_INPUT_BYTES = Limits().max_bytes
 
 
 class BadInput(Exception):
@@ -87,15 +90,14 @@ def probe(params: dict, run_id: str) -> dict:
         raise BadInput(f"{INPUTS}/{name} does not exist")
     key = run_key(run_id)
     local = scratch(key) / ("input" + _safe_suffix(name))
-    data.download(INPUTS, name, local, etag=blob.etag)
-    try:
+    with quarantined_on_bad_input(data, name, local, run_id):
+        if blob.size > MAX_INPUT_BYTES:  # refused before a byte is downloaded
+            raise BadInput(f"{name} is {blob.size / 1024**3:.1f} GiB; the limit is "
+                           f"{MAX_INPUT_BYTES / 1024**3:.0f} GiB")
+        data.download(INPUTS, name, local, etag=blob.etag)
         info = scoring("probe", str(local), *_limit_args(params))
         if info["kind"] != "video":
             raise BadInput(f"{PurePosixPath(name).name} is a still image; this pipeline takes videos")
-    except BadInput as exc:
-        reason = str(exc).replace(local.name, PurePosixPath(name).name)
-        quarantine(data, name, reason, run_id)
-        raise BadInput(f"{name}: {reason} (copied to {QUARANTINE}/{name})") from None
     output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"))
     try:
         storage.check_blob_name(output)
@@ -116,13 +118,21 @@ def probe(params: dict, run_id: str) -> dict:
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def quarantine(data: BlobStore, name: str, reason: str, run_id: str) -> None:
-    data.copy(INPUTS, name, QUARANTINE, name)
-    data.upload_text(json.dumps({"input": f"{INPUTS}/{name}", "reason": reason, "run_id": run_id}, indent=2),
-                     QUARANTINE, name + ".reason.json", "application/json")
+@contextmanager
+def quarantined_on_bad_input(data: BlobStore, name: str, local: Path, run_id: str):
+    """A BadInput raised inside copies the upload to quarantine with its reason (the
+    upload itself stays where it was) and is raised again with where the copy went."""
+    try:
+        yield
+    except BadInput as exc:
+        reason = str(exc).replace(local.name, PurePosixPath(name).name)
+        data.copy(INPUTS, name, QUARANTINE, name)
+        data.upload_text(json.dumps({"input": f"{INPUTS}/{name}", "reason": reason, "run_id": run_id}, indent=2),
+                         QUARANTINE, name + ".reason.json", "application/json")
+        raise BadInput(f"{name}: {reason} (copied to {QUARANTINE}/{name})") from None
 
 
-def split(params: dict, probed: dict) -> dict:
+def split(params: dict, probed: dict, run_id: str) -> dict:
     started = time.monotonic()
     local = scratch(probed["run_key"])
     source = local / ("input" + _safe_suffix(probed["input_blob"]))
@@ -132,7 +142,8 @@ def split(params: dict, probed: dict) -> dict:
             *_limit_args(params)]
     if params.get("max_side"):
         args += ["--max-side", str(params["max_side"])]
-    plan = scoring(*args)
+    with quarantined_on_bad_input(BlobStore(DATA_CONN), probed["input_blob"], source, run_id):
+        plan = scoring(*args)  # decoding the whole video can find damage the probe could not
     system = BlobStore(SYSTEM_CONN)
     uploaded = system.sync_up(local / "segments", probed["work_in"], "segments/", suffixes=("plan.json",))
     if params.get("model_blob"):  # scoring nodes read only the system account: the model goes there too
