@@ -122,7 +122,6 @@ def stylizer_from(args):
 
 def model_id_from(args) -> str:
     from .models import model_id
-
     from .stylizer import resolve_precision
 
     return f"{model_id(args.style, args.model)}@{resolve_precision(args.precision, args.device)}"
