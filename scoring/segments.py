@@ -10,7 +10,7 @@ run killed at any moment leaves finished work and, at most, ignorable ``.partial
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -32,7 +32,11 @@ class Segment:
 
     @property
     def name(self) -> str:
-        return f"seg-{self.index:05d}.h264"
+        return segment_name(self.index)
+
+
+def segment_name(index: int) -> str:
+    return f"seg-{index:05d}.h264"
 
 
 @dataclass
@@ -48,7 +52,6 @@ class Plan:
     segments: list[Segment]
     audio: str | None
     fingerprint: str  # identifies input + split parameters: a rerun reuses a matching split
-    extra: dict = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         with atomic_path(folder / PLAN_FILE) as tmp:

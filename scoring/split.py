@@ -12,7 +12,7 @@ from pathlib import Path
 from . import media
 from .errors import UserError
 from .files import atomic_path
-from .segments import AUDIO_FILE, DEFAULT_SEGMENT_FRAMES, Plan, Segment, segment_lengths
+from .segments import AUDIO_FILE, DEFAULT_SEGMENT_FRAMES, Plan, Segment, segment_lengths, segment_name
 
 # Near-lossless: the segments are an intermediate, styled once and thrown away.
 SPLIT_CRF = 12
@@ -67,7 +67,7 @@ def _write_segments(source: Path, folder: Path, size: tuple[int, int], rate: str
         batches = reader.batches(step)
         while (first := next(batches, None)) is not None:
             index = total // segment_frames
-            with atomic_path(folder / Segment(index, total, 0).name) as tmp:
+            with atomic_path(folder / segment_name(index)) as tmp:
                 with media.FrameWriter(tmp, size, rate, crf=SPLIT_CRF, preset="veryfast") as writer:
                     for batch in itertools.chain([first], itertools.islice(batches, per_segment - 1)):
                         writer.write(batch)
