@@ -3,8 +3,9 @@
 Wiring only: the task bodies live in plugins/style_pipeline.py and run the scoring
 commands; nothing heavy is imported when this file is parsed.
 
-    probe ─► split ─► choose_backend ─┬─► score_local ────┬─► stitch_and_publish ─► clean_up ─► notify
-                                      └─► score_azureml ──┘
+    probe ─┬─► split ─► choose_backend ─┬─► score_local ────┬─► stitch_and_publish ─► clean_up ─► notify
+           │                            └─► score_azureml ──┘
+           └─► preview   (a few frames before/after, in videos-out seconds after the upload is seen)
 
 Start it from the UI form, from the CLI
 (``airflow dags trigger video_style_transfer -c '{"input_blob": "clip.mp4"}'``),
@@ -20,6 +21,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from azureml.operators import AzureMLScoreOperator
 from notifications import RunNotifier
+from preview import PreviewOperator
 
 WORK_IN = "{{ ti.xcom_pull(task_ids='probe')['work_in'] }}"
 WORK_OUT = "{{ ti.xcom_pull(task_ids='probe')['work_out'] }}"
@@ -112,6 +114,7 @@ def video_style_transfer():
         RunNotifier("succeeded", published).notify(get_current_context())
 
     probed = probe()
+    PreviewOperator(probed=probed, retries=0)
     split_facts = split(probed)
     backend = choose_backend()
     local = score_local(probed)

@@ -4,7 +4,7 @@
   secret). The JSON body is signed with HMAC-SHA256 of ``"<timestamp>.<body>"``, sent as
   ``X-Signature: t=<timestamp>,sha256=<hex>``; receivers check it with ``verify_signature``.
 - E-mail: the run's ``notify_email`` param, through Airflow's ``SmtpNotifier`` and the
-  ``smtp_default`` connection.
+  ``smtp_default`` connection, with the run's preview and contact strip attached.
 
 Either is skipped, with a log line, when it is not configured. Secrets never enter the body.
 """
@@ -15,12 +15,15 @@ import hashlib
 import hmac
 import json
 import logging
+import tempfile
 import time
 import urllib.request
+from pathlib import Path, PurePosixPath
 
 from airflow.sdk import BaseNotifier
 
 WEBHOOK_CONN = "video_webhook"
+PICTURES = ("preview_blob", "strip_blob")  # blob names in videos-out that a summary may carry
 SIGNATURE_HEADER = "X-Signature"
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,25 @@ class RunNotifier(BaseNotifier):
 
             subject = f"Video style transfer {summary['status']}: {summary.get('input_blob')}"
             html = "<pre>" + json.dumps(summary, indent=2).replace("<", "&lt;") + "</pre>"
-            try:
-                SmtpNotifier(to=to, from_email="video-style-transfer@localhost", subject=subject,
-                             html_content=html).notify(context)
-            except OSError as exc:
-                log.warning("e-mail failed: %s", exc)
+            with tempfile.TemporaryDirectory() as folder:
+                try:
+                    files = fetch_pictures(summary, Path(folder))
+                    SmtpNotifier(to=to, from_email="video-style-transfer@localhost", subject=subject,
+                                 html_content=html, files=files).notify(context)
+                except OSError as exc:
+                    log.warning("e-mail failed: %s", exc)
+
+
+def fetch_pictures(summary: dict, folder: Path) -> list[str]:
+    """The run's preview and contact strip from videos-out, as files to attach."""
+    names = [summary.get(key) for key in PICTURES if summary.get(key)]
+    if not names:
+        return []
+    from storage import DATA_CONN, OUTPUTS, BlobStore
+
+    data, files = BlobStore(DATA_CONN), []
+    for name in names:
+        path = folder / PurePosixPath(name).name
+        data.download(OUTPUTS, name, path)
+        files.append(str(path))
+    return files

@@ -96,17 +96,38 @@ class BlobStore:
         os.replace(tmp, path)
         return _blob_info(stream.properties)
 
-    def upload(self, path: Path, container: str, name: str, metadata: dict | None = None) -> None:
+    def upload(self, path: Path, container: str, name: str, metadata: dict | None = None,
+               content_type: str | None = None) -> None:
         """A block blob is committed in one step, so readers never see a partial upload."""
+        from azure.storage.blob import ContentSettings
+
+        settings = ContentSettings(content_type=content_type) if content_type else None
         with open(path, "rb") as f:
             self.client.get_blob_client(container, name).upload_blob(
-                f, overwrite=True, metadata=metadata, max_concurrency=4)
+                f, overwrite=True, metadata=metadata, content_settings=settings, max_concurrency=4)
 
     def upload_text(self, text: str, container: str, name: str, content_type: str = "text/plain") -> None:
         from azure.storage.blob import ContentSettings
 
         self.client.get_blob_client(container, name).upload_blob(
             text.encode(), overwrite=True, content_settings=ContentSettings(content_type=content_type))
+
+    def read_text(self, container: str, name: str) -> str | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.client.get_blob_client(container, name).download_blob().readall().decode()
+        except ResourceNotFoundError:
+            return None
+
+    def delete(self, container: str, name: str) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self.client.get_blob_client(container, name).delete_blob()
+        except ResourceNotFoundError:
+            return False
+        return True
 
     def copy(self, container: str, name: str, target_container: str, target_name: str, timeout: float = 600) -> None:
         """Server-side copy within this account; the source is read, never changed."""

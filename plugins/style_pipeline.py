@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,10 @@ from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN,
 from scoring.media import Limits
 
 MAX_INPUT_BYTES = Limits().max_bytes
+# Pictures published beside an output video ``<output>``, and the reason file beside a quarantined upload.
+PREVIEW_SUFFIX, STRIP_SUFFIX, REASON_SUFFIX = ".preview.jpg", ".strip.jpg", ".reason.json"
+PREVIEW_FRAMES, STRIP_FRAMES = 3, 8
+log = logging.getLogger(__name__)
 
 
 class BadInput(Exception):
@@ -119,30 +124,63 @@ def probe(params: dict, run_id: str) -> dict:
 
 
 @contextmanager
-def quarantined_on_bad_input(data: BlobStore, name: str, local: Path, run_id: str):
+def quarantined_on_bad_input(data: BlobStore, name: str, local: Path, run_id: str, withdraw: str | None = None):
     """A BadInput raised inside copies the upload to quarantine with its reason (the
-    upload itself stays where it was) and is raised again with where the copy went."""
+    upload itself stays where it was) and is raised again with where the copy went. A
+    preview already published for it (``withdraw``) is taken back from videos-out."""
     try:
         yield
     except BadInput as exc:
         reason = str(exc).replace(local.name, PurePosixPath(name).name)
         data.copy(INPUTS, name, QUARANTINE, name)
         data.upload_text(json.dumps({"input": f"{INPUTS}/{name}", "reason": reason, "run_id": run_id}, indent=2),
-                         QUARANTINE, name + ".reason.json", "application/json")
+                         QUARANTINE, name + REASON_SUFFIX, "application/json")
+        if withdraw:
+            data.delete(OUTPUTS, withdraw)
         raise BadInput(f"{name}: {reason} (copied to {QUARANTINE}/{name})") from None
+
+
+def quarantined_by(data: BlobStore, name: str, run_id: str) -> bool:
+    """True if this run quarantined the upload ``name``."""
+    reason = data.read_text(QUARANTINE, name + REASON_SUFFIX)
+    return bool(reason) and json.loads(reason).get("run_id") == run_id
+
+
+def preview(params: dict, probed: dict, run_id: str) -> dict:
+    """A few frames before and after, as one image beside where the output will land,
+    seconds after the upload is seen. It never fails a run: a bad style or model is the
+    scoring step's to report, and without a preview the video still comes."""
+    started = time.monotonic()
+    data = BlobStore(DATA_CONN)
+    name = probed["output_blob"] + PREVIEW_SUFFIX
+    try:
+        local = scratch(probed["run_key"])
+        image = local / "preview.jpg"
+        args = ["preview", str(local_input(probed)), str(image), "--frames", str(PREVIEW_FRAMES),
+                *model_args(params, local), *_limit_args(params)]
+        if params.get("max_side"):
+            args += ["--max-side", str(params["max_side"])]
+        scoring(*args)
+        data.upload(image, OUTPUTS, name, content_type="image/jpeg")
+    except Exception as exc:  # noqa: BLE001 - see the docstring; the log keeps the traceback
+        log.warning("no preview for %s: %s", probed["input_blob"], exc, exc_info=not isinstance(exc, BadInput))
+        return {"preview_blob": None, "reason": str(exc)[:300]}
+    if quarantined_by(data, probed["input_blob"], run_id):  # split found damage while we worked
+        data.delete(OUTPUTS, name)
+        return {"preview_blob": None, "reason": "the input was quarantined"}
+    return {"preview_blob": name, "seconds": round(time.monotonic() - started, 3)}
 
 
 def split(params: dict, probed: dict, run_id: str) -> dict:
     started = time.monotonic()
     local = scratch(probed["run_key"])
-    source = local / ("input" + _safe_suffix(probed["input_blob"]))
-    if not source.is_file():  # another worker: fetch exactly the version that was probed
-        BlobStore(DATA_CONN).download(INPUTS, probed["input_blob"], source, etag=probed["etag"])
+    source = local_input(probed)
     args = ["split", str(source), "--out", str(local / "segments"), "--segment-frames", str(params["segment_frames"]),
             *_limit_args(params)]
     if params.get("max_side"):
         args += ["--max-side", str(params["max_side"])]
-    with quarantined_on_bad_input(BlobStore(DATA_CONN), probed["input_blob"], source, run_id):
+    with quarantined_on_bad_input(BlobStore(DATA_CONN), probed["input_blob"], source, run_id,
+                                  withdraw=probed["output_blob"] + PREVIEW_SUFFIX):
         plan = scoring(*args)  # decoding the whole video can find damage the probe could not
     system = BlobStore(SYSTEM_CONN)
     uploaded = system.sync_up(local / "segments", probed["work_in"], "segments/", suffixes=("plan.json",))
@@ -174,6 +212,15 @@ def model_args(params: dict, local: Path) -> list[str]:
     return ["--style", str(params.get("style") or "0"), *args]
 
 
+def local_input(probed: dict) -> Path:
+    """The upload in this worker's scratch folder: the probed copy, or on another worker
+    exactly the version that was probed, fetched again."""
+    source = scratch(probed["run_key"]) / ("input" + _safe_suffix(probed["input_blob"]))
+    if not source.is_file():
+        BlobStore(DATA_CONN).download(INPUTS, probed["input_blob"], source, etag=probed["etag"])
+    return source
+
+
 def fetch_model(params: dict, local: Path) -> Path:
     """The user's .pth from the styles container (cached in the run's scratch folder)."""
     path = local / "model.pth"
@@ -203,7 +250,11 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     system.sync_down(probed["work_out"], "styled/", local / "styled")
     video = local / "output.mp4"
     stitched = scoring("stitch", "--segments", str(local / "segments"), "--styled", str(local / "styled"), str(video))
+    strip = local / "strip.jpg"
+    scoring("strip", str(video), str(strip), "--frames", str(STRIP_FRAMES))
     stitch_seconds = time.monotonic() - started
+    data.upload(strip, OUTPUTS, output + STRIP_SUFFIX, content_type="image/jpeg")  # before the video it shows
+    preview_blob = output + PREVIEW_SUFFIX if data.info(OUTPUTS, output + PREVIEW_SUFFIX) else None
     metadata = {"source_blob": _ascii(probed["input_blob"]), "source_etag": probed["etag"],
                 "settings": settings_digest(params), "run_id": _ascii(run_id)}
     data.upload(video, OUTPUTS, output, metadata=metadata)  # one commit: complete or absent
@@ -215,6 +266,7 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
                    "frame_rate": stitched["frame_rate"], "audio": stitched["audio"], "bytes": video.stat().st_size},
         "settings": {k: params.get(k) for k in ("style", "model_blob", "max_side", "ranks", "backend",
                                                  "segment_frames", "precision")},
+        "pictures": {"preview": preview_blob, "contact_strip": output + STRIP_SUFFIX},
         "segments": split_facts.get("segments"),
         "scoring": {k: v for k, v in scored.items() if k not in ("seconds", "fetched_done_files")},
         "seconds": {"probe": probed["seconds"], "split": split_facts["seconds"], "score": scored.get("seconds"),
@@ -223,7 +275,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
         "run_id": run_id,
     }
     data.upload_text(json.dumps(manifest, indent=2), OUTPUTS, output + ".manifest.json", "application/json")
-    return {"output_blob": output, "published": True, "frames": stitched["frames"]}
+    return {"output_blob": output, "published": True, "frames": stitched["frames"],
+            "preview_blob": preview_blob, "strip_blob": output + STRIP_SUFFIX}
 
 
 def clean_up(probed: dict) -> int:

@@ -97,6 +97,20 @@ def cmd_stylize(args) -> dict:
     return result
 
 
+def cmd_preview(args) -> dict:
+    from .preview import before_after
+
+    stylizer = stylizer_from(args)
+    return before_after(args.input, args.output, stylizer, args.frames, args.max_side, args.tile_width,
+                        limits_from(args))
+
+
+def cmd_strip(args) -> dict:
+    from .preview import contact_strip
+
+    return contact_strip(args.video, args.output, args.frames, args.tile_width)
+
+
 def cmd_styles(args) -> dict:
     from .images import style_sheet
 
@@ -220,6 +234,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--styled", type=Path, required=True, help="folder written by score")
     p.add_argument("output", type=Path, help=".mp4 .m4v .mov or .mkv")
     p.set_defaults(run=cmd_stitch)
+
+    p = sub.add_parser("preview", parents=[model, limits], help="a few frames before and after, on one image",
+                       description="Style a few frames spread over a video and save them beside the originals "
+                       "as one image: a look at the result in seconds, before the whole video is done.")
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path, help="image: .jpg .png .webp ...")
+    p.add_argument("--frames", type=positive_int, default=3, help="rows of the preview (default: %(default)s)")
+    p.add_argument("--max-side", type=positive_int, help="style at the size a run with this --max-side uses")
+    p.add_argument("--tile-width", type=positive_int, default=480, help="width of each picture, at most "
+                   "(default: %(default)s)")
+    p.set_defaults(run=cmd_preview)
+
+    p = sub.add_parser("strip", help="a contact strip of a video",
+                       description="A row of frames spread evenly over a video, each labelled with its time.")
+    p.add_argument("video", type=Path)
+    p.add_argument("output", type=Path, help="image: .jpg .png .webp ...")
+    p.add_argument("--frames", type=positive_int, default=8, help="(default: %(default)s)")
+    p.add_argument("--tile-width", type=positive_int, default=192, help="width of each frame, at most "
+                   "(default: %(default)s)")
+    p.set_defaults(run=cmd_strip)
 
     p = sub.add_parser("styles", help="all 26 built-in styles on one labelled image",
                        description="Render a photo in each of the 26 built-in styles, labelled, on one sheet.")

@@ -69,19 +69,31 @@ def style_sheet(image_path: Path | str | None, output: Path, device: str = "auto
         stylizer = Stylizer(BuiltinStyle(net, parse_style(str(index))), device=device)
         tiles.append((f"style {index}", stylizer(photo[None])[0]))
 
-    height, width = photo.shape[:2]
-    label, pad = 18, 6
-    rows = -(-len(tiles) // columns)
-    sheet = Image.new("RGB", (pad + columns * (width + pad), pad + rows * (height + label + pad)), "white")
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    save_image(labelled_grid(rows, tile_width=photo.shape[1]), output)
+    return {"output": str(output), "styles": NUM_STYLES}
+
+
+def labelled_grid(rows: list[list[tuple[str, np.ndarray]]], tile_width: int) -> np.ndarray:
+    """Tiles ``(label, image)`` in rows on a white sheet, each scaled to ``tile_width`` (never
+    up), all to the size of the first, with its label above it."""
+    pad, label = 6, 18
+    first = rows[0][0][1]
+    scale = min(1.0, tile_width / first.shape[1])
+    width, height = max(1, round(first.shape[1] * scale)), max(1, round(first.shape[0] * scale))
+    columns = max(len(row) for row in rows)
+    sheet = Image.new("RGB", (pad + columns * (width + pad), pad + len(rows) * (height + label + pad)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=13)
-    for n, (name, array) in enumerate(tiles):
-        row, col = divmod(n, columns)
-        x, y = pad + col * (width + pad), pad + row * (height + label + pad)
-        draw.text((x + 2, y + 1), name, fill="black", font=font)
-        sheet.paste(Image.fromarray(array), (x, y + label))
-    save_image(np.asarray(sheet), output)
-    return {"output": str(output), "styles": NUM_STYLES}
+    for r, row in enumerate(rows):
+        for c, (text, tile) in enumerate(row):
+            x, y = pad + c * (width + pad), pad + r * (height + label + pad)
+            draw.text((x + 2, y + 1), text, fill="black", font=font)
+            image = Image.fromarray(tile)
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.LANCZOS)
+            sheet.paste(image, (x, y + label))
+    return np.asarray(sheet)
 
 
 def _sample_photo(side: int) -> np.ndarray:

@@ -274,6 +274,23 @@ class FrameWriter(_FfmpegPipe):
 
 
 
+def grab_frames(source: Path | str, times: list[float], size: tuple[int, int]) -> np.ndarray:
+    """The frames shown at ``times`` (seconds) as ``uint8 [N, H, W, 3]``: one short ffmpeg
+    per frame, seeking in the input, so a long video is never decoded whole."""
+    width, height = size
+    frames = np.empty((len(times), height, width, 3), np.uint8)
+    for n, time in enumerate(times):
+        cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-ss", f"{max(0.0, time):.3f}", "-i", file_arg(source),
+               "-map", "0:v:0", "-frames:v", "1", "-vf", f"scale={width}:{height}:flags=bicubic",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+        result = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
+        if result.returncode != 0 or len(result.stdout) != frames[n].nbytes:
+            reason = _ffprobe_reason(result.stderr.decode(errors="replace")) if result.returncode else "no frame there"
+            raise UserError(f"cannot decode the frame at {time:.2f} s: {reason}")
+        frames[n] = np.frombuffer(result.stdout, np.uint8).reshape(height, width, 3)
+    return frames
+
+
 def _read_into(stream, view: memoryview) -> int:
     filled = 0
     while filled < len(view):

@@ -3,15 +3,19 @@ webhook receiver and a local SMTP server."""
 
 from __future__ import annotations
 
+import email
+import io
 import json
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from devstack import DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, airflow_json, free_port
 from scoring import media
@@ -140,7 +144,8 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
 
     out = blobs(stack, "videos-out")
     video_name = "holiday films/clip ü 1.style-3_0.5_12_0.5.mp4"
-    assert set(out) == {video_name, video_name + ".manifest.json"}
+    assert set(out) == {video_name, *(video_name + suffix for suffix in (".manifest.json", ".preview.jpg",
+                                                                         ".strip.jpg"))}
     (tmp_path / "out.mp4").write_bytes(out[video_name])
     before, after = media.probe(clip), media.probe(tmp_path / "out.mp4")
     assert after.frames == before.frames == 60 and after.has_audio and after.frame_rate == "179/6"
@@ -148,6 +153,15 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert manifest["input"]["etag"] == etag and manifest["output"]["frames"] == 60
     assert manifest["segments"] == 3 and manifest["scoring"]["scored"] == 3
     assert set(manifest["seconds"]) == {"probe", "split", "score", "stitch", "publish"}
+
+    # the preview: three rows of (before | after) frames; the contact strip: one row of eight
+    assert manifest["pictures"] == {"preview": video_name + ".preview.jpg", "contact_strip": video_name + ".strip.jpg"}
+    preview = Image.open(io.BytesIO(out[video_name + ".preview.jpg"]))
+    strip = Image.open(io.BytesIO(out[video_name + ".strip.jpg"]))
+    assert preview.format == strip.format == "JPEG"
+    assert preview.size == (6 + 2 * (160 + 6), 6 + 3 * (90 + 18 + 6)) and strip.size == (6 + 8 * (160 + 6), 6 + 90 + 24)
+    before_tile, after_tile = (np.asarray(preview.crop((x, 24, x + 160, 24 + 90)), float) for x in (6, 172))
+    assert np.abs(before_tile - after_tile).mean() > 20  # the right half is styled, the left is not
 
     # the input is untouched, the system account holds nothing of the finished run
     client = stack.blob_client().get_blob_client("videos-in", name)
@@ -174,8 +188,12 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert SECRET not in done[0]["raw"].decode()
     assert not verify_signature("wrong secret", done[0]["raw"], done[0]["signature"])
     assert not verify_signature(SECRET, done[0]["raw"].replace(b"succeeded", b"failed"), done[0]["signature"])
+    assert (done[0]["body"]["preview_blob"], done[0]["body"]["strip_blob"]) == tuple(manifest["pictures"].values())
     mails = [m for m in stack.mail.messages if b"succeeded" in m.content]
     assert len(mails) == 1 and mails[0].rcpt_tos == ["ops@example.com"]
+    attached = [part.get_filename() for part in email.message_from_bytes(mails[0].content).walk()
+                if part.get_filename()]
+    assert sorted(attached) == sorted(PurePosixPath(name).name for name in manifest["pictures"].values())
 
 
 def test_bad_upload_is_quarantined_and_input_kept(stack):
@@ -268,26 +286,67 @@ def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
         started = _upload_runs(stack)
         assert started == {processing_run_id("videos-in", name, etag) for name, etag in etags.items()}
         _check_viewer_cannot_change_anything(stack)
+        stack.airflow("dags", "unpause", "video_style_transfer")
+        _wait_for(lambda: _run_state(stack, done_run) in ("success", "failed"), 240)
+        assert _run_state(stack, done_run) == "success"
+        _check_preview_link(stack, done_run)
     finally:
         stack.stop()
 
 
-def _check_viewer_cannot_change_anything(stack) -> None:
-    """The API server's auth manager: a Viewer sees runs, cannot trigger or pause; an Admin can."""
+def _run_state(stack, run_id: str) -> str | None:
+    runs = airflow_json(stack.airflow("dags", "list-runs", "video_style_transfer", "-o", "json"))
+    return next((r["state"] for r in runs if r["run_id"] == run_id), None)
+
+
+def _check_preview_link(stack, run_id: str) -> None:
+    """The preview task's extra link opens the preview through the API server, for a user
+    who may read the DAG's runs (a Viewer), and for nobody else."""
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     base = f"http://127.0.0.1:{stack.api_port}"
+    viewer = _api(stack, "POST", "/auth/token", body={"username": "viewer", "password": stack.password("viewer")})[1]
+    token = viewer["access_token"]
+    quoted = urllib.parse.quote(run_id, safe="")
+    path = f"/api/v2/dags/video_style_transfer/dagRuns/{quoted}/taskInstances/preview/links"
+    status, links = _api(stack, "GET", path, token)
+    assert status == 200 and links["extra_links"]["Preview"].startswith(f"{base}/style-previews/image?"), links
+    url = links["extra_links"]["Preview"]
+    assert "sig=" not in url  # stored in XCom: no credential in it
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})) as page:
+        assert page.headers["Content-Type"] == "image/jpeg"
+        shown = page.read()
+    output = json.loads(blobs(stack, "videos-out")["done.style-19.mp4.manifest.json"])["pictures"]["preview"]
+    assert shown == blobs(stack, "videos-out")[output]
+    try:
+        urllib.request.urlopen(url)
+        raise AssertionError("the preview opened without credentials")
+    except urllib.error.HTTPError as exc:
+        assert exc.code in (401, 403)
 
+
+def _api(stack, method: str, path: str, token: str | None = None, body: dict | None = None):
+    """(status, JSON answer) of a call to the stack's API server."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{stack.api_port}{path}", method=method, data=data,
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def _check_viewer_cannot_change_anything(stack) -> None:
+    """The API server's auth manager: a Viewer sees runs, cannot trigger or pause; an Admin can."""
     def call(method: str, path: str, token: str | None = None, body: dict | None = None):
-        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(base + path, method=method, data=data, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
+        return _api(stack, method, path, token, body)
 
     def token(user: str) -> str:
         status, answer = call("POST", "/auth/token", body={"username": user, "password": stack.password(user)})

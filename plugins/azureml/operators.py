@@ -179,7 +179,7 @@ class AzureMLScoreOperator(BaseOperator):
             store = f"vst_{tag}_{re.sub(r'[^a-z0-9]', '_', container.lower())}_{loc[1]}"
             if store not in stores:
                 token = sas.container_sas(signer, container, permission[loc[1]], expiry, prefix,
-                                          protocol="https,http" if service.url.startswith("http://") else "https")
+                                          protocol=sas.protocol_for(service.url))
                 stores[store] = self.hook.register_sas_datastore(store, signer.account_name, container, token, endpoint)
             paths[key] = f"azureml://datastores/{store}/paths/{prefix}"
         return paths["segments"], paths["styled"], paths["model"]

@@ -101,6 +101,11 @@ def container_sas(signer: Signer, container: str, permission: ContainerSasPermis
                                   start=datetime.now(UTC) - CLOCK_SKEW, expiry=expiry, protocol=protocol)
 
 
+def protocol_for(endpoint: str) -> str:
+    """HTTPS only, unless the storage endpoint itself is plain HTTP (an emulator such as Azurite)."""
+    return "https,http" if endpoint.startswith("http://") else "https"
+
+
 def describe(token: str) -> dict:
     """The fields of a SAS token that say what it allows (for tests and logs; no signature)."""
     fields = {k: v[0] for k, v in parse_qs(token.lstrip("?")).items()}

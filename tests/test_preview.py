@@ -1,0 +1,66 @@
+"""The before/after preview and the contact strip, through the CLI on real clips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scoring import media
+from scoring.preview import sample_times
+from scoring.samples import make_clip
+
+from .helpers import run_scoring as run_cli
+
+
+def test_preview_shows_each_frame_before_and_after(clip_factory, tmp_path):
+    clip = clip_factory(seconds=2, fps="30000/1001", size=(160, 90))
+    out = tmp_path / "preview.png"
+    result = run_cli("preview", str(clip), str(out), "--style", "7", "--frames", "3")
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["frames"] == 3 and facts["size"] == "160x90"
+
+    sheet = np.asarray(Image.open(out), float)
+    assert sheet.shape == (6 + 3 * (90 + 18 + 6), 6 + 2 * (160 + 6), 3)
+    frames = media.grab_frames(clip, facts["times"], (160, 90))
+    for row, frame in enumerate(frames):
+        top = 6 + row * (90 + 18 + 6) + 18
+        before, after = sheet[top:top + 90, 6:166], sheet[top:top + 90, 172:332]
+        assert np.abs(before - frame).mean() < 2  # the left picture is that frame as it was
+        assert np.abs(after - frame).mean() > 20  # the right one is styled
+
+
+def test_contact_strip_spreads_over_the_video(clip_factory, tmp_path):
+    clip = clip_factory(seconds=2, fps="25", size=(160, 90))
+    result = run_cli("strip", str(clip), str(tmp_path / "strip.jpg"), "--frames", "8", "--tile-width", "80")
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert len(facts["times"]) == 8 and facts["times"] == sorted(facts["times"])
+    assert 0 < facts["times"][0] < 0.25 and 1.75 < facts["times"][-1] < 2.0
+    assert Image.open(tmp_path / "strip.jpg").size == (6 + 8 * (80 + 6), 6 + 45 + 24)
+
+
+def test_a_video_shorter_than_the_preview_gives_each_frame_once(tmp_path):
+    clip = tmp_path / "one.mp4"
+    make_clip(clip, seconds=0.04, fps="25", size=(64, 36), audio=False)
+    info = media.probe(clip)
+    assert info.frames == 1 and sample_times(info, 3) == [0.0]
+    result = run_cli("preview", str(clip), str(tmp_path / "p.png"))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "p.png").size == (6 + 2 * (64 + 6), 6 + 36 + 24)
+
+
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_preview_of_what_is_not_a_video_is_one_line(tmp_path, kind):
+    source = tmp_path / ("still.png" if kind == "image" else "notes.mp4")
+    if kind == "image":
+        Image.new("RGB", (64, 48), "red").save(source)
+    else:
+        source.write_text("not a video")
+    before = source.read_bytes()
+    result = run_cli("preview", str(source), str(tmp_path / "p.png"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert source.read_bytes() == before and not (tmp_path / "p.png").exists()
