@@ -135,7 +135,8 @@ def model_args(args) -> list[str]:
         chosen = ["--style-image", str(args.style_image)]
     else:
         chosen = ["--model", str(args.model)] if args.model else ["--style", args.style or "0"]
-    return [*chosen, "--style-strength", str(args.style_strength), "--device", args.device, "--precision", args.precision, "--batch", str(args.batch),
+    return [*chosen, "--style-strength", str(args.style_strength), "--device", args.device,
+            "--precision", args.precision, "--batch", str(args.batch),
             "--crf", str(args.crf), "--preset", args.preset, *(["--compile"] if args.compile else [])]
 
 
@@ -154,9 +155,9 @@ def strength(text: str) -> float:
     from .stylizer import check_strength
 
     try:
-        return check_strength(float(text))
-    except (ValueError, UserError) as exc:
-        raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, UserError) else f"not a number: {text!r}") from None
+        return check_strength(float(text))  # argparse words a ValueError itself
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     choice = group.add_mutually_exclusive_group()
     choice.add_argument("--style", help="built-in style 0-25, or a blend such as 3:0.5,12:0.5 (default: 0)")
     choice.add_argument("--model", type=Path, help="a pytorch/examples TransformerNet .pth state dict instead")
-    choice.add_argument("--style-image", type=Path, metavar="PICTURE", help="any picture (JPEG, PNG, WebP...) as the style instead: "
-                        "its center square, at 256x256, sets the arbitrary-style network")
+    choice.add_argument("--style-image", type=Path, metavar="PICTURE", help="any picture (JPEG, PNG, WebP...) as "
+                        "the style instead: its center square, at 256x256, sets the arbitrary-style network")
     group.add_argument("--style-strength", type=strength, default=1.0, metavar="S",
                        help="0..1: blend each styled frame toward the original; 1 is fully styled "
                        "(default: %(default)s)")
