@@ -2,9 +2,10 @@
 
 The **data** account is what users touch: ``videos-in`` (uploads, never modified),
 ``videos-out`` (results), ``quarantine`` (rejected uploads with a reason), ``styles``
-(users' style models). The **system** account holds ``logs`` and each run's intermediate
-work in two containers of the run's own (``run_containers``). Both are reached through
-Airflow connections, so Azurite and real Azure differ only in the connection string.
+(users' style models and style pictures). The **system** account holds ``logs`` and each
+run's intermediate work in two containers of the run's own (``run_containers``). Both are
+reached through Airflow connections, so Azurite and real Azure differ only in the connection
+string.
 """
 
 from __future__ import annotations
