@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import numpy as np
@@ -156,6 +157,7 @@ BAD = {
     "empty.png": (lambda p: p.write_bytes(b""), "is empty"),
     "tiny.png": (lambda p: Image.new("RGB", (12, 40)).save(p), "12x40; both sides need at least 16 px"),
     "huge.png": (lambda p: _png_declaring(p, 9000, 9000), "9000x9000, over 40 MP"),
+    "warned.png": (lambda p: _png_declaring(p, 12000, 9000), "12000x9000, over 40 MP"),  # PIL warns over 89 MP
     "bomb.png": (lambda p: _png_declaring(p, 60000, 60000), "too large"),
     "truncated.jpg": (_truncated_jpeg, "damaged"),
 }
@@ -167,7 +169,8 @@ def test_bad_style_pictures_get_one_line(tmp_path, name):
     path = tmp_path / name
     make(path)
     before = sha256(path)
-    with pytest.raises(UserError) as caught:
+    with pytest.raises(UserError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
         load_model(style_image=path)
     message = str(caught.value)
     assert words in message and name in message and "\n" not in message
