@@ -204,7 +204,9 @@ def load_style_image(path: Path | str) -> np.ndarray:
             image = Image.open(path)
     except Image.DecompressionBombError:
         raise UserError(f"{name} is too large: over {MAX_STYLE_PIXELS / 1e6:.0f} MP; "
-                        f"scale it down (a style picture needs no more than about 1000 px)") from None
+                        "scale it down (a style picture needs no more than about 1000 px)") from None
+    except PermissionError:
+        raise UserError(f"{name} cannot be read: permission denied") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"{name} is not an image we can read ({exc.__class__.__name__}); "
                         "use a JPEG, PNG or WebP picture") from None
