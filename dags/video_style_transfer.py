@@ -27,6 +27,7 @@ WORK_IN = "{{ ti.xcom_pull(task_ids='probe')['work_in'] }}"
 WORK_OUT = "{{ ti.xcom_pull(task_ids='probe')['work_out'] }}"
 AZUREML_POLL_SECONDS = float(os.environ.get("VST_AZUREML_POLL_SECONDS", "30"))
 MODEL_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/model.pth') if params.model_blob else '' }}"
+STYLE_IMAGE_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/style-image') if params.style_image else '' }}"
 
 PARAMS = {
     "input_blob": Param("", type="string", minLength=1, maxLength=1024, title="Input video",
@@ -35,12 +36,18 @@ PARAMS = {
                    title="Style", description="Built-in style 0-25, or a blend such as 3:0.5,12:0.5"),
     "model_blob": Param(None, type=["null", "string"], title="Own model",
                         description="A TransformerNet .pth in the styles container; replaces the style"),
+    "style_image": Param(None, type=["null", "string"], maxLength=1024, title="Any picture as the style",
+                         description="A picture (JPEG, PNG, WebP) in the styles container, e.g. wave.jpg; "
+                         "replaces the style; its center square is what counts"),
+    "style_strength": Param(1.0, type="number", minimum=0, maximum=1, title="Style strength",
+                            description="1: fully styled; lower blends each frame back toward the original"),
     "max_side": Param(None, type=["null", "integer"], minimum=16, maximum=7680, title="Longest side (px)",
                       description="Scale down so the longer side is at most this; empty keeps the size"),
     "ranks": Param(2, type="integer", minimum=1, maximum=64, title="MPI ranks"),
     "backend": Param("local", type="string", enum=["local", "azureml"], title="Where to score"),
     "output_name": Param(None, type=["null", "string"], maxLength=1024, title="Output blob",
-                         description="Name in videos-out; empty: <input>.style-<style>.mp4"),
+                         description="Name in videos-out; empty: <input>.style-<style>.mp4 "
+                         "(with a style picture: <input>.image-<picture>.mp4)"),
     "segment_frames": Param(48, type="integer", minimum=1, maximum=10000, title="Frames per segment"),
     "precision": Param("auto", type="string", enum=["auto", "fp32", "bf16", "fp16"], title="Precision",
                        description="auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
@@ -121,7 +128,8 @@ def video_style_transfer():
     azureml = AzureMLScoreOperator(
         task_id="score_azureml", pool="scoring", execution_timeout=timedelta(hours=12),
         segments=f"{WORK_IN}/segments", styled=f"{WORK_OUT}/styled",
-        style="{{ params.style }}", model=MODEL_IN,
+        style="{{ params.style }}", model=MODEL_IN, style_image=STYLE_IMAGE_IN,
+        style_strength="{{ params.style_strength }}",
         precision="{{ params.precision }}", nodes="{{ params.azureml_nodes }}",
         gpus_per_node="{{ params.azureml_gpus_per_node }}", vm_size="{{ params.azureml_vm_size }}",
         tier="{{ params.azureml_tier }}", max_resubmits=3, poll_interval=AZUREML_POLL_SECONDS,

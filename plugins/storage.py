@@ -2,9 +2,10 @@
 
 The **data** account is what users touch: ``videos-in`` (uploads, never modified),
 ``videos-out`` (results), ``quarantine`` (rejected uploads with a reason), ``styles``
-(users' style models). The **system** account holds ``logs`` and each run's intermediate
-work in two containers of the run's own (``run_containers``). Both are reached through
-Airflow connections, so Azurite and real Azure differ only in the connection string.
+(users' style models and style pictures). The **system** account holds ``logs`` and each
+run's intermediate work in two containers of the run's own (``run_containers``). Both are
+reached through Airflow connections, so Azurite and real Azure differ only in the connection
+string.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +89,7 @@ class BlobStore:
         from azure.core import MatchConditions
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")  # never shared
         blob = self.client.get_blob_client(container, name)
         kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         stream = blob.download_blob(max_concurrency=4, **kwargs)

@@ -28,6 +28,8 @@ from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN,
 from scoring.media import Limits
 
 MAX_INPUT_BYTES = Limits().max_bytes
+MAX_STYLE_IMAGE_BYTES = 100 * 1024**2  # a style picture is read at 256x256: more is never needed
+STYLE_IMAGE = "style-image"  # its name in the scratch folder and in the run's work container
 # Pictures published beside an output video ``<output>``, and the reason file beside a quarantined upload.
 PREVIEW_SUFFIX, STRIP_SUFFIX, REASON_SUFFIX = ".preview.jpg", ".strip.jpg", ".reason.json"
 PREVIEW_FRAMES, STRIP_FRAMES = 3, 8
@@ -55,9 +57,17 @@ def scratch(key: str) -> Path:
     return path
 
 
-def default_output_name(input_blob: str, style: str | None, model_blob: str | None) -> str:
+def default_output_name(input_blob: str, style: str | None, model_blob: str | None, style_image: str | None = None,
+                        style_strength: float | None = None) -> str:
     path = PurePosixPath(input_blob)
-    tag = "model-" + PurePosixPath(model_blob).stem if model_blob else "style-" + re.sub(r"[^0-9.]+", "_", style or "0")
+    if style_image:
+        tag = "image-" + PurePosixPath(style_image).stem
+    elif model_blob:
+        tag = "model-" + PurePosixPath(model_blob).stem
+    else:
+        tag = "style-" + re.sub(r"[^0-9.]+", "_", style or "0")
+    if style_strength is not None and float(style_strength) != 1:
+        tag += f"-strength-{float(style_strength):g}"
     return str(path.with_name(f"{path.stem}.{tag}.mp4"))
 
 
@@ -90,6 +100,7 @@ def probe(params: dict, run_id: str) -> dict:
     except storage.InvalidBlobName as exc:
         raise BadInput(f"input_blob: {exc}") from None
     data = BlobStore(DATA_CONN)
+    style_etag = check_style_image(data, params)  # a parameter's problem: the input is not quarantined
     blob = data.info(INPUTS, name)
     if blob is None:
         raise BadInput(f"{INPUTS}/{name} does not exist")
@@ -103,12 +114,13 @@ def probe(params: dict, run_id: str) -> dict:
         info = scoring("probe", str(local), *_limit_args(params))
         if info["kind"] != "video":
             raise BadInput(f"{PurePosixPath(name).name} is a still image; this pipeline takes videos")
-    output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"))
+    output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"),
+                                                              params.get("style_image"), params.get("style_strength"))
     try:
         storage.check_blob_name(output)
     except storage.InvalidBlobName as exc:
         raise BadInput(f"output_name: {exc}") from None
-    done_by = published_by(data, output, name, blob.etag, params)
+    done_by = published_by(data, output, name, blob.etag, params, style_etag)
     if done_by:
         raise AlreadyDone(f"{OUTPUTS}/{output} already holds {name} (this version, these settings), "
                           f"published by run {done_by}: nothing to do")
@@ -117,7 +129,7 @@ def probe(params: dict, run_id: str) -> dict:
     system.ensure_container(work_in)
     system.ensure_container(work_out)
     return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag,
-            "size": blob.size, "output_blob": output,
+            "size": blob.size, "output_blob": output, "style_etag": style_etag,
             "frames": info["frames"], "duration": info["duration"], "frame_rate": info["frame_rate"],
             "width": info["width"], "height": info["height"], "audio": info["has_audio"],
             "seconds": round(time.monotonic() - started, 3)}
@@ -154,8 +166,10 @@ def preview(params: dict, probed: dict, run_id: str) -> dict:
     data = BlobStore(DATA_CONN)
     name = probed["output_blob"] + PREVIEW_SUFFIX
     try:
-        local = scratch(probed["run_key"])
+        local = scratch(probed["run_key"]) / "preview"  # its own copies: split fetches the same files meanwhile
         image = local / "preview.jpg"
+        if params.get("style_image"):
+            fetch_style_image(params, local, probed["style_etag"])
         args = ["preview", str(local_input(probed)), str(image), "--frames", str(PREVIEW_FRAMES),
                 *model_args(params, local), *_limit_args(params)]
         if params.get("max_side"):
@@ -175,6 +189,8 @@ def split(params: dict, probed: dict, run_id: str) -> dict:
     started = time.monotonic()
     local = scratch(probed["run_key"])
     source = local_input(probed)
+    if params.get("style_image"):  # decoded here, before the video is, so that it never fails on the cluster
+        validate_style_image(fetch_style_image(params, local, probed["style_etag"]), params["style_image"])
     args = ["split", str(source), "--out", str(local / "segments"), "--segment-frames", str(params["segment_frames"]),
             *_limit_args(params)]
     if params.get("max_side"):
@@ -186,6 +202,8 @@ def split(params: dict, probed: dict, run_id: str) -> dict:
     uploaded = system.sync_up(local / "segments", probed["work_in"], "segments/", suffixes=("plan.json",))
     if params.get("model_blob"):  # scoring nodes read only the system account: the model goes there too
         system.upload(fetch_model(params, local), probed["work_in"], "model.pth")
+    if params.get("style_image"):  # scoring nodes read only the system account: like the model
+        system.upload(local / STYLE_IMAGE, probed["work_in"], STYLE_IMAGE)
     return plan | {"uploaded": uploaded, "seconds": round(time.monotonic() - started, 3)}
 
 
@@ -195,6 +213,8 @@ def score_local(params: dict, probed: dict) -> dict:
     local = scratch(probed["run_key"])
     system = BlobStore(SYSTEM_CONN)
     system.sync_down(probed["work_in"], "segments/", local / "segments")
+    if params.get("style_image") and not (local / STYLE_IMAGE).is_file():  # the run's copy, from split
+        system.download(probed["work_in"], STYLE_IMAGE, local / STYLE_IMAGE)
     resumed = system.sync_down(probed["work_out"], "styled/", local / "styled")
     try:
         summary = scoring("score", "--segments", str(local / "segments"), "--out", str(local / "styled"),
@@ -206,7 +226,11 @@ def score_local(params: dict, probed: dict) -> dict:
 
 
 def model_args(params: dict, local: Path) -> list[str]:
-    args = ["--precision", params.get("precision", "auto")]
+    """The score step's style options. ``style_image`` wants the picture that split fetched in
+    ``local``; it and ``model_blob`` each replace ``style`` (probe refuses both at once)."""
+    args = ["--precision", params.get("precision", "auto"), *strength_args(params)]
+    if params.get("style_image"):
+        return ["--style-image", str(local / STYLE_IMAGE), *args]
     if params.get("model_blob"):
         return ["--model", str(fetch_model(params, local)), *args]
     return ["--style", str(params.get("style") or "0"), *args]
@@ -219,6 +243,11 @@ def local_input(probed: dict) -> Path:
     if not source.is_file():
         BlobStore(DATA_CONN).download(INPUTS, probed["input_blob"], source, etag=probed["etag"])
     return source
+
+
+def strength_args(params: dict) -> list[str]:
+    strength = params.get("style_strength")
+    return [] if strength is None or float(strength) == 1 else ["--style-strength", str(float(strength))]
 
 
 def fetch_model(params: dict, local: Path) -> Path:
@@ -236,13 +265,50 @@ def fetch_model(params: dict, local: Path) -> Path:
     return path
 
 
+def check_style_image(data: BlobStore, params: dict) -> str | None:
+    """The ``style_image`` blob's etag (the version this run uses), after the checks that need no download."""
+    if not params.get("style_image"):
+        return None
+    if params.get("model_blob"):
+        raise BadInput("style_image and model_blob each replace the style: give only one")
+    try:
+        name = storage.check_blob_name(params["style_image"])
+    except storage.InvalidBlobName as exc:
+        raise BadInput(f"style_image: {exc}") from None
+    blob = data.info(STYLES, name)
+    if blob is None:
+        raise BadInput(f"style_image {STYLES}/{name} does not exist")
+    if blob.size > MAX_STYLE_IMAGE_BYTES:
+        raise BadInput(f"style_image {STYLES}/{name} is {blob.size / 1024**2:.0f} MiB; the limit is "
+                       f"{MAX_STYLE_IMAGE_BYTES / 1024**2:.0f} MiB (a style picture needs no more than about 1000 px)")
+    return blob.etag
+
+
+def fetch_style_image(params: dict, local: Path, etag: str | None) -> Path:
+    """The ``style_image`` picture from the styles container, exactly the version probe saw."""
+    path = local / STYLE_IMAGE
+    if not path.is_file():
+        BlobStore(DATA_CONN).download(STYLES, storage.check_blob_name(params["style_image"]), path, etag=etag)
+    return path
+
+
+def validate_style_image(path: Path, name: str) -> None:
+    from scoring.arbitrary import load_style_image
+    from scoring.errors import UserError
+
+    try:
+        load_style_image(path)
+    except UserError as exc:
+        raise BadInput(str(exc).replace(f"style image {path.name}", f"style_image {STYLES}/{name}")) from None
+
+
 def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: dict, run_id: str) -> dict:
     """Join, check, and publish the video and its manifest to videos-out (once per input version)."""
     started = time.monotonic()
     local = scratch(probed["run_key"])
     data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     output = probed["output_blob"]
-    done_by = published_by(data, output, probed["input_blob"], probed["etag"], params)
+    done_by = published_by(data, output, probed["input_blob"], probed["etag"], params, probed.get("style_etag"))
     if done_by:  # a concurrent run of the same version got here first
         print(f"{OUTPUTS}/{output} already holds this input version with these settings (run {done_by})")
         return {"output_blob": output, "published": False, "by_run": done_by}
@@ -256,7 +322,7 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     data.upload(strip, OUTPUTS, output + STRIP_SUFFIX, content_type="image/jpeg")  # before the video it shows
     preview_blob = output + PREVIEW_SUFFIX if data.info(OUTPUTS, output + PREVIEW_SUFFIX) else None
     metadata = {"source_blob": _ascii(probed["input_blob"]), "source_etag": probed["etag"],
-                "settings": settings_digest(params), "run_id": _ascii(run_id)}
+                "settings": settings_digest(params, probed.get("style_etag")), "run_id": _ascii(run_id)}
     data.upload(video, OUTPUTS, output, metadata=metadata)  # one commit: complete or absent
     manifest = {
         "input": {"container": INPUTS, "blob": probed["input_blob"], "etag": probed["etag"], "bytes": probed["size"],
@@ -264,8 +330,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
                   "size": f"{probed['width']}x{probed['height']}", "audio": probed["audio"]},
         "output": {"container": OUTPUTS, "blob": output, "frames": stitched["frames"], "size": stitched["size"],
                    "frame_rate": stitched["frame_rate"], "audio": stitched["audio"], "bytes": video.stat().st_size},
-        "settings": {k: params.get(k) for k in ("style", "model_blob", "max_side", "ranks", "backend",
-                                                 "segment_frames", "precision")},
+        "settings": {k: params.get(k) for k in ("style", "model_blob", "style_image", "style_strength", "max_side",
+                                                 "ranks", "backend", "segment_frames", "precision")},
         "pictures": {"preview": preview_blob, "contact_strip": output + STRIP_SUFFIX},
         "segments": split_facts.get("segments"),
         "scoring": {k: v for k, v in scored.items() if k not in ("seconds", "fetched_done_files")},
@@ -290,19 +356,28 @@ def clean_up(probed: dict) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def published_by(data: BlobStore, output: str, input_blob: str, etag: str, params: dict) -> str | None:
+def published_by(data: BlobStore, output: str, input_blob: str, etag: str, params: dict,
+                 style_etag: str | None = None) -> str | None:
     """The run that published this input version with these settings to ``output``, if any."""
     existing = data.info(OUTPUTS, output)
     meta = existing.metadata if existing else {}
     if meta.get("source_etag") == etag and meta.get("source_blob") == _ascii(input_blob) \
-            and meta.get("settings") == settings_digest(params):
+            and meta.get("settings") == settings_digest(params, style_etag):
         return meta.get("run_id")
     return None
 
 
-def settings_digest(params: dict) -> str:
+def settings_digest(params: dict, style_etag: str | None = None) -> str:
+    """What decides the output's pixels. A style picture counts by version (its etag), so a new
+    upload under the same name is a new result; the keys added with it are left out at their
+    defaults, so outputs published before them keep their digest."""
     keys = ("style", "model_blob", "max_side", "segment_frames", "precision")
-    return hashlib.sha256(json.dumps({k: params.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+    settings = {k: params.get(k) for k in keys}
+    if params.get("style_image"):
+        settings |= {"style_image": params["style_image"], "style_etag": style_etag}
+    if strength_args(params):
+        settings["style_strength"] = float(params["style_strength"])
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _safe_suffix(name: str) -> str:

@@ -131,20 +131,26 @@ def stylizer_from(args):
     from .models import load_model
     from .stylizer import Stylizer
 
-    return Stylizer(load_model(args.style, args.model), args.device, args.precision, args.compile)
+    return Stylizer(load_model(args.style, args.model, args.style_image), args.device, args.precision, args.compile,
+                    args.style_strength)
 
 
 def model_id_from(args) -> str:
     from .models import model_id
     from .stylizer import resolve_precision
 
-    return f"{model_id(args.style, args.model)}@{resolve_precision(args.precision, args.device)}"
+    chosen = model_id(args.style, args.model, args.style_image, args.style_strength)
+    return f"{chosen}@{resolve_precision(args.precision, args.device)}"
 
 
 def model_args(args) -> list[str]:
     """The model options again, to hand to the ranks that mpiexec starts."""
-    chosen = ["--model", str(args.model)] if args.model else ["--style", args.style]
-    return [*chosen, "--device", args.device, "--precision", args.precision, "--batch", str(args.batch),
+    if args.style_image:
+        chosen = ["--style-image", str(args.style_image)]
+    else:
+        chosen = ["--model", str(args.model)] if args.model else ["--style", args.style or "0"]
+    return [*chosen, "--style-strength", str(args.style_strength), "--device", args.device,
+            "--precision", args.precision, "--batch", str(args.batch),
             "--crf", str(args.crf), "--preset", args.preset, *(["--compile"] if args.compile else [])]
 
 
@@ -157,6 +163,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def strength(text: str) -> float:
+    from .stylizer import check_strength
+
+    try:
+        return check_strength(float(text))  # argparse words a ValueError itself
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,9 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     model = argparse.ArgumentParser(add_help=False)
     group = model.add_argument_group("model")
     choice = group.add_mutually_exclusive_group()
-    choice.add_argument("--style", default="0",
-                        help="built-in style 0-25, or a blend such as 3:0.5,12:0.5 (default: %(default)s)")
+    choice.add_argument("--style", help="built-in style 0-25, or a blend such as 3:0.5,12:0.5 (default: 0)")
     choice.add_argument("--model", type=Path, help="a pytorch/examples TransformerNet .pth state dict instead")
+    choice.add_argument("--style-image", type=Path, metavar="PICTURE", help="any picture (JPEG, PNG, WebP...) as "
+                        "the style instead: its center square, at 256x256, sets the arbitrary-style network")
+    group.add_argument("--style-strength", type=strength, default=1.0, metavar="S",
+                       help="0..1: blend each styled frame toward the original; 1 is fully styled "
+                       "(default: %(default)s)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: %(default)s)")
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                        help="auto: fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), else fp32; "

