@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import reference  # noqa: E402  (bench/reference.py)
 
 from scoring import media  # noqa: E402
+from scoring.launch import mpiexec_path  # noqa: E402
 from scoring.models import TransformerNet, load_model  # noqa: E402
 from scoring.stylizer import Stylizer, resolve_precision  # noqa: E402
 
@@ -172,8 +173,7 @@ def row_peer(clip: Path, info, work: Path, args) -> dict:
 
 
 def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
-    mpiexec = shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable),
-                                                             os.environ.get("PATH", "")]))
+    mpiexec = mpiexec_path()
     rows = []
     for ranks in (1, 2):
         folder = work / f"scaling-{ranks}"

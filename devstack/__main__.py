@@ -37,8 +37,12 @@ def demo(stack: Stack, clip: Path, blob_name: str, timeout: float) -> int:
     run_id = processing_run_id("videos-in", blob_name, str(props["etag"]).strip('"'))
     print(f"uploaded {clip} to videos-in/{blob_name}; waiting for the watcher to start {run_id}", flush=True)
 
-    deadline, seen, started = time.monotonic() + timeout, {}, None
+    deadline, seen, started, previewed = time.monotonic() + timeout, {}, None, False
+    outputs = stack.blob_client().get_container_client("videos-out")
     while time.monotonic() < deadline:
+        if not previewed and outputs.get_blob_client(output_name(blob_name) + ".preview.jpg").exists():
+            previewed = True
+            print(f"preview in videos-out {time.time() - uploaded_at:.1f} s after the upload", flush=True)
         runs = {r["run_id"]: r for r in airflow_json(stack.airflow("dags", "list-runs", "video_style_transfer",
                                                                    "-o", "json", check=False))}
         run = runs.get(run_id)
@@ -61,15 +65,21 @@ def demo(stack: Stack, clip: Path, blob_name: str, timeout: float) -> int:
     return 1
 
 
-def fetch_output(stack: Stack, blob_name: str) -> bool:
+def output_name(blob_name: str) -> str:
     from style_pipeline import default_output_name
 
-    name = default_output_name(blob_name, "19", None)
-    out = REPO / "out" / Path(name).name
-    out.parent.mkdir(exist_ok=True)
+    return default_output_name(blob_name, "19", None)
+
+
+def fetch_output(stack: Stack, blob_name: str) -> bool:
+    """The video, its preview and its contact strip, into out/."""
     container = stack.blob_client().get_container_client("videos-out")
-    out.write_bytes(container.download_blob(name).readall())
-    print(f"videos-out/{name} -> {out}")
+    video = output_name(blob_name)
+    for name in (video, video + ".preview.jpg", video + ".strip.jpg"):
+        out = REPO / "out" / Path(name).name
+        out.parent.mkdir(exist_ok=True)
+        out.write_bytes(container.download_blob(name).readall())
+        print(f"videos-out/{name} -> {out}")
     return True
 
 

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 import storage
 from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 
+from scoring.launch import scoring_command
 from scoring.media import Limits
 
 MAX_INPUT_BYTES = Limits().max_bytes
@@ -74,11 +75,8 @@ def default_output_name(input_blob: str, style: str | None, model_blob: str | No
 def scoring(*args: str, ranks: int = 1) -> dict:
     """Run ``python -m scoring ARGS`` (under ``mpiexec -n ranks`` when ranks > 1) and return
     its JSON answer; a user error becomes BadInput, anything else stays a bug."""
-    cmd = [sys.executable, "-m", "scoring", *args]
-    if ranks > 1:
-        mpiexec = shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
-        cmd = [mpiexec or "mpiexec", "-n", str(ranks), *cmd]
-    result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    result = subprocess.run(scoring_command(list(args), ranks), capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
     if result.stderr:
         print(result.stderr[-4000:], file=sys.stderr)
     if result.returncode == 2:

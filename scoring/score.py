@@ -9,7 +9,6 @@ where it stopped and redoes at most the segments that were in flight.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from threading import Thread
 from . import media
 from .errors import UserError
 from .files import atomic_path
+from .launch import scoring_command
 from .segments import Plan, finished, mark_done, share
 from .stylizer import Stylizer
 
@@ -144,12 +144,7 @@ def _read_ahead(batches: Iterable, depth: int = 2) -> Iterator:
 
 def run_ranks(score_args: list[str], ranks: int) -> None:
     """Run the score step as ``mpiexec -n ranks python -m scoring score ...``."""
-    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    mpiexec = shutil.which("mpiexec", path=search)
-    if not mpiexec:
-        raise UserError("--ranks above 1 needs mpiexec (pip install mpich)")
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "scoring", "score", *score_args]
-    code = subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode
+    code = subprocess.run(scoring_command(["score", *score_args], ranks), stdin=subprocess.DEVNULL).returncode
     if code != 0:
         raise UserError(f"scoring ranks failed (mpiexec exit code {code}); run again to resume from finished segments")
 
