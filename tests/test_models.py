@@ -8,7 +8,7 @@ import torch
 from skimage import data
 
 from scoring.errors import UserError
-from scoring.models import MultiStyleNet, TransformerNet, load_model, model_id, parse_style
+from scoring.models import MultiStyleNet, TransformerNet, double_then_conv3, load_model, model_id, parse_style
 from scoring.stylizer import Stylizer
 
 from .helpers import psnr, run_scoring
@@ -50,6 +50,19 @@ def test_bf16_stays_close_to_fp32(photos):
     fp32 = Stylizer(model, "cpu", "fp32")(photos[0][None])[0]
     bf16 = Stylizer(model, "cpu", "bf16")(photos[0][None])[0]
     assert psnr(fp32, bf16) >= 35
+
+
+@pytest.mark.parametrize("size", [(5, 7), (27, 48)])
+def test_doubling_folded_into_the_convolution_is_exact(size):
+    """The four 2x2 convolutions at low resolution give what upsampling, reflect padding and
+    a 3x3 convolution give, borders included."""
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 16, *size), torch.randn(8, 16, 3, 3), torch.randn(8)
+    doubled = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(doubled, (1, 1, 1, 1), mode="reflect"), weight, bias)
+    got = double_then_conv3(x, weight, bias)
+    assert got.shape == expected.shape == (2, 8, 2 * size[0], 2 * size[1])
+    assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
 
 
 def test_style_spec_parsing():
