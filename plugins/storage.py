@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,10 @@ def run_containers(run_id: str) -> tuple[str, str]:
 
 class InvalidBlobName(ValueError):
     pass
+
+
+class MissingContainer(RuntimeError):
+    """A container the pipeline needs is gone (deleted, or never created): an operator's fix."""
 
 
 def check_blob_name(name: str) -> str:
@@ -77,10 +82,24 @@ class BlobStore:
             return None
         return _blob_info(props)
 
+    @contextmanager
+    def _container_must_exist(self, container: str):
+        """The SDK's error for a missing container is ten lines of XML; say it in one."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            yield
+        except ResourceNotFoundError as exc:
+            if exc.error_code != "ContainerNotFound":
+                raise
+            raise MissingContainer(f"container {container} does not exist in storage account "
+                                   f"{self.client.account_name}: create it, then retry the run") from None
+
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
-        blobs = self.client.get_container_client(container).list_blobs(name_starts_with=prefix or None,
-                                                                      include=["metadata"])
-        return [_blob_info(b) for b in blobs]
+        with self._container_must_exist(container):
+            blobs = self.client.get_container_client(container).list_blobs(name_starts_with=prefix or None,
+                                                                          include=["metadata"])
+            return [_blob_info(b) for b in blobs]
 
     def download(self, container: str, name: str, path: Path, etag: str | None = None) -> BlobInfo:
         """Download to ``path`` atomically; with ``etag``, only that version (else it fails)."""
@@ -90,7 +109,8 @@ class BlobStore:
         tmp = path.with_name(f".{path.name}.partial")
         blob = self.client.get_blob_client(container, name)
         kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
-        stream = blob.download_blob(max_concurrency=4, **kwargs)
+        with self._container_must_exist(container):
+            stream = blob.download_blob(max_concurrency=4, **kwargs)
         with open(tmp, "wb") as f:
             stream.readinto(f)
         os.replace(tmp, path)
@@ -98,15 +118,16 @@ class BlobStore:
 
     def upload(self, path: Path, container: str, name: str, metadata: dict | None = None) -> None:
         """A block blob is committed in one step, so readers never see a partial upload."""
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, self._container_must_exist(container):
             self.client.get_blob_client(container, name).upload_blob(
                 f, overwrite=True, metadata=metadata, max_concurrency=4)
 
     def upload_text(self, text: str, container: str, name: str, content_type: str = "text/plain") -> None:
         from azure.storage.blob import ContentSettings
 
-        self.client.get_blob_client(container, name).upload_blob(
-            text.encode(), overwrite=True, content_settings=ContentSettings(content_type=content_type))
+        with self._container_must_exist(container):
+            self.client.get_blob_client(container, name).upload_blob(
+                text.encode(), overwrite=True, content_settings=ContentSettings(content_type=content_type))
 
     def copy(self, container: str, name: str, target_container: str, target_name: str, timeout: float = 600) -> None:
         """Server-side copy within this account; the source is read, never changed."""
