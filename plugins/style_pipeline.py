@@ -68,8 +68,9 @@ def scoring(*args: str, ranks: int = 1) -> dict:
         print(result.stderr[-4000:], file=sys.stderr)
     if result.returncode == 2:
         raise BadInput(result.stderr.strip().splitlines()[-1].removeprefix("error: "))
-    if result.returncode != 0:
-        raise RuntimeError(f"scoring {args[0]} failed with exit code {result.returncode}")
+    if result.returncode != 0:  # the last line of stderr says why (e.g. "No space left on device")
+        last = (result.stderr.strip().splitlines() or [""])[-1].strip()[:300]
+        raise RuntimeError(f"scoring {args[0]} failed with exit code {result.returncode}" + (f": {last}" if last else ""))
     return json.loads(result.stdout) if result.stdout.strip() else {}
 
 
