@@ -66,8 +66,8 @@ def scoring(*args: str, ranks: int = 1) -> dict:
     result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.stderr:
         print(result.stderr[-4000:], file=sys.stderr)
-    if result.returncode == 2:
-        raise BadInput(result.stderr.strip().splitlines()[-1].removeprefix("error: "))
+    if result.returncode == 2:  # under mpiexec every rank says it, and the lines can run together
+        raise BadInput(result.stderr.strip().splitlines()[-1].rsplit("error: ", 1)[-1])
     if result.returncode != 0:  # the last line of stderr says why (e.g. "No space left on device")
         last = (result.stderr.strip().splitlines() or [""])[-1].strip()[:300]
         raise RuntimeError(f"scoring {args[0]} failed with exit code {result.returncode}" + (f": {last}" if last else ""))
@@ -128,8 +128,11 @@ def quarantined_on_bad_input(data: BlobStore, name: str, local: Path, run_id: st
     except BadInput as exc:
         reason = str(exc).replace(local.name, PurePosixPath(name).name)
         data.copy(INPUTS, name, QUARANTINE, name)
+        reason_name = name + ".reason.json"
+        if len(reason_name) > 1024:  # Azure's limit on a blob name: shorten, keep it unique
+            reason_name = f"{name[:990]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}.reason.json"
         data.upload_text(json.dumps({"input": f"{INPUTS}/{name}", "reason": reason, "run_id": run_id}, indent=2),
-                         QUARANTINE, name + ".reason.json", "application/json")
+                         QUARANTINE, reason_name, "application/json")
         raise BadInput(f"{name}: {reason} (copied to {QUARANTINE}/{name})") from None
 
 
