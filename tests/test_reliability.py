@@ -485,28 +485,45 @@ def _check_output(stack: Stack, name: str, folder: Path, frames: int) -> list[st
 
 
 def test_storage_stopped_during_a_transfer_the_run_carries_on(load, busy, clip_factory, tmp_path):
-    """Azurite stopped for a few seconds while split uploads the segments, then started again on
-    the same port and folder: SDK retries, then task retries, carry the run to a correct video."""
+    """Azurite stopped for a few seconds as soon as the watcher has started the run (so the
+    probe's first calls, a read and a download, meet a dead port), then started again on the same
+    port and folder: SDK retries, then task retries, carry the run to a correct video."""
+    from datetime import datetime, timezone
+
     clip = clip_factory(seconds=4, fps="25", size=(160, 90))
     name = "faults/storage-blip.mp4"
     run_id = processing_run_id("videos-in", name, upload(busy, "videos-in", name, clip.read_bytes()))
-    wait_for(lambda: _task_running(busy.api, run_id, "split"), 180, every=0.3, what="split to run")
+    wait_for(lambda: run_id in busy.api.runs(), 180, every=0.3, what="the watcher to start the run")
     pid = int((busy.root / "azurite.pid").read_text())
     os.killpg(pid, signal.SIGTERM)  # Azurite saves its metadata on the way down
     wait_for(lambda: _gone(pid), 30, every=0.2, what="Azurite to stop")
     down = time.monotonic()
-    time.sleep(4)
+    time.sleep(6)
     busy.start_azurite()
-    down = time.monotonic() - down
+    back, down = datetime.now(timezone.utc), time.monotonic() - down
     runs = wait_finished(busy.api, {run_id}, 300)
     assert runs[run_id]["state"] == "success"
     _check_output(busy, name, tmp_path, 100)
     assert md5(busy.blob_client().get_blob_client("videos-in", name).download_blob().readall()) == md5(
         clip.read_bytes())
-    tries = {t: ti["try_number"] for t, ti in busy.api.tasks(run_id).items() if ti["try_number"]}
-    retried = {t: n for t, n in tries.items() if n > 1} or "none"
-    report(f"fault: Azurite stopped {down:.1f} s while split ran, started again -> run succeeded, 100/100 frames, "
-           f"input untouched; tasks retried: {retried}")
+    tasks = busy.api.tasks(run_id)
+    retried = {t: ti["try_number"] for t, ti in tasks.items() if (ti["try_number"] or 0) > 1} or "none"
+    # the probe's first attempt: when it started against the dead port (its start_date now is the last try's)
+    first_probe = min([tasks["probe"]["start_date"]] + [h["start_date"] for h in _tries(busy.api, run_id, "probe")])
+    overlap = (back - datetime.fromisoformat(first_probe)).total_seconds()
+    when = (f"probe started {overlap:.1f} s before storage was back" if overlap > 0
+            else f"probe started only {-overlap:.1f} s after storage was back")
+    report(f"fault: Azurite stopped {down:.1f} s right after the run was created ({when}) -> run succeeded, "
+           f"100/100 frames, input untouched; tasks retried: {retried}")
+
+
+def _tries(api: Api, run_id: str, task_id: str) -> list[dict]:
+    """Earlier attempts of a task (the task instance shows only the latest)."""
+    from urllib.parse import quote
+
+    status, answer = api.call("GET", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}"
+                                     f"/taskInstances/{task_id}/tries")
+    return [t for t in answer["task_instances"] if t.get("start_date")] if status == 200 else []
 
 
 def _gone(pid: int) -> bool:
