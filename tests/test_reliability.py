@@ -485,9 +485,9 @@ def _check_output(stack: Stack, name: str, folder: Path, frames: int) -> list[st
 
 
 def test_storage_stopped_during_a_transfer_the_run_carries_on(load, busy, clip_factory, tmp_path):
-    """Azurite stopped for a few seconds as soon as the watcher has started the run (so the
-    probe's first calls, a read and a download, meet a dead port), then started again on the same
-    port and folder: SDK retries, then task retries, carry the run to a correct video."""
+    """Azurite stopped for a few seconds as soon as the watcher has started the run, then started
+    again on the same port and folder: the run still ends with a correct video (through the SDK's
+    retries, or the task's). The report says when the probe started relative to the gap."""
     from datetime import datetime, timezone
 
     clip = clip_factory(seconds=4, fps="25", size=(160, 90))
