@@ -442,7 +442,7 @@ def test_watcher_listing_200_blobs_stays_cheap(busy, monkeypatch):
                                                 poke_interval=0.5, give_up_after=10))
     assert [e.payload["status"] for e in idle] == ["idle"]
     polls = idle[0].payload["polls"]
-    assert 15 <= polls <= 22  # one list call every 0.5 s for 10 s, no more
+    assert 3 <= polls <= 21  # at most one list call per 0.5 s poke for 10 s (fewer when listing is slow)
     listing_wall = wall - (polls - 1) * 0.5
     container.upload_blob("new/one.mp4", b"y" * 1024)
     fired, _, _ = run(NewBlobVersionTrigger("listing-load", "wasb_data", advance(None, seen), poke_interval=0.5))
