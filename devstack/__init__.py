@@ -7,6 +7,7 @@ again and ``rm -rf .demo`` forgets everything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -168,6 +169,8 @@ class Stack:
             try:
                 os.killpg(pid, signal.SIGTERM)
                 for _ in range(50):
+                    with contextlib.suppress(ChildProcessError):  # our own child: reap it, or it
+                        os.waitpid(pid, os.WNOHANG)  # stays a zombie and seems alive for 10 s
                     os.killpg(pid, 0)
                     time.sleep(0.2)
                 os.killpg(pid, signal.SIGKILL)

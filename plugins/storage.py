@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,10 @@ def run_containers(run_id: str) -> tuple[str, str]:
 
 class InvalidBlobName(ValueError):
     pass
+
+
+class MissingContainer(RuntimeError):
+    """A container the pipeline needs is gone (deleted, or never created): an operator's fix."""
 
 
 def check_blob_name(name: str) -> str:
@@ -79,10 +84,24 @@ class BlobStore:
             return None
         return _blob_info(props)
 
+    @contextmanager
+    def _container_must_exist(self, container: str):
+        """The SDK's error for a missing container is ten lines of XML; say it in one."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            yield
+        except ResourceNotFoundError as exc:
+            if exc.error_code != "ContainerNotFound":
+                raise
+            raise MissingContainer(f"container {container} does not exist in storage account "
+                                   f"{self.client.account_name}: create it, then retry the run") from None
+
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
-        blobs = self.client.get_container_client(container).list_blobs(name_starts_with=prefix or None,
-                                                                      include=["metadata"])
-        return [_blob_info(b) for b in blobs]
+        with self._container_must_exist(container):
+            blobs = self.client.get_container_client(container).list_blobs(name_starts_with=prefix or None,
+                                                                          include=["metadata"])
+            return [_blob_info(b) for b in blobs]
 
     def download(self, container: str, name: str, path: Path, etag: str | None = None) -> BlobInfo:
         """Download to ``path`` atomically; with ``etag``, only that version (else it fails)."""
@@ -92,7 +111,8 @@ class BlobStore:
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")  # never shared
         blob = self.client.get_blob_client(container, name)
         kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
-        stream = blob.download_blob(max_concurrency=4, **kwargs)
+        with self._container_must_exist(container):
+            stream = blob.download_blob(max_concurrency=4, **kwargs)
         with open(tmp, "wb") as f:
             stream.readinto(f)
         os.replace(tmp, path)
@@ -104,15 +124,16 @@ class BlobStore:
         from azure.storage.blob import ContentSettings
 
         settings = ContentSettings(content_type=content_type) if content_type else None
-        with open(path, "rb") as f:
+        with open(path, "rb") as f, self._container_must_exist(container):
             self.client.get_blob_client(container, name).upload_blob(
                 f, overwrite=True, metadata=metadata, content_settings=settings, max_concurrency=4)
 
     def upload_text(self, text: str, container: str, name: str, content_type: str = "text/plain") -> None:
         from azure.storage.blob import ContentSettings
 
-        self.client.get_blob_client(container, name).upload_blob(
-            text.encode(), overwrite=True, content_settings=ContentSettings(content_type=content_type))
+        with self._container_must_exist(container):
+            self.client.get_blob_client(container, name).upload_blob(
+                text.encode(), overwrite=True, content_settings=ContentSettings(content_type=content_type))
 
     def read_text(self, container: str, name: str) -> str | None:
         from azure.core.exceptions import ResourceNotFoundError

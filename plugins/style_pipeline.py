@@ -79,10 +79,11 @@ def scoring(*args: str, ranks: int = 1) -> dict:
                             stdin=subprocess.DEVNULL)
     if result.stderr:
         print(result.stderr[-4000:], file=sys.stderr)
-    if result.returncode == 2:
-        raise BadInput(result.stderr.strip().splitlines()[-1].removeprefix("error: "))
-    if result.returncode != 0:
-        raise RuntimeError(f"scoring {args[0]} failed with exit code {result.returncode}")
+    if result.returncode == 2:  # under mpiexec every rank says it, and the lines can run together
+        raise BadInput(result.stderr.strip().splitlines()[-1].rsplit("error: ", 1)[-1])
+    if result.returncode != 0:  # the last line of stderr says why (e.g. "No space left on device")
+        last = (result.stderr.strip().splitlines() or [""])[-1].strip()[:300]
+        raise RuntimeError(f"scoring {args[0]} failed with exit code {result.returncode}" + (f": {last}" if last else ""))
     return json.loads(result.stdout) if result.stdout.strip() else {}
 
 
@@ -144,15 +145,23 @@ def quarantined_on_bad_input(data: BlobStore, name: str, local: Path, run_id: st
         reason = str(exc).replace(local.name, PurePosixPath(name).name)
         data.copy(INPUTS, name, QUARANTINE, name)
         data.upload_text(json.dumps({"input": f"{INPUTS}/{name}", "reason": reason, "run_id": run_id}, indent=2),
-                         QUARANTINE, name + REASON_SUFFIX, "application/json")
+                         QUARANTINE, reason_blob(name), "application/json")
         if withdraw:
             data.delete(OUTPUTS, withdraw)
         raise BadInput(f"{name}: {reason} (copied to {QUARANTINE}/{name})") from None
 
 
+def reason_blob(name: str) -> str:
+    """Where the reason for quarantining ``name`` goes: beside its copy, or, for a name near
+    Azure's limit of 1024 characters, under a shortened name made unique by a hash."""
+    if len(name + REASON_SUFFIX) <= 1024:
+        return name + REASON_SUFFIX
+    return f"{name[:990]}~{hashlib.sha256(name.encode()).hexdigest()[:16]}{REASON_SUFFIX}"
+
+
 def quarantined_by(data: BlobStore, name: str, run_id: str) -> bool:
     """True if this run quarantined the upload ``name``."""
-    reason = data.read_text(QUARANTINE, name + REASON_SUFFIX)
+    reason = data.read_text(QUARANTINE, reason_blob(name))
     return bool(reason) and json.loads(reason).get("run_id") == run_id
 
 

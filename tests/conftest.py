@@ -24,3 +24,14 @@ def clip_factory(tmp_path_factory):
         return made[key]
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The figures the reliability tests measured, shown even without ``-s``."""
+    import sys
+
+    module = sys.modules.get("tests.test_reliability")
+    if module is not None and module.FIGURES:
+        terminalreporter.section("reliability figures")
+        for line in module.FIGURES:
+            terminalreporter.write_line(line)
