@@ -471,14 +471,14 @@ def _task_running(api: Api, run_id: str, task_id: str):
 
 
 def _check_output(stack: Stack, name: str, folder: Path, frames: int) -> list[str]:
-    """The published video has every frame; videos-out holds nothing else for it (no partial,
-    no dot-file)."""
+    """The published video has every frame; videos-out holds nothing else for it but its
+    manifest and pictures (no partial, no dot-file)."""
     out = stack.blob_client().get_container_client("videos-out")
     stem = str(Path(name).with_suffix(""))
     mine = sorted(b.name for b in out.list_blobs() if b.name.startswith(stem) or "/." in b.name
                   or b.name.startswith("."))
     video = stem + ".style-19.mp4"
-    assert mine == [video, video + ".manifest.json"], mine
+    assert mine == sorted([video, *(video + suffix for suffix in (".manifest.json", ".preview.jpg", ".strip.jpg"))]), mine
     (folder / "out.mp4").write_bytes(out.download_blob(video).readall())
     assert media.probe(folder / "out.mp4").frames == frames
     return mine
@@ -572,7 +572,7 @@ def test_scheduler_and_task_killed_mid_score_the_run_completes(load, busy, clip_
     report(f"fault: standalone and its task runner + ranks SIGKILLed mid score_local, restarted -> "
            f"the new scheduler reset the orphaned score_local, run again (try {score['try_number']}); run succeeded "
            f"{recovered:.0f} s after the kill (retry skipped {scored['skipped']} finished segments, scored "
-           f"{scored['scored']}), 100/100 frames, videos-out holds only the video and its manifest")
+           f"{scored['scored']}), 100/100 frames, videos-out holds only the video, its manifest and its pictures")
 
 
 # --------------------------------------------------------------------------- faults, step by step
