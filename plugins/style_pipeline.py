@@ -168,10 +168,16 @@ def score_local(params: dict, probed: dict) -> dict:
 
 
 def model_args(params: dict, local: Path) -> list[str]:
-    args = ["--precision", params.get("precision", "auto")]
+    args = ["--precision", params.get("precision", "auto"), *temporal_args(params)]
     if params.get("model_blob"):
         return ["--model", str(fetch_model(params, local)), *args]
     return ["--style", str(params.get("style") or "0"), *args]
+
+
+def temporal_args(params: dict) -> list[str]:
+    """``--temporal STRENGTH`` when the run asks for steadier video; nothing when it is off."""
+    strength = params.get("temporal") or 0
+    return ["--temporal", str(strength)] if float(strength) else []
 
 
 def fetch_model(params: dict, local: Path) -> Path:
@@ -214,7 +220,7 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
         "output": {"container": OUTPUTS, "blob": output, "frames": stitched["frames"], "size": stitched["size"],
                    "frame_rate": stitched["frame_rate"], "audio": stitched["audio"], "bytes": video.stat().st_size},
         "settings": {k: params.get(k) for k in ("style", "model_blob", "max_side", "ranks", "backend",
-                                                 "segment_frames", "precision")},
+                                                 "segment_frames", "precision", "temporal")},
         "segments": split_facts.get("segments"),
         "scoring": {k: v for k, v in scored.items() if k not in ("seconds", "fetched_done_files")},
         "seconds": {"probe": probed["seconds"], "split": split_facts["seconds"], "score": scored.get("seconds"),
@@ -249,7 +255,10 @@ def published_by(data: BlobStore, output: str, input_blob: str, etag: str, param
 
 def settings_digest(params: dict) -> str:
     keys = ("style", "model_blob", "max_side", "segment_frames", "precision")
-    return hashlib.sha256(json.dumps({k: params.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+    settings = {k: params.get(k) for k in keys}
+    if float(params.get("temporal") or 0):  # only when on: outputs published before the option keep their digest
+        settings["temporal"] = float(params["temporal"])
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _safe_suffix(name: str) -> str:

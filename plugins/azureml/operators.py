@@ -48,6 +48,7 @@ class AzureMLScoreOperator(BaseOperator):
     :param style: a built-in style or blend (``"7"``, ``"3:0.5,12:0.5"``); ignored with ``model``.
     :param model: a TransformerNet ``.pth`` blob (``container/path`` or ``azureml://``) instead.
     :param precision: ``fp16`` (default, GPUs), ``bf16`` or ``fp32``. :param batch: frames per pass.
+    :param temporal: steadier video, ``--temporal STRENGTH`` (0, the default, is off; see scoring/temporal.py).
     :param extra_score_args: more ``python -m scoring score`` options (``--crf``, ``--preset``).
     :param compute_name, vm_size, nodes, gpus_per_node, tier, max_nodes, idle_seconds, keep_warm:
         the cluster (scale 0..max(max_nodes, nodes), ``low_priority`` or ``dedicated``) and the
@@ -57,13 +58,14 @@ class AzureMLScoreOperator(BaseOperator):
     :param max_resubmits: new jobs after preemption before the task fails.
     """
 
-    template_fields: Sequence[str] = ("segments", "styled", "style", "model", "precision", "batch", "compute_name",
+    template_fields: Sequence[str] = ("segments", "styled", "style", "model", "precision", "batch", "temporal",
+                                      "compute_name",
                                       "vm_size", "nodes", "gpus_per_node", "tier", "max_resubmits")
     ui_color = "#0078d4"
     operator_extra_links = (AzureMLJobLink(),)
 
     def __init__(self, *, segments: str, styled: str, style: str | None = "0", model: str | None = None,
-                 precision: str = "fp16", batch: int | str = 8, extra_score_args: Sequence[str] = (),
+                 precision: str = "fp16", batch: int | str = 8, temporal: float | str = 0, extra_score_args: Sequence[str] = (),
                  compute_name: str = "vst-gpu", vm_size: str = "Standard_NC6s_v3", nodes: int | str = 1,
                  gpus_per_node: int | str = 1, tier: str = "low_priority", max_nodes: int | None = None,
                  idle_seconds: int = 120, keep_warm: bool = False, output_mode: str = "rw_mount",
@@ -73,7 +75,8 @@ class AzureMLScoreOperator(BaseOperator):
                  experiment_name: str = "video-style-transfer", **kwargs) -> None:
         super().__init__(**kwargs)
         self.segments, self.styled, self.style, self.model = segments, styled, style, model
-        self.precision, self.batch, self.extra_score_args = precision, batch, list(extra_score_args)
+        self.precision, self.batch, self.temporal = precision, batch, temporal
+        self.extra_score_args = list(extra_score_args)
         self.compute_name, self.vm_size, self.nodes, self.gpus_per_node = compute_name, vm_size, nodes, gpus_per_node
         self.tier, self.max_nodes, self.idle_seconds, self.keep_warm = tier, max_nodes, idle_seconds, keep_warm
         self.output_mode = output_mode
@@ -127,7 +130,10 @@ class AzureMLScoreOperator(BaseOperator):
 
     def score_args(self) -> list[str]:
         args = [] if self.model else ["--style", str(self.style)]
-        return [*args, "--precision", str(self.precision), "--batch", str(self.batch), *self.extra_score_args]
+        args += ["--precision", str(self.precision), "--batch", str(self.batch)]
+        if float(self.temporal or 0):
+            args += ["--temporal", str(self.temporal)]
+        return [*args, *self.extra_score_args]
 
     def _submit_and_defer(self, context, resubmits: int, job_names: list[str]) -> None:
         from . import entities
