@@ -50,9 +50,9 @@ def cmd_score(args) -> dict | None:
     world = score.World()
     score.exit_on_sigterm()
     score.set_threads(world)
-    # a bad style or model fails every rank alike, before any work: a plain exit 2 in each
     from .temporal import check_strength
 
+    # a bad style, model or strength fails every rank alike, before any work: a plain exit 2 in each
     stylizer, model_id = stylizer_from(args), model_id_from(args)
     check_strength(args.temporal)
     try:
@@ -83,6 +83,8 @@ def cmd_stylize(args) -> dict:
     from .score import Encoding, run_ranks, score
     from .split import split
     from .stitch import check_output_path, stitch
+    from .temporal import check_strength, work_tag
+
     check_output_path(output)
     model_id = model_id_from(args) + work_tag(check_strength(args.temporal))
     work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"

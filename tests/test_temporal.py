@@ -35,7 +35,6 @@ MODEL_ID = f"style {STYLE}"
 def _frames() -> np.ndarray:
     from skimage import data
 
-    width, height = SIZE
     background = np.asarray(Image.fromarray(data.coffee()).resize(SIZE, Image.BILINEAR), np.float32)
     patch = np.asarray(Image.fromarray(data.astronaut()).resize((40, 40), Image.BILINEAR), np.float32)
     noise = np.random.default_rng(0)

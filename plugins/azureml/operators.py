@@ -59,13 +59,13 @@ class AzureMLScoreOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("segments", "styled", "style", "model", "precision", "batch", "temporal",
-                                      "compute_name",
-                                      "vm_size", "nodes", "gpus_per_node", "tier", "max_resubmits")
+                                      "compute_name", "vm_size", "nodes", "gpus_per_node", "tier", "max_resubmits")
     ui_color = "#0078d4"
     operator_extra_links = (AzureMLJobLink(),)
 
     def __init__(self, *, segments: str, styled: str, style: str | None = "0", model: str | None = None,
-                 precision: str = "fp16", batch: int | str = 8, temporal: float | str = 0, extra_score_args: Sequence[str] = (),
+                 precision: str = "fp16", batch: int | str = 8, temporal: float | str = 0,
+                 extra_score_args: Sequence[str] = (),
                  compute_name: str = "vst-gpu", vm_size: str = "Standard_NC6s_v3", nodes: int | str = 1,
                  gpus_per_node: int | str = 1, tier: str = "low_priority", max_nodes: int | None = None,
                  idle_seconds: int = 120, keep_warm: bool = False, output_mode: str = "rw_mount",
