@@ -23,7 +23,7 @@ from scoring.segments import Plan
 from scoring.split import split
 from scoring.stylizer import Stylizer
 
-from .helpers import REPO, run_scoring
+from .helpers import REPO, psnr, read_frames, run_scoring
 
 STYLE = "19"
 STRENGTH = 0.7
@@ -61,7 +61,7 @@ def clip(tmp_path_factory):
     stylizer = Stylizer(load_model(STYLE), "cpu", "auto")
     score(segments, folder / "plain", stylizer, MODEL_ID)
     score(segments, folder / "temporal", stylizer, MODEL_ID, Encoding(temporal=STRENGTH))
-    return {"folder": folder, "segments": segments, "plan": plan, "stylizer": stylizer}
+    return {"folder": folder, "source": source, "segments": segments, "plan": plan, "stylizer": stylizer}
 
 
 def _decode(folder, plan: Plan, only: list[int] | None = None) -> np.ndarray:
@@ -149,16 +149,28 @@ def test_resume_with_temporal_and_markers_tell_settings_apart(clip, tmp_path):
         score(clip["segments"], clip["folder"] / "plain", clip["stylizer"], MODEL_ID, Encoding(temporal=STRENGTH))
 
 
-@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan"])
-def test_out_of_range_strength_is_one_line(clip, tmp_path, value):
+def test_two_ranks_from_the_command_line_give_the_same_video(clip, tmp_path):
+    """stylize --ranks 2: each rank warms up on the segment before its share; the stitched
+    video matches the single-process temporal run frame by frame."""
+    output = tmp_path / "steady.mp4"
+    run_scoring("stylize", clip["source"], output, "--style", STYLE, "--temporal", str(STRENGTH),
+                "--segment-frames", str(SEGMENT_FRAMES), "--ranks", "2", check=True)
+    got, expected = read_frames(output), _decode(clip["folder"] / "temporal", clip["plan"])
+    assert len(got) == len(expected) == FRAMES
+    for i, (a, b) in enumerate(zip(got, expected)):
+        assert psnr(a, b) > 40, f"frame {i} differs from the single-process run"
+
+
+def test_out_of_range_strength_is_one_line(clip, tmp_path):
     result = run_scoring("score", "--segments", clip["segments"], "--out", tmp_path / "x", "--style", STYLE,
-                         "--temporal", value)
+                         "--temporal", "1.5")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: temporal strength (--temporal) must be a number from 0 (off) to 0.95, got {float(value)!r}"]
+        "error: temporal strength (--temporal) must be a number from 0 (off) to 0.95, got 1.5"]
     assert not (tmp_path / "x").exists()
-    with pytest.raises(UserError):
-        temporal.TemporalSmoother(float(value))
+    for value in (-0.1, 0.96, float("nan"), "strong"):
+        with pytest.raises(UserError, match="must be a number from 0"):
+            temporal.TemporalSmoother(value)
 
 
 def test_the_option_reaches_the_pipeline_and_azure_ml():
