@@ -75,7 +75,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class Encoding:
-    """How styled frames are batched through the network and encoded."""
+    """How styled frames are batched through the network, smoothed over time and encoded."""
 
     # On a CPU one frame per pass is fastest (26-style bf16 at 768x432: 0.11 s/frame at batch 1,
     # 0.15 at batch 4): a bigger batch only spills the activations out of the caches.
