@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = model.add_argument_group("video")
     group.add_argument("--temporal", type=float, default=0.0, metavar="STRENGTH",
                        help="steadier video: blend the previous styled frame into the new one where the input "
-                       "stood still, 0 (off) to 0.95. 0.7 cut flicker by 69%% on the bench clip for about 13%% "
+                       "stood still, 0 (off) to 0.95. 0.7 cut flicker by 68%% on the bench clip for about 12%% "
                        "more work per frame; moving parts stay as styled per frame (README, \"Steadier video\"; "
                        "default: %(default)s)")
 

@@ -42,9 +42,9 @@ MOTION_LEVEL = 8.0
 MOTION_BLOCK = 4
 # Frames of the previous segment styled to prime a segment's state (not written). The weight
 # of an unprimed start decays as strength**n. Measured (bench/flicker.py, car-detection, 0.7):
-# a segment's first 4 frames differ from a one-pass run by 10.3 levels (mean) with no warm-up,
-# as much as x264's own error at crf 18 (10.4), and by 2.6 with 3 frames; each frame more costs
-# 2% of a 48-frame segment's network time for about a third less seam.
+# a segment's first 4 frames differ from a one-pass run by 9.7 levels (mean) with no warm-up,
+# about x264's own error at crf 18 (10.4), and by 2.5 with 3 frames; each frame more costs 2%
+# of a 48-frame segment's network time for about a third less seam.
 WARMUP_FRAMES = 3
 
 
