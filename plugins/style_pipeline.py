@@ -235,7 +235,7 @@ def score_local(params: dict, probed: dict) -> dict:
 def model_args(params: dict, local: Path) -> list[str]:
     """The score step's style options. ``style_image`` wants the picture that split fetched in
     ``local``; it and ``model_blob`` each replace ``style`` (probe refuses both at once)."""
-    args = ["--precision", params.get("precision", "auto"), *strength_args(params)]
+    args = ["--precision", params.get("precision", "auto"), *strength_args(params), *temporal_args(params)]
     if params.get("style_image"):
         return ["--style-image", str(local / STYLE_IMAGE), *args]
     if params.get("model_blob"):
@@ -255,6 +255,12 @@ def local_input(probed: dict) -> Path:
 def strength_args(params: dict) -> list[str]:
     strength = params.get("style_strength")
     return [] if strength is None or float(strength) == 1 else ["--style-strength", str(float(strength))]
+
+
+def temporal_args(params: dict) -> list[str]:
+    """``--temporal STRENGTH`` when the run asks for steadier video; nothing when it is off."""
+    strength = params.get("temporal") or 0
+    return ["--temporal", str(strength)] if float(strength) else []
 
 
 def fetch_model(params: dict, local: Path) -> Path:
@@ -338,7 +344,7 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
         "output": {"container": OUTPUTS, "blob": output, "frames": stitched["frames"], "size": stitched["size"],
                    "frame_rate": stitched["frame_rate"], "audio": stitched["audio"], "bytes": video.stat().st_size},
         "settings": {k: params.get(k) for k in ("style", "model_blob", "style_image", "style_strength", "max_side",
-                                                 "ranks", "backend", "segment_frames", "precision")},
+                                                 "ranks", "backend", "segment_frames", "precision", "temporal")},
         "pictures": {"preview": preview_blob, "contact_strip": output + STRIP_SUFFIX},
         "segments": split_facts.get("segments"),
         "scoring": {k: v for k, v in scored.items() if k not in ("seconds", "fetched_done_files")},
@@ -384,6 +390,8 @@ def settings_digest(params: dict, style_etag: str | None = None) -> str:
         settings |= {"style_image": params["style_image"], "style_etag": style_etag}
     if strength_args(params):
         settings["style_strength"] = float(params["style_strength"])
+    if float(params.get("temporal") or 0):  # only when on: outputs published before the option keep their digest
+        settings["temporal"] = float(params["temporal"])
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

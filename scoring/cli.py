@@ -50,10 +50,13 @@ def cmd_score(args) -> dict | None:
     world = score.World()
     score.exit_on_sigterm()
     score.set_threads(world)
-    # a bad style or model fails every rank alike, before any work: a plain exit 2 in each
+    from .temporal import check_strength
+
+    # a bad style, model or strength fails every rank alike, before any work: a plain exit 2 in each
     stylizer, model_id = stylizer_from(args), model_id_from(args)
+    check_strength(args.temporal)
     try:
-        encoding = score.Encoding(args.batch, args.crf, args.preset)
+        encoding = score.Encoding(args.batch, args.crf, args.preset, args.temporal)
         result = score.score(args.segments, args.out, stylizer, model_id, encoding, world)
     except UserError as exc:
         if world.size > 1:  # a failure in one rank's share: the others would wait for it forever
@@ -80,17 +83,19 @@ def cmd_stylize(args) -> dict:
     from .score import Encoding, run_ranks, score
     from .split import split
     from .stitch import check_output_path, stitch
+    from .temporal import check_strength, work_tag
 
     check_output_path(output)
-    model_id = model_id_from(args)
+    model_id = model_id_from(args) + work_tag(check_strength(args.temporal))
     work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"
     plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args))
-    # keyed by split and model, so a rerun of the same command resumes and a new style starts clean
+    # keyed by split, model and smoothing, so a rerun of the same command resumes and a new style starts clean
     styled = work / ("styled-" + hashlib.sha256(f"{plan.fingerprint} {model_id}".encode()).hexdigest()[:12])
     if args.ranks > 1:
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], args.ranks)
     else:
-        score(work / "segments", styled, stylizer, model_id, Encoding(args.batch, args.crf, args.preset))
+        score(work / "segments", styled, stylizer, model_id_from(args),
+              Encoding(args.batch, args.crf, args.preset, args.temporal))
     result = stitch(work / "segments", styled, output)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
@@ -151,7 +156,8 @@ def model_args(args) -> list[str]:
         chosen = ["--model", str(args.model)] if args.model else ["--style", args.style or "0"]
     return [*chosen, "--style-strength", str(args.style_strength), "--device", args.device,
             "--precision", args.precision, "--batch", str(args.batch),
-            "--crf", str(args.crf), "--preset", args.preset, *(["--compile"] if args.compile else [])]
+            "--crf", str(args.crf), "--preset", args.preset, *(["--compile"] if args.compile else []),
+            "--temporal", repr(args.temporal)]
 
 
 def limits_from(args) -> media.Limits:
@@ -206,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--crf", type=int, default=18, help="x264 quality of the output, lower is better "
                        "(default: %(default)s)")
     group.add_argument("--preset", default="fast", help="x264 speed preset of the output (default: %(default)s)")
+    group = model.add_argument_group("video")
+    group.add_argument("--temporal", type=float, default=0.0, metavar="STRENGTH",
+                       help="steadier video: blend the previous styled frame into the new one where the input "
+                       "stood still, 0 (off) to 0.95. 0.7 cut flicker by 68%% on the bench clip for about 12%% "
+                       "more work per frame; moving parts stay as styled per frame (README, \"Steadier video\"; "
+                       "default: %(default)s)")
 
     split_opts = argparse.ArgumentParser(add_help=False)
     group = split_opts.add_argument_group("splitting")

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,12 +21,15 @@ from pathlib import Path
 from queue import Queue
 from threading import Thread
 
+import numpy as np
+
 from . import media
 from .errors import UserError
 from .files import atomic_path
 from .launch import scoring_command
-from .segments import Plan, finished, mark_done, share
+from .segments import Plan, Segment, finished, mark_done, share
 from .stylizer import Stylizer
+from .temporal import WARMUP_FRAMES, TemporalSmoother, check_strength, work_tag
 
 MPI_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
@@ -71,13 +75,15 @@ class Progress:
 
 @dataclass(frozen=True)
 class Encoding:
-    """How styled frames are batched through the network and encoded."""
+    """How styled frames are batched through the network, smoothed over time and encoded."""
 
     # On a CPU one frame per pass is fastest (26-style bf16 at 768x432: 0.11 s/frame at batch 1,
     # 0.15 at batch 4): a bigger batch only spills the activations out of the caches.
     batch: int = 1
     crf: int = 18
     preset: str = "fast"
+    # 0: each frame styled on its own; above 0, still regions are smoothed over time (temporal.py)
+    temporal: float = 0.0
 
 
 def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, model_id: str,
@@ -87,7 +93,8 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
     world = world or World()
     plan = Plan.load(segments_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work_id = f"{model_id} on {plan.fingerprint}"
+    temporal = check_strength(encoding.temporal)
+    work_id = f"{model_id}{work_tag(temporal)} on {plan.fingerprint}"
     mine = [plan.segments[i] for i in share(len(plan.segments), world.size, world.rank)]
     todo = [s for s in mine if not finished(out_dir, s, work_id)]
     progress = Progress(world, sum(s.frames for s in todo))
@@ -95,7 +102,7 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
     for segment in todo:
         t0 = time.monotonic()
         with atomic_path(out_dir / segment.name) as tmp:
-            frames = _style_stream(segments_dir / segment.name, tmp, plan, stylizer, encoding, progress)
+            frames = _style_stream(segments_dir, segment, tmp, plan, stylizer, encoding, progress)
             if frames != segment.frames:
                 raise RuntimeError(f"{segment.name}: styled {frames} frames, the plan says {segment.frames}")
         mark_done(out_dir, segment, work_id, time.monotonic() - t0)
@@ -103,24 +110,46 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
             "frames_scored": progress.done, "seconds": round(time.monotonic() - started, 3)}
 
 
-def _style_stream(source: Path, target: Path, plan: Plan, stylizer: Stylizer, encoding: Encoding,
-                  progress: Progress) -> int:
-    """Decode, style and encode one stream; a thread reads ahead and another writes behind,
-    so that ffmpeg's pipes never wait on the network or the other way round."""
+def _style_stream(segments_dir: Path, segment: Segment, target: Path, plan: Plan, stylizer: Stylizer,
+                  encoding: Encoding, progress: Progress) -> int:
+    """Decode, style and encode one segment; a thread reads ahead and another writes behind,
+    so that ffmpeg's pipes never wait on the network or the other way round. With temporal
+    smoothing the write-behind thread also blends (in order), after a warm-up on the end of
+    the previous segment."""
     size = (plan.width, plan.height)
-    with media.FrameReader(source, size, input_format="h264") as reader, \
+    smoother = TemporalSmoother(encoding.temporal) if encoding.temporal else None
+    with media.FrameReader(segments_dir / segment.name, size, input_format="h264") as reader, \
             media.FrameWriter(target, size, plan.frame_rate, encoding.crf, encoding.preset) as writer, \
             ThreadPoolExecutor(1) as encoder_thread:
+        if smoother and segment.index > 0:
+            _warm_up(smoother, segments_dir / plan.segments[segment.index - 1].name, size, stylizer, encoding.batch)
+
+        def write(frames, styled):
+            writer.write(smoother(frames, styled) if smoother else styled)
+
         pending = None
         for frames in _read_ahead(reader.batches(encoding.batch)):
             styled = stylizer(frames)
             if pending:
                 pending.result()
-            pending = encoder_thread.submit(writer.write, styled)
+            pending = encoder_thread.submit(write, frames, styled)
             progress.advance(len(frames))
         if pending:
             pending.result()
     return writer.frames
+
+
+def _warm_up(smoother: TemporalSmoother, previous: Path, size: tuple[int, int], stylizer: Stylizer,
+             batch: int) -> None:
+    """Prime the smoother with the last WARMUP_FRAMES frames of the previous segment's source
+    (styled, not written): the segment starts as if the video were styled in one pass."""
+    tail: deque = deque(maxlen=WARMUP_FRAMES)
+    with media.FrameReader(previous, size, input_format="h264") as reader:
+        for frames in reader.batches(16):
+            tail.extend(frames)
+    for start in range(0, len(tail), batch):
+        frames = np.stack(list(tail)[start:start + batch])
+        smoother(frames, stylizer(frames))
 
 
 def _read_ahead(batches: Iterable, depth: int = 2) -> Iterator:

@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import tempfile
-
 from io import BytesIO
 
 import pytest

@@ -50,6 +50,7 @@ class AzureMLScoreOperator(BaseOperator):
     :param style_image: a picture blob (same forms) to use as the style instead.
     :param style_strength: 0..1, blend the styled frames toward the originals (default 1: fully styled).
     :param precision: ``fp16`` (default, GPUs), ``bf16`` or ``fp32``. :param batch: frames per pass.
+    :param temporal: steadier video, ``--temporal STRENGTH`` (0, the default, is off; see scoring/temporal.py).
     :param extra_score_args: more ``python -m scoring score`` options (``--crf``, ``--preset``).
     :param compute_name, vm_size, nodes, gpus_per_node, tier, max_nodes, idle_seconds, keep_warm:
         the cluster (scale 0..max(max_nodes, nodes), ``low_priority`` or ``dedicated``) and the
@@ -60,14 +61,14 @@ class AzureMLScoreOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("segments", "styled", "style", "model", "style_image", "style_strength",
-                                      "precision", "batch", "compute_name", "vm_size", "nodes", "gpus_per_node",
-                                      "tier", "max_resubmits")
+                                      "precision", "batch", "temporal", "compute_name", "vm_size", "nodes",
+                                      "gpus_per_node", "tier", "max_resubmits")
     ui_color = "#0078d4"
     operator_extra_links = (AzureMLJobLink(),)
 
     def __init__(self, *, segments: str, styled: str, style: str | None = "0", model: str | None = None,
                  style_image: str | None = None, style_strength: float | str = 1.0, precision: str = "fp16",
-                 batch: int | str = 8, extra_score_args: Sequence[str] = (),
+                 batch: int | str = 8, temporal: float | str = 0, extra_score_args: Sequence[str] = (),
                  compute_name: str = "vst-gpu", vm_size: str = "Standard_NC6s_v3", nodes: int | str = 1,
                  gpus_per_node: int | str = 1, tier: str = "low_priority", max_nodes: int | None = None,
                  idle_seconds: int = 120, keep_warm: bool = False, output_mode: str = "rw_mount",
@@ -78,7 +79,8 @@ class AzureMLScoreOperator(BaseOperator):
         super().__init__(**kwargs)
         self.segments, self.styled, self.style, self.model = segments, styled, style, model
         self.style_image, self.style_strength = style_image, style_strength
-        self.precision, self.batch, self.extra_score_args = precision, batch, list(extra_score_args)
+        self.precision, self.batch, self.temporal = precision, batch, temporal
+        self.extra_score_args = list(extra_score_args)
         self.compute_name, self.vm_size, self.nodes, self.gpus_per_node = compute_name, vm_size, nodes, gpus_per_node
         self.tier, self.max_nodes, self.idle_seconds, self.keep_warm = tier, max_nodes, idle_seconds, keep_warm
         self.output_mode = output_mode
@@ -134,7 +136,10 @@ class AzureMLScoreOperator(BaseOperator):
         args = [] if self.model or self.style_image else ["--style", str(self.style)]
         if float(self.style_strength) != 1:
             args += ["--style-strength", str(float(self.style_strength))]
-        return [*args, "--precision", str(self.precision), "--batch", str(self.batch), *self.extra_score_args]
+        args += ["--precision", str(self.precision), "--batch", str(self.batch)]
+        if float(self.temporal or 0):
+            args += ["--temporal", str(self.temporal)]
+        return [*args, *self.extra_score_args]
 
     def _submit_and_defer(self, context, resubmits: int, job_names: list[str]) -> None:
         from . import entities
