@@ -198,19 +198,24 @@ def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
 
 
 def conv_flops(model: torch.nn.Module, height: int, width: int) -> int:
-    """Multiply-adds x 2 of every convolution, counted from the layers' output shapes."""
-    from scoring.models import StyledConv
+    """Multiply-adds x 2 of every convolution as the network defines it, counted from the
+    layers' output shapes. (An upsampling layer computes its doubling folded into the
+    convolution, with 16/36 of these multiplications; the count is the network's, the same
+    for the reference approach and ours.)"""
+    from scoring.models import StyledConv, UpsampleConvLayer
 
     total = 0
 
     def hook(module, _inputs, output):
         nonlocal total
-        weight = module.weight if isinstance(module, torch.nn.Conv2d) else module.w
+        weight = {torch.nn.Conv2d: lambda m: m.weight, UpsampleConvLayer: lambda m: m.conv2d.weight,
+                  StyledConv: lambda m: m.w}[type(module)](module)
         cout, cin, kh, kw = weight.shape
         total += 2 * output.shape[0] * cout * output.shape[2] * output.shape[3] * cin * kh * kw
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, StyledConv))]
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, StyledConv, UpsampleConvLayer))]
+    inner = {m.conv2d for m in layers if isinstance(m, UpsampleConvLayer)}  # counted by their layer
+    handles = [m.register_forward_hook(hook) for m in layers if m not in inner]
     with torch.inference_mode():
         model(torch.zeros(1, 3, height + (-height % 4), width + (-width % 4)))
     for h in handles:
