@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -409,6 +410,33 @@ def test_bad_parameters_are_refused_and_bad_runs_fail_in_one_line(load, busy):
 
 
 # --------------------------------------------------------------------------- the watcher's listing cost
+
+
+def test_preview_link_opens_for_those_who_may_read_runs(load, busy):
+    """The preview task's extra link goes to the API server's preview page: a Viewer gets the
+    run's preview picture from videos-out; without credentials, nothing. No SAS in the link
+    (Airflow keeps extra-link URLs in XCom)."""
+    name = "load/clip-00.mp4"
+    run_id = processing_run_id("videos-in", name, load["uploads"][name])
+    status, answer = busy.api.call("POST", "/auth/token", {"username": "viewer",
+                                                           "password": busy.password("viewer")})
+    assert status in (200, 201), answer
+    viewer = {"Authorization": f"Bearer {answer['access_token']}"}
+    quoted = urllib.parse.quote(run_id, safe="")
+    request = urllib.request.Request(f"{busy.api.base}/api/v2/dags/video_style_transfer/dagRuns/{quoted}"
+                                     "/taskInstances/preview/links", headers=viewer)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        link = json.loads(response.read())["extra_links"]["Preview"]
+    assert link.startswith(f"{busy.api.base}/style-previews/image?") and "sig=" not in link, link
+    with urllib.request.urlopen(urllib.request.Request(link, headers=viewer), timeout=60) as page:
+        assert page.headers["Content-Type"] == "image/jpeg"
+        shown = page.read()
+    assert shown == blob_map(busy, "videos-out")["load/clip-00.style-19.mp4.preview.jpg"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(link, timeout=60)
+    assert refused.value.code in (401, 403)
+    report("preview link: a Viewer gets the run's preview through the API server; no credentials -> "
+           f"{refused.value.code}; the link holds no SAS")
 
 
 def test_watcher_listing_200_blobs_stays_cheap(busy, monkeypatch):
