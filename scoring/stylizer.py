@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 
 import numpy as np
 import torch
@@ -61,10 +62,31 @@ def check_strength(strength: float) -> float:
     return strength
 
 
+def keep_freed_memory() -> None:
+    """Make this process reuse the memory it frees instead of handing it back to the kernel.
+
+    Every forward pass allocates and frees activations of tens of MB. By default glibc serves
+    blocks that large with ``mmap`` and unmaps them when freed (or trims the top of its heap),
+    so the next frame faults the same pages in again, zeroed by the kernel: 42 ms of system
+    time per 768x432 frame, a fifth of a rank's time. Here blocks come from the heap and stay
+    there, so the process keeps its peak working set (a few hundred MB per rank). Process-wide
+    and idempotent; a no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 1 << 30)
+
+
 class Stylizer:
     def __init__(self, model: nn.Module, device: str = "auto", precision: str = "fp32", compile: bool = False,
                  strength: float = 1.0):
         self.strength = check_strength(strength)
+        keep_freed_memory()
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device.type)
         if precision not in PRECISIONS:
