@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .models import double_then_conv3
+from .models import double_then_conv3, wide_conv
 
 STYLE_DIM = 100
 STYLE_SIZE = 256  # the predictor's input side
@@ -57,9 +57,19 @@ class StyleNorm(nn.Module):
         return F.instance_norm(x, eps=1e-5) * self.gamma(style) + self.beta(style)
 
 
-def reflect_conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Conv2d:
-    """A convolution on its input reflect-padded by half the kernel (TF's MirrorPad + VALID)."""
-    return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, padding_mode="reflect")
+class ReflectConv(nn.Conv2d):
+    """A convolution on its input reflect-padded by half the kernel (TF's MirrorPad + VALID);
+    the wide 9x9 ones at the ends through ``wide_conv``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, [self.kernel_size[0] // 2] * 4, mode="reflect")
+        if self.stride == (1, 1):
+            return wide_conv(x, self.weight, self.bias)
+        return F.conv2d(x, self.weight, self.bias, self.stride)
+
+
+def reflect_conv(cin: int, cout: int, kernel: int, stride: int = 1) -> ReflectConv:
+    return ReflectConv(cin, cout, kernel, stride)
 
 
 class StyledConv(nn.Module):
