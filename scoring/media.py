@@ -7,6 +7,7 @@ never become a command; names that start with ``-`` are passed as ``file:NAME``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -211,24 +212,32 @@ class _FfmpegPipe:
             self.close()
 
 
-class FrameReader(_FfmpegPipe):
-    """Decodes a video into batches of RGB frames ``uint8 [N, H, W, 3]`` through a pipe."""
+# How a frame of each raw pixel format lies in memory: rgb24 as [H, W, 3]; yuv420p as its three
+# planes one after the other, W x H of luma and two of chroma at half size, seen as [H * 3/2, W].
+FRAME_SHAPES = {"rgb24": lambda w, h: (h, w, 3), "yuv420p": lambda w, h: (h * 3 // 2, w)}
 
-    def __init__(self, source: Path | str, size: tuple[int, int], input_format: str | None = None, threads: int = 0):
+
+class FrameReader(_FfmpegPipe):
+    """Decodes a video into batches of frames through a pipe: RGB ``uint8 [N, H, W, 3]``, or
+    ``yuv420p`` (``[N, H * 3/2, W]``) where the frames only pass through to an encoder."""
+
+    def __init__(self, source: Path | str, size: tuple[int, int], input_format: str | None = None, threads: int = 0,
+                 pix_fmt: str = "rgb24"):
         self.width, self.height = size
+        self.frame_shape = FRAME_SHAPES[pix_fmt](self.width, self.height)
         cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-threads", str(threads)]
         if input_format:
             cmd += ["-f", input_format]
         cmd += ["-i", file_arg(source), "-map", "0:v:0", "-an", "-sn", "-dn",
                 "-vf", f"scale={self.width}:{self.height}:flags=bicubic",
-                "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
+                "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1"]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Read straight into fresh numpy buffers (writable, no extra copy)."""
-        frame_bytes = self.width * self.height * 3
+        frame_bytes = math.prod(self.frame_shape)
         while True:
-            buffer = np.empty((batch_size, self.height, self.width, 3), np.uint8)
+            buffer = np.empty((batch_size, *self.frame_shape), np.uint8)
             filled = _read_into(self.process.stdout, memoryview(buffer).cast("B"))
             frames, torn = divmod(filled, frame_bytes)
             if torn:
@@ -255,9 +264,9 @@ class FrameWriter(_FfmpegPipe):
     """
 
     def __init__(self, target: Path | str, size: tuple[int, int], frame_rate: str, crf: int = 18,
-                 preset: str = "fast", threads: int = 0):
+                 preset: str = "fast", threads: int = 0, pix_fmt: str = "rgb24"):
         self.width, self.height = size
-        cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+        cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", pix_fmt,
                "-s", f"{self.width}x{self.height}", "-framerate", frame_rate, "-i", "pipe:0",
                "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-bf", "0", "-pix_fmt", "yuv420p",
                "-threads", str(threads), "-f", "h264", file_arg(target)]
