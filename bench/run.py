@@ -200,21 +200,23 @@ def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
 def conv_flops(model: torch.nn.Module, height: int, width: int) -> int:
     """Multiply-adds x 2 of every convolution as the network defines it, counted from the
     layers' output shapes. (An upsampling layer computes its doubling folded into the
-    convolution, with 16/36 of these multiplications; the count is the network's, the same
-    for the reference approach and ours.)"""
-    from scoring.models import StyledConv, UpsampleConvLayer
+    convolution, with 16/36 of these multiplications, and a wide 9x9 layer runs rewritten by
+    ``models.wide_conv``; the count is the network's, the same for the reference approach and
+    ours.)"""
+    from scoring.models import ConvLayer, StyledConv, UpsampleConvLayer
 
     total = 0
 
     def hook(module, _inputs, output):
         nonlocal total
         weight = {torch.nn.Conv2d: lambda m: m.weight, UpsampleConvLayer: lambda m: m.conv2d.weight,
-                  StyledConv: lambda m: m.w}[type(module)](module)
+                  ConvLayer: lambda m: m.conv2d.weight, StyledConv: lambda m: m.w}[type(module)](module)
         cout, cin, kh, kw = weight.shape
         total += 2 * output.shape[0] * cout * output.shape[2] * output.shape[3] * cin * kh * kw
 
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, StyledConv, UpsampleConvLayer))]
-    inner = {m.conv2d for m in layers if isinstance(m, UpsampleConvLayer)}  # counted by their layer
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, StyledConv, UpsampleConvLayer, ConvLayer))]
+    # layers that may compute without calling their Conv2d (folded or rewritten) count for it
+    inner = {m.conv2d for m in layers if isinstance(m, (UpsampleConvLayer, ConvLayer))}
     handles = [m.register_forward_hook(hook) for m in layers if m not in inner]
     with torch.inference_mode():
         model(torch.zeros(1, 3, height + (-height % 4), width + (-width % 4)))
