@@ -209,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "after a first call of about half a minute per process (per rank): for long clips")
     group.add_argument("--batch", type=positive_int, default=1, help="frames per forward pass; 1 is fastest on a "
                        "CPU (bench/run.py), a GPU may like 8 (default: %(default)s)")
-    group.add_argument("--crf", type=int, default=18, help="x264 quality of the output, lower is better "
+    group.add_argument("--crf", type=int, default=media.STYLED_CRF, help="x264 quality of the output, lower is "
+                       "better (default: %(default)s)")
+    group.add_argument("--preset", default=media.STYLED_PRESET, help="x264 speed preset of the output "
                        "(default: %(default)s)")
-    group.add_argument("--preset", default="fast", help="x264 speed preset of the output (default: %(default)s)")
     group = model.add_argument_group("video")
     group.add_argument("--temporal", type=float, default=0.0, metavar="STRENGTH",
                        help="steadier video: blend the previous styled frame into the new one where the input "

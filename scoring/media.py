@@ -256,6 +256,14 @@ class FrameReader(_FfmpegPipe):
 
 
 
+# x264 settings for styled frames. At "fast" the encoder took 31 ms of CPU per styled 768x432
+# frame, a fifth of a frame's work; "veryfast" takes 12 ms, and one step lower crf keeps the
+# quality: 34.9 vs 35.1 dB against the raw styled frames, 8% more bytes (96 frames of
+# car-detection, style 7).
+STYLED_CRF = 17
+STYLED_PRESET = "veryfast"
+
+
 class FrameWriter(_FfmpegPipe):
     """Encodes RGB frames to raw H.264 (an elementary stream joins another by concatenation).
 
@@ -263,8 +271,8 @@ class FrameWriter(_FfmpegPipe):
     stream can be given timestamps from the frame rate alone.
     """
 
-    def __init__(self, target: Path | str, size: tuple[int, int], frame_rate: str, crf: int = 18,
-                 preset: str = "fast", threads: int = 0, pix_fmt: str = "rgb24"):
+    def __init__(self, target: Path | str, size: tuple[int, int], frame_rate: str, crf: int = STYLED_CRF,
+                 preset: str = STYLED_PRESET, threads: int = 0, pix_fmt: str = "rgb24"):
         self.width, self.height = size
         cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", pix_fmt,
                "-s", f"{self.width}x{self.height}", "-framerate", frame_rate, "-i", "pipe:0",

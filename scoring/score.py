@@ -80,8 +80,8 @@ class Encoding:
     # On a CPU one frame per pass is fastest (26-style bf16 at 768x432: 0.11 s/frame at batch 1,
     # 0.15 at batch 4): a bigger batch only spills the activations out of the caches.
     batch: int = 1
-    crf: int = 18
-    preset: str = "fast"
+    crf: int = media.STYLED_CRF
+    preset: str = media.STYLED_PRESET
     # 0: each frame styled on its own; above 0, still regions are smoothed over time (temporal.py)
     temporal: float = 0.0
 
