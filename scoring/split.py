@@ -14,8 +14,11 @@ from .errors import UserError
 from .files import atomic_path
 from .segments import AUDIO_FILE, DEFAULT_SEGMENT_FRAMES, Plan, Segment, segment_lengths, segment_name
 
-# Near-lossless: the segments are an intermediate, styled once and thrown away.
+# Near-lossless: the segments are an intermediate, styled once and thrown away. ultrafast:
+# split took 2.7 s of a 33 s run on car-detection at veryfast, 1.8 s at ultrafast, for 1.8x the
+# bytes (9.6 instead of 5.2 MB) at the same fidelity (52.7 dB against the decoded source).
 SPLIT_CRF = 12
+SPLIT_PRESET = "ultrafast"
 
 
 def split(source: Path | str, folder: Path | str, max_side: int | None = None,
@@ -70,7 +73,7 @@ def _write_segments(source: Path, folder: Path, size: tuple[int, int], rate: str
         while (first := next(batches, None)) is not None:
             index = total // segment_frames
             with atomic_path(folder / segment_name(index)) as tmp:
-                with media.FrameWriter(tmp, size, rate, crf=SPLIT_CRF, preset="veryfast", pix_fmt="yuv420p") as writer:
+                with media.FrameWriter(tmp, size, rate, SPLIT_CRF, SPLIT_PRESET, pix_fmt="yuv420p") as writer:
                     for batch in itertools.chain([first], itertools.islice(batches, per_segment - 1)):
                         writer.write(batch)
             total += writer.frames
