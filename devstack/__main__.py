@@ -38,9 +38,9 @@ def demo(stack: Stack, clip: Path, blob_name: str, timeout: float) -> int:
     print(f"uploaded {clip} to videos-in/{blob_name}; waiting for the watcher to start {run_id}", flush=True)
 
     deadline, seen, started, previewed = time.monotonic() + timeout, {}, None, False
-    outputs = stack.blob_client().get_container_client("videos-out")
+    preview = stack.blob_client().get_blob_client("videos-out", output_name(blob_name) + ".preview.jpg")
     while time.monotonic() < deadline:
-        if not previewed and outputs.get_blob_client(output_name(blob_name) + ".preview.jpg").exists():
+        if not previewed and written_after(preview, props["last_modified"]):
             previewed = True
             print(f"preview in videos-out {time.time() - uploaded_at:.1f} s after the upload", flush=True)
         runs = {r["run_id"]: r for r in airflow_json(stack.airflow("dags", "list-runs", "video_style_transfer",
@@ -63,6 +63,16 @@ def demo(stack: Stack, clip: Path, blob_name: str, timeout: float) -> int:
         time.sleep(2)
     print(f"timed out after {timeout:.0f} s; the stack is still running (make stop)", file=sys.stderr)
     return 1
+
+
+def written_after(blob, moment: datetime) -> bool:
+    """The blob exists and was written after ``moment`` (a previous demo's copy does not count)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return blob.get_blob_properties().last_modified > moment
+    except ResourceNotFoundError:
+        return False
 
 
 def output_name(blob_name: str) -> str:
