@@ -100,6 +100,7 @@ def probe(params: dict, run_id: str) -> dict:
         raise BadInput(f"input_blob: {exc}") from None
     data = BlobStore(DATA_CONN)
     style_etag = check_style_image(data, params)  # a parameter's problem: the input is not quarantined
+    model_etag = model_version(data, params)
     blob = data.info(INPUTS, name)
     if blob is None:
         raise BadInput(f"{INPUTS}/{name} does not exist")
@@ -119,7 +120,7 @@ def probe(params: dict, run_id: str) -> dict:
         storage.check_blob_name(output)
     except storage.InvalidBlobName as exc:
         raise BadInput(f"output_name: {exc}") from None
-    done_by = published_by(data, output, name, blob.etag, params, style_etag)
+    done_by = published_by(data, output, name, blob.etag, params, style_etag, model_etag)
     if done_by:
         raise AlreadyDone(f"{OUTPUTS}/{output} already holds {name} (this version, these settings), "
                           f"published by run {done_by}: nothing to do")
@@ -128,7 +129,7 @@ def probe(params: dict, run_id: str) -> dict:
     system.ensure_container(work_in)
     system.ensure_container(work_out)
     return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag,
-            "size": blob.size, "output_blob": output, "style_etag": style_etag,
+            "size": blob.size, "output_blob": output, "style_etag": style_etag, "model_etag": model_etag,
             "frames": info["frames"], "duration": info["duration"], "frame_rate": info["frame_rate"],
             "width": info["width"], "height": info["height"], "audio": info["has_audio"],
             "seconds": round(time.monotonic() - started, 3)}
@@ -178,7 +179,7 @@ def preview(params: dict, probed: dict, run_id: str) -> dict:
         if params.get("style_image"):
             fetch_style_image(params, local, probed["style_etag"])
         args = ["preview", str(local_input(probed)), str(image), "--frames", str(PREVIEW_FRAMES),
-                *model_args(params, local), *_limit_args(params)]
+                *model_args(params, local, probed.get("model_etag")), *_limit_args(params)]
         if params.get("max_side"):
             args += ["--max-side", str(params["max_side"])]
         scoring(*args)
@@ -208,7 +209,7 @@ def split(params: dict, probed: dict, run_id: str) -> dict:
     system = BlobStore(SYSTEM_CONN)
     uploaded = system.sync_up(local / "segments", probed["work_in"], "segments/", suffixes=("plan.json",))
     if params.get("model_blob"):  # scoring nodes read only the system account: the model goes there too
-        system.upload(fetch_model(params, local), probed["work_in"], "model.pth")
+        system.upload(fetch_model(params, local, probed.get("model_etag")), probed["work_in"], "model.pth")
     if params.get("style_image"):  # scoring nodes read only the system account: like the model
         system.upload(local / STYLE_IMAGE, probed["work_in"], STYLE_IMAGE)
     return plan | {"uploaded": uploaded, "seconds": round(time.monotonic() - started, 3)}
@@ -225,21 +226,22 @@ def score_local(params: dict, probed: dict) -> dict:
     resumed = system.sync_down(probed["work_out"], "styled/", local / "styled")
     try:
         summary = scoring("score", "--segments", str(local / "segments"), "--out", str(local / "styled"),
-                          *model_args(params, local), ranks=int(params["ranks"]))
+                          *model_args(params, local, probed.get("model_etag")), ranks=int(params["ranks"]))
     finally:  # what finished is kept in storage even if this attempt fails
         system.sync_up(local / "styled", probed["work_out"], "styled/", suffixes=(".done",))
     return {k: summary.get(k) for k in ("segments", "scored", "skipped", "frames_scored", "ranks")} | {
         "fetched_done_files": resumed, "seconds": round(time.monotonic() - started, 3)}
 
 
-def model_args(params: dict, local: Path) -> list[str]:
+def model_args(params: dict, local: Path, model_etag: str | None = None) -> list[str]:
     """The score step's style options. ``style_image`` wants the picture that split fetched in
-    ``local``; it and ``model_blob`` each replace ``style`` (probe refuses both at once)."""
+    ``local``; it and ``model_blob`` (the version ``model_etag`` where given) each replace
+    ``style`` (probe refuses both at once)."""
     args = ["--precision", params.get("precision", "auto"), *strength_args(params), *temporal_args(params)]
     if params.get("style_image"):
         return ["--style-image", str(local / STYLE_IMAGE), *args]
     if params.get("model_blob"):
-        return ["--model", str(fetch_model(params, local)), *args]
+        return ["--model", str(fetch_model(params, local, model_etag)), *args]
     return ["--style", str(params.get("style") or "0"), *args]
 
 
@@ -263,8 +265,11 @@ def temporal_args(params: dict) -> list[str]:
     return ["--temporal", str(strength)] if float(strength) else []
 
 
-def fetch_model(params: dict, local: Path) -> Path:
-    """The user's .pth from the styles container (cached in the run's scratch folder)."""
+def fetch_model(params: dict, local: Path, etag: str | None = None) -> Path:
+    """The user's .pth from the styles container, the version probe saw where it saw one
+    (cached in the run's scratch folder)."""
+    from azure.core.exceptions import ResourceModifiedError
+
     path = local / "model.pth"
     if not path.is_file():
         try:
@@ -274,8 +279,24 @@ def fetch_model(params: dict, local: Path) -> Path:
         data = BlobStore(DATA_CONN)
         if data.info(STYLES, name) is None:
             raise BadInput(f"model_blob {STYLES}/{name} does not exist")
-        data.download(STYLES, name, path)
+        try:
+            data.download(STYLES, name, path, etag=etag)
+        except ResourceModifiedError:
+            raise BadInput(f"model_blob {STYLES}/{name} was replaced during the run; "
+                           "trigger again to use the new version") from None
     return path
+
+
+def model_version(data: BlobStore, params: dict) -> str | None:
+    """The ``model_blob``'s etag, the version this run uses (None without one, or where the
+    name is bad or missing: split reports those in one line)."""
+    if not params.get("model_blob"):
+        return None
+    try:
+        blob = data.info(STYLES, storage.check_blob_name(params["model_blob"]))
+    except storage.InvalidBlobName:
+        return None
+    return blob.etag if blob else None
 
 
 def check_style_image(data: BlobStore, params: dict) -> str | None:
@@ -321,7 +342,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     local = scratch(probed["run_key"])
     data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     output = probed["output_blob"]
-    done_by = published_by(data, output, probed["input_blob"], probed["etag"], params, probed.get("style_etag"))
+    done_by = published_by(data, output, probed["input_blob"], probed["etag"], params, probed.get("style_etag"),
+                           probed.get("model_etag"))
     if done_by:  # a concurrent run of the same version got here first
         print(f"{OUTPUTS}/{output} already holds this input version with these settings (run {done_by})")
         return {"output_blob": output, "published": False, "by_run": done_by}
@@ -335,7 +357,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     data.upload(strip, OUTPUTS, output + STRIP_SUFFIX, content_type="image/jpeg")  # before the video it shows
     preview_blob = output + PREVIEW_SUFFIX if data.info(OUTPUTS, output + PREVIEW_SUFFIX) else None
     metadata = {"source_blob": _ascii(probed["input_blob"]), "source_etag": probed["etag"],
-                "settings": settings_digest(params, probed.get("style_etag")), "run_id": _ascii(run_id)}
+                "settings": settings_digest(params, probed.get("style_etag"), probed.get("model_etag")),
+                "run_id": _ascii(run_id)}
     data.upload(video, OUTPUTS, output, metadata=metadata)  # one commit: complete or absent
     manifest = {
         "input": {"container": INPUTS, "blob": probed["input_blob"], "etag": probed["etag"], "bytes": probed["size"],
@@ -370,24 +393,26 @@ def clean_up(probed: dict) -> int:
 
 
 def published_by(data: BlobStore, output: str, input_blob: str, etag: str, params: dict,
-                 style_etag: str | None = None) -> str | None:
+                 style_etag: str | None = None, model_etag: str | None = None) -> str | None:
     """The run that published this input version with these settings to ``output``, if any."""
     existing = data.info(OUTPUTS, output)
     meta = existing.metadata if existing else {}
     if meta.get("source_etag") == etag and meta.get("source_blob") == _ascii(input_blob) \
-            and meta.get("settings") == settings_digest(params, style_etag):
+            and meta.get("settings") == settings_digest(params, style_etag, model_etag):
         return meta.get("run_id")
     return None
 
 
-def settings_digest(params: dict, style_etag: str | None = None) -> str:
-    """What decides the output's pixels. A style picture counts by version (its etag), so a new
-    upload under the same name is a new result; the keys added with it are left out at their
-    defaults, so outputs published before them keep their digest."""
+def settings_digest(params: dict, style_etag: str | None = None, model_etag: str | None = None) -> str:
+    """What decides the output's pixels. A style picture or a model counts by version (its
+    etag), so a new upload under the same name is a new result; the keys added later are left
+    out at their defaults, so outputs published before them keep their digest."""
     keys = ("style", "model_blob", "max_side", "segment_frames", "precision")
     settings = {k: params.get(k) for k in keys}
     if params.get("style_image"):
         settings |= {"style_image": params["style_image"], "style_etag": style_etag}
+    if params.get("model_blob") and model_etag:
+        settings["model_etag"] = model_etag
     if strength_args(params):
         settings["style_strength"] = float(params["style_strength"])
     if float(params.get("temporal") or 0):  # only when on: outputs published before the option keep their digest

@@ -219,6 +219,34 @@ def test_missing_input_blob_fails_with_a_clear_message(stack):
     assert "videos-in/nope.mp4 does not exist" in result.stdout + result.stderr
 
 
+def test_own_model_is_a_new_result_when_uploaded_again(stack, clip_factory):
+    """A user's .pth styles the run; the same name uploaded again with other weights is a new
+    version, so the next run makes the video again instead of saying it is already done."""
+    import torch
+
+    from scoring.models import TransformerNet
+    from style_pipeline import default_output_name
+
+    upload(stack, "own/clip.mp4", clip_factory(seconds=1, fps="25", size=(96, 64)))
+    output = default_output_name("own/clip.mp4", "19", "own/net.pth")
+    published = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = TransformerNet()
+        with torch.no_grad():  # an output that spans 0..255, so the two weights give two pictures
+            net.deconv3.conv2d.weight.mul_(160.0)
+            net.deconv3.conv2d.bias.fill_(127.5)
+        weights = io.BytesIO()
+        torch.save(net.state_dict(), weights)
+        stack.blob_client().get_blob_client("styles", "own/net.pth").upload_blob(weights.getvalue(), overwrite=True)
+        conf = {"input_blob": "own/clip.mp4", "model_blob": "own/net.pth"}
+        assert dags_test(stack, "video_style_transfer", conf) == "success"
+        blob = stack.blob_client().get_blob_client("videos-out", output)
+        published.append((blob.get_blob_properties().metadata["run_id"], blob.download_blob().readall()))
+    (first_run, first_video), (second_run, second_video) = published
+    assert first_run != second_run and first_video != second_video
+
+
 def _upload_runs(stack) -> set[str]:
     runs = airflow_json(stack.airflow("dags", "list-runs", "video_style_transfer", "-o", "json"))
     return {r["run_id"] for r in runs if r["run_id"].startswith("upload__")}

@@ -42,6 +42,13 @@ def test_score_args_output_name_and_settings(tmp_path):
     before = hashlib.sha256(json.dumps(BASE, sort_keys=True).encode()).hexdigest()[:16]
     assert digest(BASE) == digest(BASE | {"style_image": None, "style_strength": 1.0}) == before
 
+    # a user's model counts by version too; without a known version, as before
+    model = BASE | {"model_blob": "mine.pth"}
+    assert digest(model, None, '"0x1"') != digest(model, None, '"0x2"')
+    assert digest(model, None, '"0x1"') != digest(model)
+    assert digest(model) == hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()[:16]
+    assert digest(BASE, None, '"0x1"') == before  # an etag without a model_blob changes nothing
+
 
 @pytest.mark.parametrize("params, words", [
     ({"style_image": "wave.jpg", "model_blob": "m.pth"}, "style_image and model_blob each replace the style"),
@@ -88,3 +95,25 @@ def test_the_picture_comes_from_the_styles_container_as_probed(styles, tmp_path)
 
     with pytest.raises(style_pipeline.BadInput, match="^style_image styles/art/nope.jpg does not exist$"):
         style_pipeline.check_style_image(store, {"style_image": "art/nope.jpg"})
+
+
+def test_the_model_is_the_version_probe_saw(styles, tmp_path):
+    """A .pth re-uploaded under the same name is a new version: probe's etag changes (so the
+    settings digest does and the output is made again), and a run that probed the old one
+    never scores with the new one."""
+    params = {"model_blob": "mine/net.pth"}
+    store = BlobStore(DATA_CONN)
+    assert style_pipeline.model_version(store, params) is None  # not there yet: split says so
+    styles.upload_blob("mine/net.pth", b"first version", overwrite=True)
+    first = style_pipeline.model_version(store, params)
+    assert style_pipeline.fetch_model(params, tmp_path / "a", first).read_bytes() == b"first version"
+
+    styles.upload_blob("mine/net.pth", b"second version", overwrite=True)
+    second = style_pipeline.model_version(store, params)
+    assert second and second != first
+    with pytest.raises(style_pipeline.BadInput,
+                       match=r"^model_blob styles/mine/net.pth was replaced during the run; trigger again"):
+        style_pipeline.fetch_model(params, tmp_path / "b", first)
+    assert not (tmp_path / "b" / "model.pth").exists()
+    assert style_pipeline.fetch_model(params, tmp_path / "c", second).read_bytes() == b"second version"
+    assert style_pipeline.model_version(store, {"model_blob": "../net.pth"}) is None
