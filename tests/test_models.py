@@ -10,8 +10,15 @@ import torch
 from skimage import data
 
 from scoring.errors import UserError
-from scoring.models import (MultiStyleNet, TransformerNet, double_then_conv3, load_model, model_id, parse_style,
-                            wide_conv)
+from scoring.models import (
+    MultiStyleNet,
+    TransformerNet,
+    double_then_conv3,
+    load_model,
+    model_id,
+    parse_style,
+    wide_conv,
+)
 from scoring.stylizer import Stylizer
 
 from .helpers import psnr, run_scoring
