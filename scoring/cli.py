@@ -86,16 +86,16 @@ def cmd_stylize(args) -> dict:
     from .temporal import check_strength, work_tag
 
     check_output_path(output)
-    model_id = model_id_from(args) + work_tag(check_strength(args.temporal))
+    model_id = model_id_from(args)  # reads a .pth or picture once: its digest names it
     work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"
     plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args))
     # keyed by split, model and smoothing, so a rerun of the same command resumes and a new style starts clean
-    styled = work / ("styled-" + hashlib.sha256(f"{plan.fingerprint} {model_id}".encode()).hexdigest()[:12])
+    work_id = f"{plan.fingerprint} {model_id}{work_tag(check_strength(args.temporal))}"
+    styled = work / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
     if args.ranks > 1:
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], args.ranks)
     else:
-        score(work / "segments", styled, stylizer, model_id_from(args),
-              Encoding(args.batch, args.crf, args.preset, args.temporal))
+        score(work / "segments", styled, stylizer, model_id, Encoding(args.batch, args.crf, args.preset, args.temporal))
     result = stitch(work / "segments", styled, output)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)

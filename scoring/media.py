@@ -265,7 +265,8 @@ STYLED_PRESET = "veryfast"
 
 
 class FrameWriter(_FfmpegPipe):
-    """Encodes RGB frames to raw H.264 (an elementary stream joins another by concatenation).
+    """Encodes frames (RGB, or ``pix_fmt`` as ``FrameReader`` gives them) to raw H.264 (an
+    elementary stream joins another by concatenation).
 
     B-frames are off so that every segment's pictures are in display order and a joined
     stream can be given timestamps from the frame rate alone.
