@@ -169,9 +169,20 @@ class BlobStore:
             raise RuntimeError(f"copying {container}/{name} ended {status}")
 
     def sync_down(self, container: str, prefix: str, folder: Path) -> int:
-        """Fetch every blob under ``prefix`` missing locally (or of another size). Returns the count."""
+        """Fetch every blob under ``prefix`` missing locally (or of another size). Returns the count.
+
+        A name that could land outside ``folder`` (``..``, an empty segment, an absolute
+        path) raises InvalidBlobName before anything is fetched: whoever holds the run's
+        write token can name blobs.
+        """
+        blobs = self.list(container, prefix)
+        for blob in blobs:
+            try:
+                check_blob_name(blob.name[len(prefix):])
+            except InvalidBlobName as exc:
+                raise InvalidBlobName(f"{container}/{blob.name} cannot be fetched: {exc}") from None
         fetched = 0
-        for blob in self.list(container, prefix):
+        for blob in blobs:
             local = folder / blob.name[len(prefix):]
             if not (local.is_file() and local.stat().st_size == blob.size):
                 self.download(container, blob.name, local)

@@ -30,6 +30,7 @@ from scoring.media import Limits
 
 MAX_INPUT_BYTES = Limits().max_bytes
 MAX_STYLE_IMAGE_BYTES = 100 * 1024**2  # a style picture is read at 256x256: more is never needed
+MAX_MODEL_BYTES = 256 * 1024**2  # a TransformerNet state dict is a few MB; a bigger .pth is not one
 STYLE_IMAGE = "style-image"  # its name in the scratch folder and in the run's work container
 # Pictures published beside an output video ``<output>``, and the reason file beside a quarantined upload.
 PREVIEW_SUFFIX, STRIP_SUFFIX, REASON_SUFFIX = ".preview.jpg", ".strip.jpg", ".reason.json"
@@ -104,6 +105,16 @@ def probe(params: dict, run_id: str) -> dict:
     blob = data.info(INPUTS, name)
     if blob is None:
         raise BadInput(f"{INPUTS}/{name} does not exist")
+    output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"),
+                                                              params.get("style_image"), params.get("style_strength"))
+    try:
+        storage.check_blob_name(output)
+    except storage.InvalidBlobName as exc:
+        raise BadInput(f"output_name: {exc}") from None
+    done_by = published_by(data, output, name, blob.etag, params, style_etag, model_etag)
+    if done_by:  # before a byte of the input is downloaded
+        raise AlreadyDone(f"{OUTPUTS}/{output} already holds {name} (this version, these settings), "
+                          f"published by run {done_by}: nothing to do")
     key = run_key(run_id)
     local = scratch(key) / ("input" + _safe_suffix(name))
     with quarantined_on_bad_input(data, name, local, run_id):
@@ -114,16 +125,6 @@ def probe(params: dict, run_id: str) -> dict:
         info = scoring("probe", str(local), *_limit_args(params))
         if info["kind"] != "video":
             raise BadInput(f"{PurePosixPath(name).name} is a still image; this pipeline takes videos")
-    output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"),
-                                                              params.get("style_image"), params.get("style_strength"))
-    try:
-        storage.check_blob_name(output)
-    except storage.InvalidBlobName as exc:
-        raise BadInput(f"output_name: {exc}") from None
-    done_by = published_by(data, output, name, blob.etag, params, style_etag, model_etag)
-    if done_by:
-        raise AlreadyDone(f"{OUTPUTS}/{output} already holds {name} (this version, these settings), "
-                          f"published by run {done_by}: nothing to do")
     work_in, work_out = storage.run_containers(run_id)
     system = BlobStore(SYSTEM_CONN)
     system.ensure_container(work_in)
@@ -277,8 +278,7 @@ def fetch_model(params: dict, local: Path, etag: str | None = None) -> Path:
         except storage.InvalidBlobName as exc:
             raise BadInput(f"model_blob: {exc}") from None
         data = BlobStore(DATA_CONN)
-        if data.info(STYLES, name) is None:
-            raise BadInput(f"model_blob {STYLES}/{name} does not exist")
+        check_model_size(data.info(STYLES, name), name)
         try:
             data.download(STYLES, name, path, etag=etag)
         except ResourceModifiedError:
@@ -289,14 +289,27 @@ def fetch_model(params: dict, local: Path, etag: str | None = None) -> Path:
 
 def model_version(data: BlobStore, params: dict) -> str | None:
     """The ``model_blob``'s etag, the version this run uses (None without one, or where the
-    name is bad or missing: split reports those in one line)."""
+    name is bad or missing: split reports those in one line). One over ``MAX_MODEL_BYTES``
+    is refused here, before anything is downloaded."""
     if not params.get("model_blob"):
         return None
     try:
-        blob = data.info(STYLES, storage.check_blob_name(params["model_blob"]))
+        name = storage.check_blob_name(params["model_blob"])
     except storage.InvalidBlobName:
         return None
+    blob = data.info(STYLES, name)
+    if blob:
+        check_model_size(blob, name)
     return blob.etag if blob else None
+
+
+def check_model_size(blob: storage.BlobInfo | None, name: str) -> None:
+    """The ``model_blob`` exists and is not over ``MAX_MODEL_BYTES`` (checked from its properties)."""
+    if blob is None:
+        raise BadInput(f"model_blob {STYLES}/{name} does not exist")
+    if blob.size > MAX_MODEL_BYTES:
+        raise BadInput(f"model_blob {STYLES}/{name} is {blob.size / 1024**2:.0f} MiB; the limit is "
+                       f"{MAX_MODEL_BYTES / 1024**2:.0f} MiB (a TransformerNet .pth is a few MB)")
 
 
 def check_style_image(data: BlobStore, params: dict) -> str | None:
