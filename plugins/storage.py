@@ -206,6 +206,29 @@ class BlobStore:
                 sent += 1
         return sent
 
+    def read_link(self, container: str, name: str, hours: float) -> str | None:
+        """A URL that reads the one blob ``name`` for ``hours`` and allows nothing else; None
+        when this connection cannot sign (a SAS-only connection): signed with the account key,
+        or with a user delegation key where the connection uses Entra ID."""
+        from datetime import UTC, datetime, timedelta
+
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        now = datetime.now(UTC)
+        start, expiry = now - timedelta(minutes=5), now + timedelta(hours=hours)  # minutes of clock skew
+        key = getattr(self.client.credential, "account_key", None)
+        delegation = None
+        if not key:
+            if not hasattr(self.client.credential, "get_token"):
+                return None
+            delegation = self.client.get_user_delegation_key(start, expiry)
+        blob = self.client.get_blob_client(container, name)
+        token = generate_blob_sas(self.client.account_name, container, name, account_key=key,
+                                  user_delegation_key=delegation, permission=BlobSasPermissions(read=True),
+                                  start=start, expiry=expiry,
+                                  protocol="https,http" if blob.url.startswith("http://") else "https")
+        return f"{blob.url}?{token}"
+
     def ensure_container(self, container: str) -> None:
         from azure.core.exceptions import ResourceExistsError
 

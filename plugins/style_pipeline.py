@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import storage
 from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 
-from scoring.launch import scoring_command
+from scoring.launch import child_env, scoring_command
 from scoring.media import Limits
 
 MAX_INPUT_BYTES = Limits().max_bytes
@@ -75,9 +75,10 @@ def default_output_name(input_blob: str, style: str | None, model_blob: str | No
 
 def scoring(*args: str, ranks: int = 1) -> dict:
     """Run ``python -m scoring ARGS`` (under ``mpiexec -n ranks`` when ranks > 1) and return
-    its JSON answer; a user error becomes BadInput, anything else stays a bug."""
+    its JSON answer; a user error becomes BadInput, anything else stays a bug. The step
+    parses untrusted files, so it sees none of the worker's credentials (``child_env``)."""
     result = subprocess.run(scoring_command(list(args), ranks), capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env=child_env())
     if result.stderr:
         print(result.stderr[-4000:], file=sys.stderr)
     if result.returncode == 2:  # under mpiexec every rank says it, and the lines can run together

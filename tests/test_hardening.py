@@ -102,3 +102,164 @@ def test_probe_finds_the_published_output_before_downloading_the_input(stack, cl
     with pytest.raises(style_pipeline.AlreadyDone, match="published by run earlier-run: nothing to do"):
         style_pipeline.probe(params, run_id)
     assert list(style_pipeline.scratch(style_pipeline.run_key(run_id)).iterdir()) == []
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_scoring_steps_see_none_of_the_workers_credentials(stack, clip_factory, tmp_path, monkeypatch):
+    """A ``sitecustomize`` on the step's PYTHONPATH writes down the environment it started with."""
+    seen = tmp_path / "environment.json"
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import json, os\njson.dump(dict(os.environ), open({str(seen)!r}, 'w'))\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{REPO}")
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://airflow:db-password@db/airflow")
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "client-secret")
+    assert style_pipeline.scoring("probe", str(clip_factory(seconds=1, fps="25")))["kind"] == "video"
+    environment = json.loads(seen.read_text())
+    assert environment["PATH"] == os.environ["PATH"] and environment["VST_SCRATCH"] == os.environ["VST_SCRATCH"]
+    leaked = sorted(name for name in environment if name.startswith(("AIRFLOW", "AZURE")))
+    assert leaked == [] and os.environ["AIRFLOW_CONN_WASB_DATA"] not in json.dumps(environment)
+
+
+class Receiver:
+    """A local HTTP server that keeps every request it gets."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        import threading
+
+        self.received: list[tuple[dict, bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((dict(self.headers), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def test_webhook_without_a_key_is_not_sent(receiver, monkeypatch, capfd):
+    import notifications
+
+    monkeypatch.setenv("AIRFLOW_CONN_VIDEO_WEBHOOK", json.dumps({"conn_type": "http", "host": receiver.url}))
+    assert notifications.send_webhook({"status": "succeeded"}) is False
+    assert receiver.received == []
+    assert "connection video_webhook has no password (the signing key): webhook not sent" in "".join(capfd.readouterr())
+
+
+def test_a_non_ascii_signature_header_is_just_wrong():
+    import time
+
+    from notifications import verify_signature
+
+    assert verify_signature("key", b"{}", f"t={int(time.time())},sha256=\u00e9t\u00e9") is False
+
+
+@pytest.fixture
+def mailbox():
+    from aiosmtpd.controller import Controller
+
+    messages = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            messages.append(envelope)
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller.port, messages
+    controller.stop()
+
+
+def _smtp(port: int, **extra) -> str:
+    return json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port,
+                       "extra": {"disable_tls": True, "disable_ssl": True, **extra}})
+
+
+def _context(**params) -> dict:
+    return {"params": {"input_blob": "a/clip.mp4", "style": "19", **params}, "run_id": "manual__mail", "ti": None}
+
+
+def test_email_comes_from_the_configured_sender(stack, mailbox, monkeypatch):
+    import notifications
+
+    port, messages = mailbox
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", _smtp(port, from_email="styles@example.org"))
+    notifications.RunNotifier("failed").notify(_context(notify_email="ops@example.com"))
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", _smtp(port))
+    monkeypatch.setenv("AIRFLOW__SMTP__SMTP_MAIL_FROM", "relay-ok@example.org")
+    notifications.RunNotifier("failed").notify(_context(notify_email="ops@example.com"))
+    assert [m.mail_from for m in messages] == ["styles@example.org", "relay-ok@example.org"]
+
+
+def test_the_result_link_reads_that_blob_only_and_is_never_logged(stack, receiver, monkeypatch, capfd):
+    import time
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    import notifications
+
+    _upload(stack, OUTPUTS, "linked/clip ü.style-19.mp4", b"the result")
+    _upload(stack, OUTPUTS, "linked/other.mp4", b"another result")
+    monkeypatch.setenv("AIRFLOW_CONN_VIDEO_WEBHOOK",
+                       json.dumps({"conn_type": "http", "host": receiver.url, "password": "k"}))
+    details = {"output_blob": "linked/clip ü.style-19.mp4", "published": True}
+    notifications.RunNotifier("succeeded", details).notify(_context())
+    link = json.loads(receiver.received[-1][1])["result_url"]
+    with urllib.request.urlopen(link) as answer:
+        assert answer.read() == b"the result"
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(link).query)
+    assert query["sp"] == ["r"] and query["sr"] == ["b"]
+    expiry = time.mktime(time.strptime(query["se"][0], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert abs(expiry - time.time() - 24 * 3600) < 300
+    for other in (link.replace("clip%20%C3%BC.style-19.mp4", "other.mp4"),):  # the same token, another blob
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(other)
+        assert refused.value.code == 403
+    put = urllib.request.Request(link, data=b"replaced", method="PUT", headers={"x-ms-blob-type": "BlockBlob"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(put)
+    assert refused.value.code == 403
+    logged = "".join(capfd.readouterr())
+    assert query["sig"][0] not in logged and urllib.parse.quote(query["sig"][0]) not in logged
+
+    # configurable, and off where the connection cannot sign (a SAS-only connection)
+    monkeypatch.setenv("AIRFLOW__VIDEO_STYLE_TRANSFER__RESULT_LINK_HOURS", "0")
+    notifications.RunNotifier("succeeded", details).notify(_context())
+    assert "result_url" not in json.loads(receiver.received[-1][1])
+    monkeypatch.setenv("AIRFLOW__VIDEO_STYLE_TRANSFER__RESULT_LINK_HOURS", "2")
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_DATA", json.dumps({"conn_type": "wasb", "extra": {
+        "sas_token": f"http://127.0.0.1:{stack.blob_port}/devstoreaccount1?{_account_sas()}"}}))
+    notifications.RunNotifier("succeeded", details).notify(_context())
+    assert "result_url" not in json.loads(receiver.received[-1][1])
+
+
+def _account_sas(**permissions) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+
+    from devstack import DEV_KEY
+
+    return generate_account_sas("devstoreaccount1", DEV_KEY, ResourceTypes(service=True, container=True, object=True),
+                                AccountSasPermissions(**(permissions or {"read": True, "write": True, "list": True,
+                                                                         "create": True, "delete": True})),
+                                datetime.now(UTC) + timedelta(hours=1), protocol="https,http")
