@@ -128,6 +128,51 @@ class BlobStore:
             self.client.get_blob_client(container, name).upload_blob(
                 f, overwrite=True, metadata=metadata, content_settings=settings, max_concurrency=4)
 
+    def publish(self, path: Path, container: str, name: str, metadata: dict, seen_etag: str | None) -> str | None:
+        """Upload ``path`` as ``name`` only if that blob is still as the caller saw it: absent
+        (``seen_etag`` None) or at version ``seen_etag``. Returns the new etag, or None when
+        someone else wrote it first (nothing is changed then)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        condition = ({"etag": seen_etag, "match_condition": MatchConditions.IfNotModified} if seen_etag
+                     else {"match_condition": MatchConditions.IfMissing})
+        try:
+            with open(path, "rb") as f, self._container_must_exist(container):
+                done = self.client.get_blob_client(container, name).upload_blob(
+                    f, overwrite=True, metadata=metadata, max_concurrency=4, **condition)
+        except (ResourceExistsError, ResourceModifiedError):
+            return None
+        return str(done["etag"]).strip('"')
+
+    def publish_beside(self, data: bytes, container: str, name: str, subject: str, subject_etag: str,
+                       content_type: str, attempts: int = 20) -> bool:
+        """Write ``data`` as ``name``, tied to blob ``subject`` at ``subject_etag``: only
+        while that version is in place, never over a write made after it was. Returns False,
+        writing nothing, once ``subject`` has been replaced (its new writer writes ``name``).
+
+        Each try reads ``name``'s version, then checks ``subject``, then writes on condition
+        of that version; the last write to succeed is therefore from the newest ``subject``."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.storage.blob import ContentSettings
+
+        target = self.client.get_blob_client(container, name)
+        for _ in range(attempts):
+            current = self.info(container, name)
+            subject_now = self.info(container, subject)
+            if subject_now is None or subject_now.etag != subject_etag:
+                return False
+            condition = ({"etag": current.etag, "match_condition": MatchConditions.IfNotModified} if current
+                         else {"match_condition": MatchConditions.IfMissing})
+            try:
+                target.upload_blob(data, overwrite=True, metadata={"describes_etag": subject_etag},
+                                   content_settings=ContentSettings(content_type=content_type), **condition)
+                return True
+            except (ResourceExistsError, ResourceModifiedError):
+                continue  # another writer between our read and write: look again
+        raise RuntimeError(f"{container}/{name}: {attempts} tries lost to concurrent writers")
+
     def upload_text(self, text: str, container: str, name: str, content_type: str = "text/plain") -> None:
         from azure.storage.blob import ContentSettings
 

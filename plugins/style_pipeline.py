@@ -351,14 +351,21 @@ def validate_style_image(path: Path, name: str) -> None:
 
 
 def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: dict, run_id: str) -> dict:
-    """Join, check, and publish the video and its manifest to videos-out (once per input version)."""
+    """Join, check, and publish the video and its manifest to videos-out (once per input version).
+
+    The video goes up only if ``output`` is still what this run saw when it started (absent,
+    or that version): of two runs racing for one output exactly one publishes, and the other
+    says by whom. The contact strip and the manifest (which names the video's etag) follow it,
+    each written only while that video is the one in place, so they always describe the
+    bytes beside them."""
     started = time.monotonic()
     local = scratch(probed["run_key"])
     data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     output = probed["output_blob"]
+    seen = data.info(OUTPUTS, output)  # the version this run may replace; any other means another run won
     done_by = published_by(data, output, probed["input_blob"], probed["etag"], params, probed.get("style_etag"),
                            probed.get("model_etag"))
-    if done_by:  # a concurrent run of the same version got here first
+    if done_by and done_by != _ascii(run_id):  # a concurrent run of the same version got here first
         print(f"{OUTPUTS}/{output} already holds this input version with these settings (run {done_by})")
         return {"output_blob": output, "published": False, "by_run": done_by}
     system.sync_down(probed["work_in"], "segments/", local / "segments")
@@ -368,17 +375,22 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     strip = local / "strip.jpg"
     scoring("strip", str(video), str(strip), "--frames", str(STRIP_FRAMES))
     stitch_seconds = time.monotonic() - started
-    data.upload(strip, OUTPUTS, output + STRIP_SUFFIX, content_type="image/jpeg")  # before the video it shows
     preview_blob = output + PREVIEW_SUFFIX if data.info(OUTPUTS, output + PREVIEW_SUFFIX) else None
     metadata = {"source_blob": _ascii(probed["input_blob"]), "source_etag": probed["etag"],
                 "settings": settings_digest(params, probed.get("style_etag"), probed.get("model_etag")),
                 "run_id": _ascii(run_id)}
-    data.upload(video, OUTPUTS, output, metadata=metadata)  # one commit: complete or absent
+    video_etag = data.publish(video, OUTPUTS, output, metadata, seen.etag if seen else None)
+    if video_etag is None:  # another run published since this one looked: its video stays, with its manifest
+        by_run = (data.info(OUTPUTS, output) or seen).metadata.get("run_id", "?")
+        print(f"{OUTPUTS}/{output} was published meanwhile by run {by_run}: this run's result is not published")
+        return {"output_blob": output, "published": False, "by_run": by_run}
+    data.publish_beside(strip.read_bytes(), OUTPUTS, output + STRIP_SUFFIX, output, video_etag, "image/jpeg")
     manifest = {
         "input": {"container": INPUTS, "blob": probed["input_blob"], "etag": probed["etag"], "bytes": probed["size"],
                   "frames": probed["frames"], "duration": probed["duration"], "frame_rate": probed["frame_rate"],
                   "size": f"{probed['width']}x{probed['height']}", "audio": probed["audio"]},
-        "output": {"container": OUTPUTS, "blob": output, "frames": stitched["frames"], "size": stitched["size"],
+        "output": {"container": OUTPUTS, "blob": output, "etag": video_etag, "frames": stitched["frames"],
+                   "size": stitched["size"],
                    "frame_rate": stitched["frame_rate"], "audio": stitched["audio"], "bytes": video.stat().st_size},
         "settings": {k: params.get(k) for k in ("style", "model_blob", "style_image", "style_strength", "max_side",
                                                  "ranks", "backend", "segment_frames", "precision", "temporal")},
@@ -390,7 +402,9 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
                     "publish": round(time.monotonic() - started - stitch_seconds, 3)},
         "run_id": run_id,
     }
-    data.upload_text(json.dumps(manifest, indent=2), OUTPUTS, output + ".manifest.json", "application/json")
+    if not data.publish_beside(json.dumps(manifest, indent=2).encode(), OUTPUTS, output + ".manifest.json", output,
+                               video_etag, "application/json"):
+        print(f"{OUTPUTS}/{output} was replaced by a later run before its manifest was written: that run writes it")
     return {"output_blob": output, "published": True, "frames": stitched["frames"],
             "preview_blob": preview_blob, "strip_blob": output + STRIP_SUFFIX}
 

@@ -263,3 +263,63 @@ def _account_sas(**permissions) -> str:
                                 AccountSasPermissions(**(permissions or {"read": True, "write": True, "list": True,
                                                                          "create": True, "delete": True})),
                                 datetime.now(UTC) + timedelta(hours=1), protocol="https,http")
+
+
+# --------------------------------------------------------------------------- two runs, one output
+
+
+def test_two_runs_of_one_input_publish_once_and_the_other_says_by_whom(stack, clip_factory, monkeypatch):
+    """Both runs pass every check before either uploads (a barrier holds each after stitching),
+    as two triggers of the same upload do; the storage precondition decides."""
+    import threading
+
+    name = "race/clip.mp4"
+    _upload(stack, INPUTS, name, clip_factory(seconds=0.4, fps="25", size=(96, 54)).read_bytes())
+    params = PARAMS | {"input_blob": name, "segment_frames": 5}
+    probed = style_pipeline.probe(params, "race-a")
+    split_facts = style_pipeline.split(params, probed, "race-a")
+    scored = style_pipeline.score_local(params, probed)
+    both_stitched = threading.Barrier(2, timeout=300)
+    real_scoring = style_pipeline.scoring
+
+    def scoring(*args, **kwargs):
+        answer = real_scoring(*args, **kwargs)
+        if args[0] == "strip":
+            both_stitched.wait()
+        return answer
+
+    monkeypatch.setattr(style_pipeline, "scoring", scoring)
+    results, errors = {}, []
+
+    def publish(run_id):
+        try:
+            own = probed | {"run_key": style_pipeline.run_key(run_id)}  # each run its own scratch folder
+            results[run_id] = style_pipeline.stitch_and_publish(params, own, split_facts, scored, run_id)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(run_id,)) for run_id in ("race-a", "race-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert errors == []
+    winners = [run for run, result in results.items() if result["published"]]
+    assert len(winners) == 1, results
+    loser = ({"race-a", "race-b"} - set(winners)).pop()
+    assert results[loser] == {"output_blob": probed["output_blob"], "published": False, "by_run": winners[0]}
+
+    data = BlobStore(DATA_CONN)
+    video = data.info(OUTPUTS, probed["output_blob"])
+    manifest = json.loads(data.read_text(OUTPUTS, probed["output_blob"] + ".manifest.json"))
+    assert video.metadata["run_id"] == manifest["run_id"] == winners[0]
+    assert manifest["output"]["etag"] == video.etag
+    assert data.info(OUTPUTS, probed["output_blob"] + ".strip.jpg").metadata["describes_etag"] == video.etag
+
+    # a manifest is never written beside a video it does not describe
+    replaced = _upload(stack, OUTPUTS, probed["output_blob"], b"a later run's video")
+    assert not data.publish_beside(b"{}", OUTPUTS, probed["output_blob"] + ".manifest.json", probed["output_blob"],
+                                   video.etag, "application/json")
+    assert json.loads(data.read_text(OUTPUTS, probed["output_blob"] + ".manifest.json")) == manifest
+    assert data.publish_beside(b"{}", OUTPUTS, probed["output_blob"] + ".manifest.json", probed["output_blob"],
+                               replaced, "application/json")
