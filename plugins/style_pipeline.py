@@ -52,9 +52,13 @@ def run_key(run_id: str) -> str:
     return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
 
 
+def scratch_root() -> Path:
+    """Where every run's scratch folder lives on this worker (``VST_SCRATCH``)."""
+    return Path(os.environ.get("VST_SCRATCH", Path(tempfile.gettempdir()) / "video-style-transfer"))
+
+
 def scratch(key: str) -> Path:
-    root = Path(os.environ.get("VST_SCRATCH", Path(tempfile.gettempdir()) / "video-style-transfer"))
-    path = root / key
+    path = scratch_root() / key
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -409,11 +413,13 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
             "preview_blob": preview_blob, "strip_blob": output + STRIP_SUFFIX}
 
 
-def clean_up(probed: dict) -> int:
-    """After publishing, the run's intermediate files are no longer needed anywhere."""
+def clean_up(run_id: str) -> int:
+    """Once the run is final (published, failed or skipped), its work containers and this
+    worker's scratch folder are no longer needed: both follow from the run id alone, so this
+    works whatever step the run ended at. Other workers' scratch is the housekeeping DAG's."""
     system = BlobStore(SYSTEM_CONN)
-    removed = sum(system.delete_container(name) for name in (probed["work_in"], probed["work_out"]))
-    shutil.rmtree(scratch(probed["run_key"]), ignore_errors=True)
+    removed = sum(system.delete_container(name) for name in storage.run_containers(run_id))
+    shutil.rmtree(scratch_root() / run_key(run_id), ignore_errors=True)
     return removed
 
 

@@ -128,7 +128,7 @@ def test_dag_files_import_fast_without_heavy_modules(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     facts = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"DAG folder parsed in {facts['seconds']:.2f} s (Airflow's own import included)")
-    assert facts["dags"] == ["blob_sweep", "blob_watcher", "video_style_transfer"]
+    assert facts["dags"] == ["blob_sweep", "blob_watcher", "housekeeping", "video_style_transfer"]
     assert facts["errors"] == {} and facts["heavy"] == []
     assert facts["seconds"] < 30
 
@@ -211,6 +211,17 @@ def test_bad_upload_is_quarantined_and_input_kept(stack):
     assert set(blobs(stack, "videos-out")) == outputs_before
     failed = [m for m in stack.hooks.received if m["body"]["status"] == "failed"]
     assert failed and failed[-1]["valid"] and "not a video" in failed[-1]["body"]["error"]
+
+
+def test_a_run_that_fails_after_probe_leaves_no_work_behind(stack, clip_factory):
+    """probe made the run's work containers and scratch folder; split fails (no such model):
+    the run fails and clean_up, which runs in every final state, still removes them."""
+    upload(stack, "fails/clip.mp4", clip_factory(seconds=1, fps="25", size=(96, 64)))
+    conf = {"input_blob": "fails/clip.mp4", "model_blob": "fails/missing.pth"}
+    assert dags_test(stack, "video_style_transfer", conf) == "failed"
+    assert "model_blob styles/fails/missing.pth does not exist" in stack.last_output
+    assert [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()] == ["logs"]
+    assert not stack.scratch.exists() or list(stack.scratch.iterdir()) == []  # every run so far cleaned up
 
 
 def test_missing_input_blob_fails_with_a_clear_message(stack):

@@ -323,3 +323,78 @@ def test_two_runs_of_one_input_publish_once_and_the_other_says_by_whom(stack, cl
     assert json.loads(data.read_text(OUTPUTS, probed["output_blob"] + ".manifest.json")) == manifest
     assert data.publish_beside(b"{}", OUTPUTS, probed["output_blob"] + ".manifest.json", probed["output_blob"],
                                replaced, "application/json")
+
+
+# --------------------------------------------------------------------------- leftovers
+
+
+def _dag(file: str, dag_id: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"dag_{dag_id}", REPO / "dags" / file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, dag_id)()
+
+
+def test_clean_up_waits_for_every_task_and_runs_in_every_final_state():
+    dag = _dag("video_style_transfer.py", "video_style_transfer")
+    clean_up = dag.get_task("clean_up")
+    assert clean_up.trigger_rule == "all_done"
+    # everything that reads or writes the run's work is before it, directly or through stitch
+    assert {"stitch_and_publish", "preview"} <= clean_up.upstream_task_ids
+    assert {"probe", "split", "score_local", "score_azureml", "stitch_and_publish", "preview"} <= {
+        task.task_id for task in clean_up.get_flat_relatives(upstream=True)}
+    assert not clean_up.downstream_task_ids
+
+
+def test_a_failed_run_leaves_no_work_behind(stack, clip_factory):
+    name, run_id = "fails/clip.mp4", "manual__fails-after-probe"
+    _upload(stack, INPUTS, name, clip_factory(seconds=1, fps="25").read_bytes())
+    params = PARAMS | {"input_blob": name, "model_blob": "fails/missing.pth"}
+    probed = style_pipeline.probe(params, run_id)
+    system = BlobStore(SYSTEM_CONN)
+    assert all(system.client.get_container_client(c).exists() for c in (probed["work_in"], probed["work_out"]))
+    with pytest.raises(style_pipeline.BadInput, match="model_blob styles/fails/missing.pth does not exist"):
+        style_pipeline.split(params, probed, run_id)
+    assert style_pipeline.clean_up(run_id) == 2
+    assert not any(system.client.get_container_client(c).exists() for c in (probed["work_in"], probed["work_out"]))
+    assert not (style_pipeline.scratch_root() / probed["run_key"]).exists()
+    assert style_pipeline.clean_up(run_id) == 0  # again: nothing left, no error
+
+
+def test_housekeeping_removes_only_old_run_work_and_says_what(stack, tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    import leftovers
+
+    system = BlobStore(SYSTEM_CONN)
+    work_in, work_out = storage.run_containers("manual__left-behind")
+    for container in (work_in, work_out, "run-not-ours"):
+        system.ensure_container(container)
+    _upload(stack, work_out, "styled/seg-00000.h264", b"x" * 1000, account=SYSTEM_ACCOUNT)
+    root = style_pipeline.scratch_root()
+    old, fresh = style_pipeline.scratch("old-run-0123456789"), style_pipeline.scratch("live-run-0123456789")
+    (old / "input.mp4").write_bytes(b"y" * 500)
+    (fresh / "input.mp4").write_bytes(b"z")
+    (root / "not-a-run-folder").mkdir(exist_ok=True)
+    hours_ago = (datetime.now(UTC) - timedelta(hours=3)).timestamp()
+    for path in (old / "input.mp4", old, root / "not-a-run-folder"):
+        os.utime(path, (hours_ago, hours_ago))
+
+    removed = leftovers.remove_old_work(timedelta(hours=1))  # the containers are new: they stay
+    assert removed == {"containers": [], "scratch_folders": ["old-run-0123456789"], "bytes": 500}
+    assert not old.exists() and fresh.exists() and (root / "not-a-run-folder").exists()
+
+    later = datetime.now(UTC) + timedelta(hours=2)
+    removed = leftovers.remove_old_work(timedelta(hours=1), now=later)
+    assert sorted(removed["containers"]) == sorted([work_in, work_out]) and removed["bytes"] >= 1000
+    names = {c.name for c in system.client.list_containers()}
+    assert "run-not-ours" in names and "logs" in names and not {work_in, work_out} & names
+    assert leftovers.report(removed, timedelta(hours=1)).startswith("removed 2 run container(s) and ")
+
+
+def test_the_housekeeping_dag_runs_daily_with_a_configurable_age():
+    dag = _dag("housekeeping.py", "housekeeping")
+    assert dag.params["max_age_hours"] == 72 and "remove_old_work" in dag.task_ids
+    assert dag.schedule == "@daily"
