@@ -56,8 +56,8 @@ PARAMS = {
     "precision": Param("auto", type="string", enum=["auto", "fp32", "bf16", "fp16"], title="Precision",
                        description="auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
     "temporal": Param(0, type="number", minimum=0, maximum=0.95, title="Steadier video (temporal smoothing)",
-                      description="Less flicker where the picture stands still: 0 is off, 0.7 a good start "
-                      "(flicker -68% on the bench clip for about 12% more work per frame); moving parts stay sharp"),
+                      description="Less flicker where the picture stands still, for some more work per frame: "
+                      "0 is off, 0.7 a good start (measured: docs/performance.md); moving parts stay sharp"),
     "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
     "notify_email": Param(None, type=["null", "string"], title="E-mail to notify"),
     "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes"),

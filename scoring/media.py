@@ -313,10 +313,8 @@ class FrameReader(_FfmpegPipe):
 
 
 
-# x264 settings for styled frames. At "fast" the encoder took 31 ms of CPU per styled 768x432
-# frame, a fifth of a frame's work; "veryfast" takes 12 ms, and one step lower crf keeps the
-# quality: 34.9 vs 35.1 dB against the raw styled frames, 8% more bytes (96 frames of
-# car-detection, style 7).
+# x264 settings for styled frames: "veryfast" takes much less CPU per frame than "fast", and
+# one step lower crf keeps the quality for a few more bytes (docs/performance.md).
 STYLED_CRF = 17
 STYLED_PRESET = "veryfast"
 

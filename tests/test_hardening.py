@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -398,3 +399,42 @@ def test_the_housekeeping_dag_runs_daily_with_a_configurable_age():
     dag = _dag("housekeeping.py", "housekeeping")
     assert dag.params["max_age_hours"] == 72 and "remove_old_work" in dag.task_ids
     assert dag.schedule == "@daily"
+
+
+# --------------------------------------------------------------------------- truth in the text
+
+# A measured figure: a number with a unit of speed, share or quality (limits such as "20 GiB"
+# or "1024 characters" describe behaviour and stay).
+FIGURE = re.compile(r"\d+(\.\d+)?\s*(%|dB\b|fps\b|ms\b|x faster|x slower)|\d(\.\d+)?x (the|faster|more)")
+
+
+def _texts_of_code():
+    """Every docstring and comment in scoring/, plugins/ and dags/, as (where, text)."""
+    import ast
+    import io
+    import tokenize
+
+    for path in sorted([*(REPO / "scoring").glob("*.py"), *(REPO / "plugins").rglob("*.py"),
+                        *(REPO / "dags").glob("*.py")]):
+        source = path.read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                if doc := ast.get_docstring(node):
+                    yield f"{path.name} docstring of {getattr(node, 'name', 'the module')}", doc
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.COMMENT:
+                yield f"{path.name}:{token.start[0]}", token.string
+
+
+def test_help_params_and_docstrings_quote_no_measured_figures():
+    from scoring.cli import build_parser
+
+    parser = build_parser()
+    helps = [("python -m scoring --help", parser.format_help())]
+    for action in parser._subparsers._group_actions:
+        helps += [(f"python -m scoring {name} --help", sub.format_help()) for name, sub in action.choices.items()]
+    params = _dag("video_style_transfer.py", "video_style_transfer").params
+    helps += [(f"Param {name}", str(params.get_param(name).description or "")) for name in params]
+    found = [(where, FIGURE.search(text).group(0)) for where, text in [*helps, *_texts_of_code()]
+             if FIGURE.search(text.replace("%%", "%"))]
+    assert found == [], "measured figures belong in docs/performance.md"
