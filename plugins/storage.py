@@ -203,7 +203,11 @@ class BlobStore:
 
         source = self.client.get_blob_client(container, name)
         target = self.client.get_blob_client(target_container, target_name)
-        target.start_copy_from_url(source.url)
+        source_url = source.url
+        sas = getattr(self.client.credential, "signature", None)  # a SAS-only connection (AzureSasCredential)
+        if sas and "sig=" not in source_url:  # the service reads the source with it: it must be in the URL
+            source_url += ("&" if "?" in source_url else "?") + sas.lstrip("?")
+        target.start_copy_from_url(source_url)
         deadline = time.monotonic() + timeout
         while (status := target.get_blob_properties().copy.status) == "pending":
             if time.monotonic() > deadline:

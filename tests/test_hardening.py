@@ -253,14 +253,14 @@ def test_the_result_link_reads_that_blob_only_and_is_never_logged(stack, receive
     assert "result_url" not in json.loads(receiver.received[-1][1])
 
 
-def _account_sas(**permissions) -> str:
+def _account_sas(account: str = "devstoreaccount1", **permissions) -> str:
     from datetime import UTC, datetime, timedelta
 
     from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
     from devstack import DEV_KEY
 
-    return generate_account_sas("devstoreaccount1", DEV_KEY, ResourceTypes(service=True, container=True, object=True),
+    return generate_account_sas(account, DEV_KEY, ResourceTypes(service=True, container=True, object=True),
                                 AccountSasPermissions(**(permissions or {"read": True, "write": True, "list": True,
                                                                          "create": True, "delete": True})),
                                 datetime.now(UTC) + timedelta(hours=1), protocol="https,http")
@@ -438,3 +438,24 @@ def test_help_params_and_docstrings_quote_no_measured_figures():
     found = [(where, FIGURE.search(text).group(0)) for where, text in [*helps, *_texts_of_code()]
              if FIGURE.search(text.replace("%%", "%"))]
     assert found == [], "measured figures belong in docs/performance.md"
+
+
+def test_sas_only_connections_run_every_storage_step_of_the_local_backend(stack, monkeypatch):
+    """What docs/security.md promises for a connection that holds only an account SAS: the
+    local backend's storage steps work (here a quarantine copy, a run's work containers and
+    their clean-up); what needs signing (Azure ML tokens, result links) is off or refused."""
+    for conn, account in (("AIRFLOW_CONN_WASB_DATA", "devstoreaccount1"), ("AIRFLOW_CONN_WASB_SYSTEM", SYSTEM_ACCOUNT)):
+        monkeypatch.setenv(conn, json.dumps({"conn_type": "wasb", "host": f"http://127.0.0.1:{stack.blob_port}/{account}",
+                                             "extra": {"sas_token": _account_sas(account=account)}}))
+    data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
+    assert type(data.client.credential).__name__ == "AzureSasCredential"
+    _upload(stack, INPUTS, "sas/notes.mp4", b"not a video\n")
+    with pytest.raises(style_pipeline.BadInput, match=r"\(copied to quarantine/sas/notes.mp4\)$"):
+        style_pipeline.probe(PARAMS | {"input_blob": "sas/notes.mp4"}, "manual__sas-only")
+    assert data.read_text(QUARANTINE, "sas/notes.mp4") == "not a video\n"
+    work_in, work_out = storage.run_containers("manual__sas-only-work")
+    system.ensure_container(work_in)
+    system.upload_text("{}", work_in, "segments/plan.json")
+    assert [b.name for b in system.list(work_in)] == ["segments/plan.json"]
+    assert style_pipeline.clean_up("manual__sas-only-work") == 1
+    assert data.read_link(OUTPUTS, "any.mp4", 24) is None
