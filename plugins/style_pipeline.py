@@ -384,8 +384,11 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
                 "settings": settings_digest(params, probed.get("style_etag"), probed.get("model_etag")),
                 "run_id": _ascii(run_id)}
     video_etag = data.publish(video, OUTPUTS, output, metadata, seen.etag if seen else None)
+    current = data.info(OUTPUTS, output) if video_etag is None else None
+    if current and current.metadata.get("run_id") == metadata["run_id"]:  # our own upload, retried by the SDK
+        video_etag = current.etag
     if video_etag is None:  # another run published since this one looked: its video stays, with its manifest
-        by_run = (data.info(OUTPUTS, output) or seen).metadata.get("run_id", "?")
+        by_run = (current or seen).metadata.get("run_id", "?")
         print(f"{OUTPUTS}/{output} was published meanwhile by run {by_run}: this run's result is not published")
         return {"output_blob": output, "published": False, "by_run": by_run}
     data.publish_beside(strip.read_bytes(), OUTPUTS, output + STRIP_SUFFIX, output, video_etag, "image/jpeg")
