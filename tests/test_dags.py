@@ -77,7 +77,8 @@ def stack(tmp_path_factory):
     stack.extra_env = {
         "AIRFLOW_CONN_VIDEO_WEBHOOK": json.dumps({"conn_type": "http", "host": hooks.url, "password": SECRET}),
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": mail.port,
-                                                 "extra": {"disable_tls": True, "disable_ssl": True}}),
+                                                 "extra": {"disable_tls": True, "disable_ssl": True,
+                                                           "from_email": "video-style-transfer@example.org"}}),
         "VST_WATCH_POLL_SECONDS": "1", "VST_WATCH_IDLE_SECONDS": "6",
     }
     stack.start_azurite()
@@ -191,6 +192,13 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert (done[0]["body"]["preview_blob"], done[0]["body"]["strip_blob"]) == tuple(manifest["pictures"].values())
     mails = [m for m in stack.mail.messages if b"succeeded" in m.content]
     assert len(mails) == 1 and mails[0].rcpt_tos == ["ops@example.com"]
+    assert mails[0].mail_from == "video-style-transfer@example.org"  # smtp_default's from_email
+    # a read-only link to the result, in both notifications
+    link = done[0]["body"]["result_url"]
+    assert link.startswith(f"http://127.0.0.1:{stack.blob_port}/") and "sp=r&" in link and "sr=b&" in link
+    html = next(part.get_payload(decode=True).decode() for part in email.message_from_bytes(mails[0].content).walk()
+                if part.get_content_type() == "text/html")
+    assert link in html
     attached = [part.get_filename() for part in email.message_from_bytes(mails[0].content).walk()
                 if part.get_filename()]
     assert sorted(attached) == sorted(PurePosixPath(name).name for name in manifest["pictures"].values())
