@@ -5,7 +5,8 @@ commands; nothing heavy is imported when this file is parsed.
 
     probe ─┬─► split ─► choose_backend ─┬─► score_local ────┬─► stitch_and_publish ─┬─► notify
            │                            └─► score_azureml ──┘                       └─► clean_up
-           └─► preview   (a few frames before/after, in videos-out seconds after the upload is seen) ─► clean_up
+           └─► preview ─► clean_up   (preview: a few frames before/after, in videos-out
+                                      seconds after the upload is seen)
 
 clean_up runs in every final state (trigger rule all_done): once the tasks before it are
 done, retries included, it removes the run's work containers and scratch folder, whether

@@ -124,7 +124,8 @@ def _names_remote_urls(path: Path) -> bool:
     """Whether a playlist names a URL of any scheme but ``file``."""
     with open(path, "rb") as f:
         text = f.read(1 << 16).decode(errors="replace")
-    urls = re.findall(r"(?m)^\s*([A-Za-z][A-Za-z0-9+.-]*)://", text) + re.findall(r'URI="([A-Za-z][A-Za-z0-9+.-]*)://', text)
+    scheme = r"([A-Za-z][A-Za-z0-9+.-]*)://"
+    urls = re.findall(r"(?m)^\s*" + scheme, text) + re.findall(r'URI="' + scheme, text)
     return any(scheme.lower() != "file" for scheme in urls)
 
 
@@ -402,7 +403,8 @@ def mux(video_streams: list[Path], frame_rate: str, audio: Path | None, audio_co
     ``container`` is an ffmpeg muxer name (``VIDEO_SUFFIXES``' values).
     """
     # "-r" before the input stamps the frames at the source rate, whatever the streams' headers say
-    cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-r", frame_rate, "-f", "h264", *input_args(), "-i", "pipe:0"]
+    cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-r", frame_rate, "-f", "h264", *input_args(),
+           "-i", "pipe:0"]
     if audio:
         cmd += [*input_args(), "-i", file_arg(audio), "-map", "0:v:0", "-map", "1:a:0"]
         copy_audio = container == "matroska" or audio_codec in MP4_AUDIO or (

@@ -416,7 +416,8 @@ def test_housekeeping_removes_only_old_run_work_and_says_what(stack, tmp_path):
     assert all(leftovers.RUN_CONTAINER.fullmatch(name) for name in removed["containers"])
     names = {c.name for c in system.client.list_containers()}
     assert "run-not-ours" in names and "logs" in names and not {work_in, work_out} & names
-    assert leftovers.report(removed, timedelta(hours=1)).startswith(f"removed {len(removed['containers'])} run container(s) and ")
+    line = leftovers.report(removed, timedelta(hours=1))
+    assert line.startswith(f"removed {len(removed['containers'])} run container(s) and ")
 
 
 def test_the_housekeeping_dag_runs_daily_with_a_configurable_age():
@@ -468,8 +469,10 @@ def test_sas_only_connections_run_every_storage_step_of_the_local_backend(stack,
     """What docs/security.md promises for a connection that holds only an account SAS: the
     local backend's storage steps work (here a quarantine copy, a run's work containers and
     their clean-up); what needs signing (Azure ML tokens, result links) is off or refused."""
-    for conn, account in (("AIRFLOW_CONN_WASB_DATA", "devstoreaccount1"), ("AIRFLOW_CONN_WASB_SYSTEM", SYSTEM_ACCOUNT)):
-        monkeypatch.setenv(conn, json.dumps({"conn_type": "wasb", "host": f"http://127.0.0.1:{stack.blob_port}/{account}",
+    for conn, account in (("AIRFLOW_CONN_WASB_DATA", "devstoreaccount1"),
+                          ("AIRFLOW_CONN_WASB_SYSTEM", SYSTEM_ACCOUNT)):
+        monkeypatch.setenv(conn, json.dumps({"conn_type": "wasb",
+                                             "host": f"http://127.0.0.1:{stack.blob_port}/{account}",
                                              "extra": {"sas_token": _account_sas(account=account)}}))
     data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     assert type(data.client.credential).__name__ == "AzureSasCredential"
