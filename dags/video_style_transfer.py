@@ -3,9 +3,14 @@
 Wiring only: the task bodies live in plugins/style_pipeline.py and run the scoring
 commands; nothing heavy is imported when this file is parsed.
 
-    probe ─┬─► split ─► choose_backend ─┬─► score_local ────┬─► stitch_and_publish ─► clean_up ─► notify
-           │                            └─► score_azureml ──┘
-           └─► preview   (a few frames before/after, in videos-out seconds after the upload is seen)
+    probe ─┬─► split ─► choose_backend ─┬─► score_local ────┬─► stitch_and_publish ─┬─► notify
+           │                            └─► score_azureml ──┘                       └─► clean_up
+           └─► preview ─► clean_up   (preview: a few frames before/after, in videos-out
+                                      seconds after the upload is seen)
+
+clean_up runs in every final state (trigger rule all_done): once the tasks before it are
+done, retries included, it removes the run's work containers and scratch folder, whether
+the run published, failed or was skipped.
 
 Start it from the UI form, from the CLI
 (``airflow dags trigger video_style_transfer -c '{"input_blob": "clip.mp4"}'``),
@@ -52,8 +57,8 @@ PARAMS = {
     "precision": Param("auto", type="string", enum=["auto", "fp32", "bf16", "fp16"], title="Precision",
                        description="auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
     "temporal": Param(0, type="number", minimum=0, maximum=0.95, title="Steadier video (temporal smoothing)",
-                      description="Less flicker where the picture stands still: 0 is off, 0.7 a good start "
-                      "(flicker -68% on the bench clip for about 12% more work per frame); moving parts stay sharp"),
+                      description="Less flicker where the picture stands still, for some more work per frame: "
+                      "0 is off, 0.7 a good start (measured: docs/performance.md); moving parts stay sharp"),
     "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
     "notify_email": Param(None, type=["null", "string"], title="E-mail to notify"),
     "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes"),
@@ -115,16 +120,16 @@ def video_style_transfer():
         scored = local or azureml or {}
         return _run(lambda p, params, run_id: p.stitch_and_publish(params, probed, split_facts, scored, run_id))
 
-    @task
-    def clean_up(probed: dict, published: dict) -> int:
-        return _run(lambda p, params, run_id: p.clean_up(probed))
+    @task(trigger_rule="all_done")
+    def clean_up() -> int:
+        return _run(lambda p, params, run_id: p.clean_up(run_id))
 
     @task
     def notify(published: dict) -> None:
         RunNotifier("succeeded", published).notify(get_current_context())
 
     probed = probe()
-    PreviewOperator(probed=probed, retries=0)
+    previewed = PreviewOperator(probed=probed, retries=0)
     split_facts = split(probed)
     backend = choose_backend()
     local = score_local(probed)
@@ -140,7 +145,7 @@ def video_style_transfer():
     ).output
     split_facts >> backend >> [local, azureml]
     published = stitch_and_publish(probed, split_facts, local, azureml)
-    clean_up(probed, published)
+    [published, previewed] >> clean_up()
     notify(published)
 
 

@@ -128,6 +128,51 @@ class BlobStore:
             self.client.get_blob_client(container, name).upload_blob(
                 f, overwrite=True, metadata=metadata, content_settings=settings, max_concurrency=4)
 
+    def publish(self, path: Path, container: str, name: str, metadata: dict, seen_etag: str | None) -> str | None:
+        """Upload ``path`` as ``name`` only if that blob is still as the caller saw it: absent
+        (``seen_etag`` None) or at version ``seen_etag``. Returns the new etag, or None when
+        someone else wrote it first (nothing is changed then)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        condition = ({"etag": seen_etag, "match_condition": MatchConditions.IfNotModified} if seen_etag
+                     else {"match_condition": MatchConditions.IfMissing})
+        try:
+            with open(path, "rb") as f, self._container_must_exist(container):
+                done = self.client.get_blob_client(container, name).upload_blob(
+                    f, overwrite=True, metadata=metadata, max_concurrency=4, **condition)
+        except (ResourceExistsError, ResourceModifiedError):
+            return None
+        return str(done["etag"]).strip('"')
+
+    def publish_beside(self, data: bytes, container: str, name: str, subject: str, subject_etag: str,
+                       content_type: str, attempts: int = 20) -> bool:
+        """Write ``data`` as ``name``, tied to blob ``subject`` at ``subject_etag``: only
+        while that version is in place, never over a write made after it was. Returns False,
+        writing nothing, once ``subject`` has been replaced (its new writer writes ``name``).
+
+        Each try reads ``name``'s version, then checks ``subject``, then writes on condition
+        of that version; the last write to succeed is therefore from the newest ``subject``."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+        from azure.storage.blob import ContentSettings
+
+        target = self.client.get_blob_client(container, name)
+        for _ in range(attempts):
+            current = self.info(container, name)
+            subject_now = self.info(container, subject)
+            if subject_now is None or subject_now.etag != subject_etag:
+                return False
+            condition = ({"etag": current.etag, "match_condition": MatchConditions.IfNotModified} if current
+                         else {"match_condition": MatchConditions.IfMissing})
+            try:
+                target.upload_blob(data, overwrite=True, metadata={"describes_etag": subject_etag},
+                                   content_settings=ContentSettings(content_type=content_type), **condition)
+                return True
+            except (ResourceExistsError, ResourceModifiedError):
+                continue  # another writer between our read and write: look again
+        raise RuntimeError(f"{container}/{name}: {attempts} tries lost to concurrent writers")
+
     def upload_text(self, text: str, container: str, name: str, content_type: str = "text/plain") -> None:
         from azure.storage.blob import ContentSettings
 
@@ -158,7 +203,11 @@ class BlobStore:
 
         source = self.client.get_blob_client(container, name)
         target = self.client.get_blob_client(target_container, target_name)
-        target.start_copy_from_url(source.url)
+        source_url = source.url
+        sas = getattr(self.client.credential, "signature", None)  # a SAS-only connection (AzureSasCredential)
+        if sas and "sig=" not in source_url:  # the service reads the source with it: it must be in the URL
+            source_url += ("&" if "?" in source_url else "?") + sas.lstrip("?")
+        target.start_copy_from_url(source_url)
         deadline = time.monotonic() + timeout
         while (status := target.get_blob_properties().copy.status) == "pending":
             if time.monotonic() > deadline:
@@ -169,9 +218,20 @@ class BlobStore:
             raise RuntimeError(f"copying {container}/{name} ended {status}")
 
     def sync_down(self, container: str, prefix: str, folder: Path) -> int:
-        """Fetch every blob under ``prefix`` missing locally (or of another size). Returns the count."""
+        """Fetch every blob under ``prefix`` missing locally (or of another size). Returns the count.
+
+        A name that could land outside ``folder`` (``..``, an empty segment, an absolute
+        path) raises InvalidBlobName before anything is fetched: whoever holds the run's
+        write token can name blobs.
+        """
+        blobs = self.list(container, prefix)
+        for blob in blobs:
+            try:
+                check_blob_name(blob.name[len(prefix):])
+            except InvalidBlobName as exc:
+                raise InvalidBlobName(f"{container}/{blob.name} cannot be fetched: {exc}") from None
         fetched = 0
-        for blob in self.list(container, prefix):
+        for blob in blobs:
             local = folder / blob.name[len(prefix):]
             if not (local.is_file() and local.stat().st_size == blob.size):
                 self.download(container, blob.name, local)
@@ -194,6 +254,29 @@ class BlobStore:
                 self.upload(path, container, name)
                 sent += 1
         return sent
+
+    def read_link(self, container: str, name: str, hours: float) -> str | None:
+        """A URL that reads the one blob ``name`` for ``hours`` and allows nothing else; None
+        when this connection cannot sign (a SAS-only connection): signed with the account key,
+        or with a user delegation key where the connection uses Entra ID."""
+        from datetime import UTC, datetime, timedelta
+
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        now = datetime.now(UTC)
+        start, expiry = now - timedelta(minutes=5), now + timedelta(hours=hours)  # minutes of clock skew
+        key = getattr(self.client.credential, "account_key", None)
+        delegation = None
+        if not key:
+            if not hasattr(self.client.credential, "get_token"):
+                return None
+            delegation = self.client.get_user_delegation_key(start, expiry)
+        blob = self.client.get_blob_client(container, name)
+        token = generate_blob_sas(self.client.account_name, container, name, account_key=key,
+                                  user_delegation_key=delegation, permission=BlobSasPermissions(read=True),
+                                  start=start, expiry=expiry,
+                                  protocol="https,http" if blob.url.startswith("http://") else "https")
+        return f"{blob.url}?{token}"
 
     def ensure_container(self, container: str) -> None:
         from azure.core.exceptions import ResourceExistsError

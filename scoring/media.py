@@ -1,11 +1,15 @@
 """Everything that touches ffmpeg and ffprobe: probing, validation, frame pipes, muxing.
 
 ffmpeg is always run with an argument list (never a shell string), so a file name can
-never become a command; names that start with ``-`` are passed as ``file:NAME``.
+never become a command; names that start with ``-`` are passed as ``file:NAME``. Every
+ffmpeg and ffprobe that reads a file opens it through ``input_args``: local files and pipes
+only (no network, no other protocol), and no demuxer that opens further files by itself
+(playlists, concat lists, manifests), so an upload can only ever show its own bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -16,6 +20,8 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import re
+
 import numpy as np
 
 from .errors import UserError
@@ -23,6 +29,14 @@ from .errors import UserError
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif"}
 VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+# Demuxers that read other files or URLs named inside the input, or devices: never used on an input.
+# The refusal names what the upload was (a playlist, a concat list...) in its one line.
+REFUSED_DEMUXERS = {"hls": "a playlist (HLS .m3u8)", "concat": "a concat list (ffconcat)",
+                    "dash": "a streaming manifest (DASH .mpd)", "imf": "a composition playlist (IMF)",
+                    "webm_dash_manifest": "a streaming manifest (WebM DASH)", "lavfi": "a filter graph",
+                    "sdp": "a session description (SDP)", "rtp": "a stream description (RTP)",
+                    "rtsp": "a stream description (RTSP)"}
+INPUT_PROTOCOLS = "file,pipe"
 # Audio codecs the mp4/mov muxers take as they are; anything else is re-encoded to AAC.
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
@@ -73,6 +87,48 @@ def file_arg(path: Path | str) -> str:
     return "file:" + os.fspath(path)
 
 
+def input_args() -> list[str]:
+    """Options that go before every ``-i`` (and ffprobe's input): local files and pipes only,
+    and every demuxer but ``REFUSED_DEMUXERS``."""
+    return ["-protocol_whitelist", INPUT_PROTOCOLS, "-format_whitelist", allowed_demuxers()]
+
+
+@functools.lru_cache(maxsize=1)
+def allowed_demuxers() -> str:
+    """This ffmpeg's demuxers less the refused ones, as ``-format_whitelist`` takes them."""
+    listing = subprocess.run([ffmpeg_path(), "-hide_banner", "-demuxers"], capture_output=True, text=True,
+                             check=True, stdin=subprocess.DEVNULL).stdout
+    names = []
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] in ("D", "DE"):
+            names += [name for name in fields[1].split(",") if name not in REFUSED_DEMUXERS]
+    if not names:
+        raise RuntimeError("ffmpeg -demuxers listed no demuxers")
+    return ",".join(names)
+
+
+def refused_input(path: Path, stderr: str) -> str | None:
+    """The one line for an input that only a refused demuxer would open, else None."""
+    found = re.search(r"\[(\w+) @ [^]]*\] Format not on whitelist", stderr)
+    if not found:
+        return None
+    if found.group(1) == "hls" and _names_remote_urls(path):
+        return f"{path.name} is a playlist of remote URLs (HLS .m3u8), not a video: URLs are never fetched; " \
+               "upload the video file itself"
+    what = REFUSED_DEMUXERS.get(found.group(1), f"a {found.group(1)} file")
+    return f"{path.name} is {what}, not a video: upload the video file itself"
+
+
+def _names_remote_urls(path: Path) -> bool:
+    """Whether a playlist names a URL of any scheme but ``file``."""
+    with open(path, "rb") as f:
+        text = f.read(1 << 16).decode(errors="replace")
+    scheme = r"([A-Za-z][A-Za-z0-9+.-]*)://"
+    urls = re.findall(r"(?m)^\s*" + scheme, text) + re.findall(r'URI="' + scheme, text)
+    return any(scheme.lower() != "file" for scheme in urls)
+
+
 # --------------------------------------------------------------------------- probe
 
 
@@ -91,10 +147,12 @@ def probe(path: Path | str, limits: Limits = Limits()) -> MediaInfo:
         raise UserError(f"{name} is {size / 1024**3:.1f} GiB; the limit is {limits.max_bytes / 1024**3:.1f} GiB")
 
     cmd = [ffmpeg_path("ffprobe"), "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
-           "-count_packets", file_arg(path)]
+           "-count_packets", *input_args(), file_arg(path)]
     result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     facts = json.loads(result.stdout or "{}")
     if result.returncode != 0 or "format" not in facts:
+        if refused := refused_input(path, result.stderr):
+            raise UserError(refused)
         if "moov atom not found" in result.stderr and _looks_like_mp4(path):
             raise UserError(f"{name} is truncated or incomplete (no moov atom): upload the whole file again")
         raise UserError(f"{name} is not a video or image we can read ({_ffprobe_reason(result.stderr)})")
@@ -228,7 +286,7 @@ class FrameReader(_FfmpegPipe):
         cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-threads", str(threads)]
         if input_format:
             cmd += ["-f", input_format]
-        cmd += ["-i", file_arg(source), "-map", "0:v:0", "-an", "-sn", "-dn",
+        cmd += [*input_args(), "-i", file_arg(source), "-map", "0:v:0", "-an", "-sn", "-dn",
                 "-vf", f"scale={self.width}:{self.height}:flags=bicubic",
                 "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1"]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -256,10 +314,8 @@ class FrameReader(_FfmpegPipe):
 
 
 
-# x264 settings for styled frames. At "fast" the encoder took 31 ms of CPU per styled 768x432
-# frame, a fifth of a frame's work; "veryfast" takes 12 ms, and one step lower crf keeps the
-# quality: 34.9 vs 35.1 dB against the raw styled frames, 8% more bytes (96 frames of
-# car-detection, style 7).
+# x264 settings for styled frames: "veryfast" takes much less CPU per frame than "fast", and
+# one step lower crf keeps the quality for a few more bytes (docs/performance.md).
 STYLED_CRF = 17
 STYLED_PRESET = "veryfast"
 
@@ -300,7 +356,8 @@ def grab_frames(source: Path | str, times: list[float], size: tuple[int, int]) -
     width, height = size
     frames = np.empty((len(times), height, width, 3), np.uint8)
     for n, time in enumerate(times):
-        cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-ss", f"{max(0.0, time):.3f}", "-i", file_arg(source),
+        cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-ss", f"{max(0.0, time):.3f}", *input_args(),
+               "-i", file_arg(source),
                "-map", "0:v:0", "-frames:v", "1", "-vf", f"scale={width}:{height}:flags=bicubic",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
         result = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
@@ -335,7 +392,7 @@ def _kill(process: subprocess.Popen) -> None:
 
 def extract_audio(source: Path | str, target: Path | str) -> None:
     """Copy the first audio track, untouched, into a Matroska audio file."""
-    _run_ffmpeg(["-i", file_arg(source), "-map", "0:a:0", "-vn", "-sn", "-dn", "-c:a", "copy",
+    _run_ffmpeg([*input_args(), "-i", file_arg(source), "-map", "0:a:0", "-vn", "-sn", "-dn", "-c:a", "copy",
                  "-f", "matroska", file_arg(target)], "extract the audio")
 
 
@@ -346,9 +403,10 @@ def mux(video_streams: list[Path], frame_rate: str, audio: Path | None, audio_co
     ``container`` is an ffmpeg muxer name (``VIDEO_SUFFIXES``' values).
     """
     # "-r" before the input stamps the frames at the source rate, whatever the streams' headers say
-    cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-r", frame_rate, "-f", "h264", "-i", "pipe:0"]
+    cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-r", frame_rate, "-f", "h264", *input_args(),
+           "-i", "pipe:0"]
     if audio:
-        cmd += ["-i", file_arg(audio), "-map", "0:v:0", "-map", "1:a:0"]
+        cmd += [*input_args(), "-i", file_arg(audio), "-map", "0:v:0", "-map", "1:a:0"]
         copy_audio = container == "matroska" or audio_codec in MP4_AUDIO or (
             container == "mov" and str(audio_codec).startswith("pcm_"))
         cmd += ["-c:a", "copy"] if copy_audio else ["-c:a", "aac", "-b:a", "192k"]
@@ -373,7 +431,7 @@ def mux(video_streams: list[Path], frame_rate: str, audio: Path | None, audio_co
 def count_frames(path: Path | str) -> int:
     """Video frames in a file, counted from its packets (no decoding)."""
     cmd = [ffmpeg_path("ffprobe"), "-v", "error", "-select_streams", "v:0", "-count_packets",
-           "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", file_arg(path)]
+           "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", *input_args(), file_arg(path)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL).stdout
     return int(out.strip().split(",")[0] or 0)
 

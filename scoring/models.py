@@ -72,7 +72,7 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     offsets = [(r, c) for r in (0, 1) for c in (0, 1)]
     phases = [F.conv2d(padded[..., r:r + h + 1, c:c + w + 1], _fold(_fold(folded, 2, r), 3, c).to(x.dtype), bias)
               for r, c in offsets]
-    # interleaved by strided copies: 3-7x faster than stack + pixel_shuffle on a CPU in bf16
+    # interleaved by strided copies, faster than stack + pixel_shuffle on a CPU in bf16 (docs/performance.md)
     out = phases[0].new_empty(n, phases[0].shape[1], 2 * h, 2 * w)
     grid = out.view(n, -1, h, 2, w, 2)  # [n, channels, row, row phase, column, column phase]
     for (r, c), phase in zip(offsets, phases):

@@ -18,9 +18,8 @@ from .files import atomic_path
 
 PLAN_FILE = "plan.json"
 AUDIO_FILE = "audio.mka"
-# Measured on the 2-core CPU machine at 768x432 (README, "Segment size"): 48 frames keep
-# the per-segment start-up (two ffmpeg processes) under 3% while a preempted node loses
-# at most a few seconds of GPU work per rank.
+# The trade-off (docs/performance.md): 48 frames keep the per-segment start-up (two ffmpeg
+# processes) small while a preempted node loses at most a few seconds of work per rank.
 DEFAULT_SEGMENT_FRAMES = 48
 
 

@@ -14,9 +14,8 @@ from .errors import UserError
 from .files import atomic_path
 from .segments import AUDIO_FILE, DEFAULT_SEGMENT_FRAMES, Plan, Segment, segment_lengths, segment_name
 
-# Near-lossless: the segments are an intermediate, styled once and thrown away. ultrafast:
-# split took 2.7 s of a 33 s run on car-detection at veryfast, 1.8 s at ultrafast, for 1.8x the
-# bytes (9.6 instead of 5.2 MB) at the same fidelity (52.7 dB against the decoded source).
+# Near-lossless: the segments are an intermediate, styled once and thrown away. ultrafast
+# splits faster than veryfast for more bytes at the same fidelity (docs/performance.md).
 SPLIT_CRF = 12
 SPLIT_PRESET = "ultrafast"
 

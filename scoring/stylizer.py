@@ -6,7 +6,7 @@ contiguous for the encoder.
 Precision: on CUDA, fp16/bf16 run under autocast. On a CPU, bf16 runs the whole network in
 bf16 (a bf16 copy of the weights, activations in bf16, NCHW): autocast there casts every
 instance norm's fp32 output back to bf16 and keeps the reflection pads in fp32, which cost
-about a third of the run (bench/run.py; the bf16 test keeps it within 35 dB of fp32).
+a large share of the run (docs/performance.md; the bf16 test bounds its distance from fp32).
 ``auto`` picks fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), else fp32.
 
 Strength: below 1 each styled frame is blended back toward its original (in float, before the
@@ -67,8 +67,8 @@ def keep_freed_memory() -> None:
 
     Every forward pass allocates and frees activations of tens of MB. By default glibc serves
     blocks that large with ``mmap`` and unmaps them when freed (or trims the top of its heap),
-    so the next frame faults the same pages in again, zeroed by the kernel: 42 ms of system
-    time per 768x432 frame, a fifth of a rank's time. Here blocks come from the heap and stay
+    so the next frame faults the same pages in again, zeroed by the kernel: a large share of a
+    rank's time (docs/performance.md). Here blocks come from the heap and stay
     there, so the process keeps its peak working set (a few hundred MB per rank). Process-wide
     and idempotent; a no-op where the C library is not glibc.
     """

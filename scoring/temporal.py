@@ -34,17 +34,16 @@ MAX_STRENGTH = 0.95
 # Mean input change in a block (0-255 levels) up to which it counts as fully still (camera and
 # codec noise: about 2 levels), and from which on as fully moving (an edge that moves by a
 # pixel changes a 4x4 block by a quarter of its contrast). Chosen on bench/flicker.py's clip:
-# against the largest change in a block, or no noise floor, flicker fell 54-63% instead of 69%.
+# against the largest change in a block, or without a noise floor, flicker fell less.
 MOTION_NOISE = 2.0
 MOTION_LEVEL = 8.0
 # The motion mask is worked out on blocks of this many pixels square; a moving region grows
 # by one to two blocks on every side (see TemporalSmoother._stillness).
 MOTION_BLOCK = 4
 # Frames of the previous segment styled to prime a segment's state (not written). The weight
-# of an unprimed start decays as strength**n. Measured (bench/flicker.py, car-detection, 0.7):
-# a segment's first 4 frames differ from a one-pass run by 9.7 levels (mean) with no warm-up,
-# about x264's own error at crf 18 (10.4), and by 2.5 with 3 frames; each frame more costs 2%
-# of a 48-frame segment's network time for about a third less seam.
+# of an unprimed start decays as strength**n. Measured with bench/flicker.py: without a
+# warm-up a segment's first frames differ from a one-pass run by about x264's own error; 3
+# frames remove most of that, and each frame more costs a little network time for less seam.
 WARMUP_FRAMES = 3
 
 

@@ -49,6 +49,17 @@ def make_bad_inputs(folder, clip):
     torch.save({"fc.weight": torch.zeros(2, 2)}, folder / "other.pth")
     add(".pth of another network", clip, "not a TransformerNet", "--model", folder / "other.pth")
     add("missing .pth", clip, "model file not found", "--model", folder / "nowhere.pth")
+    # files that name other files or URLs: ffmpeg would follow them, so they are refused unread
+    _ffmpeg("-i", clip, "-c", "copy", "-f", "mpegts", folder / "seg.ts")
+    hls = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n{}\n#EXT-X-ENDLIST\n"
+    (folder / "list.m3u8").write_text(hls.format(f"file:{folder / 'seg.ts'}"))
+    add("HLS playlist of file: paths", folder / "list.m3u8", "is a playlist (HLS .m3u8), not a video")
+    (folder / "playlist.mp4").write_text(hls.format("seg.ts"))
+    add("HLS playlist named .mp4", folder / "playlist.mp4", "is a playlist (HLS .m3u8), not a video")
+    (folder / "remote.m3u8").write_text(hls.format("http://127.0.0.1:9/seg.ts"))
+    add("remote-URL playlist", folder / "remote.m3u8", "is a playlist of remote URLs (HLS .m3u8), not a video")
+    (folder / "list.ffconcat").write_text("ffconcat version 1.0\nfile seg.ts\n")
+    add("concat list", folder / "list.ffconcat", "is a concat list (ffconcat), not a video")
     shutil.copy(clip, folder / "../ odd näme ..mp4")
     add("odd name, bad style", folder / "../ odd näme ..mp4", "unknown style 99", "--style", "99")
     return cases
@@ -64,7 +75,8 @@ def bad_inputs(clip_factory, tmp_path_factory):
 CASES = ["missing", "zero bytes", "text named .mp4", "random bytes", "truncated (moov missing)",
          "truncated (data missing)", "audio only", "too many pixels", "too long", "too many frames", "unknown style",
          "style spec that does not parse", "unreadable .pth", ".pth of another network", "missing .pth",
-         "odd name, bad style"]
+         "odd name, bad style", "HLS playlist of file: paths", "HLS playlist named .mp4", "remote-URL playlist",
+         "concat list"]
 
 
 @pytest.mark.parametrize("case", CASES)

