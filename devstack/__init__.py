@@ -109,7 +109,7 @@ class Stack:
         from azure.core.exceptions import ResourceExistsError
         from azure.storage.blob import BlobServiceClient
 
-        for account, names in ((DATA_ACCOUNT, ("videos-in", "videos-out", "quarantine", "styles")),
+        for account, names in ((DATA_ACCOUNT, ("videos-in", "accepted", "videos-out", "quarantine", "styles")),
                                (SYSTEM_ACCOUNT, ("logs",))):
             client = BlobServiceClient.from_connection_string(connection_string(account, self.blob_port))
             for name in names:
