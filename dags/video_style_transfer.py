@@ -8,8 +8,9 @@ commands; nothing heavy is imported when this file is parsed.
            └─► preview   (a few frames before/after, in videos-out seconds after the upload is seen)
 
 Start it from the UI form, from the CLI
-(``airflow dags trigger video_style_transfer -c '{"input_blob": "clip.mp4"}'``),
-or let ``blob_watcher`` start it for every upload.
+(``airflow dags trigger video_style_transfer -c '{"input_blob": "clip.mp4"}'``, for an upload in
+``accepted``), or let ``blob_watcher`` start it for every upload to ``videos-in``, with the
+settings of the upload's metadata (docs/uploads.md).
 """
 
 from __future__ import annotations
