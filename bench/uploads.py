@@ -43,7 +43,7 @@ def poll_seconds(polls: int) -> float:
 
 def upload_many(container, names: list[str], threads: int = 8) -> dict[str, str]:
     def one(name):
-        return name, str(container.upload_blob(name, name.encode())["etag"]).strip('"')
+        return name, str(container.get_blob_client(name).upload_blob(name.encode())["etag"]).strip('"')
 
     with ThreadPoolExecutor(threads) as pool:
         return dict(pool.map(one, names))
