@@ -150,7 +150,7 @@ class Stack:
         process = subprocess.Popen(["airflow", "standalone"], env=self.env(), stdout=log, stderr=log,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         self._write_pid("airflow", process.pid)
-        wait_for_port(self.api_port, timeout=180, process=process)
+        wait_for_port(self.api_port, timeout=600, process=process)  # a busy machine can take minutes
         return process
 
     def password(self, user: str = "admin") -> str | None:
