@@ -99,7 +99,7 @@ def take_in_one(data, runs: RunStarter, upload: Upload, defaults: dict, has_run:
     """One upload: claimed, its run started (or passed over), gone from the inbox. Says which."""
     from azure.core.exceptions import ResourceModifiedError
     from run_settings import InvalidSettings, resolve
-    from storage import ACCEPTED, INPUTS, InvalidBlobName, check_blob_name
+    from storage import INPUTS, InvalidBlobName, check_blob_name
     from style_pipeline import quarantine
 
     try:
