@@ -156,6 +156,7 @@ def test_bad_metadata_is_quarantined_with_the_key_named(stack):
                 processing_run_id("videos-in", "meta/worse.mp4", etag_bad)} & started
 
 
+@pytest.mark.timeout(1200)  # a 60-s idle watch and many `airflow` commands, each slow on a busy machine
 def test_never_stuck_lost_state_existing_run_and_a_concurrent_sweep(stack, clip_factory):
     """A version that already has a run (here made by hand), another without one, the sweep
     started at the same moment: each version has one run, the inbox empties, and over the next
@@ -190,6 +191,7 @@ def test_never_stuck_lost_state_existing_run_and_a_concurrent_sweep(stack, clip_
            f"inbox empty; {len(new)} watcher run(s) started in the following 60 s")
 
 
+@pytest.mark.timeout(1200)  # a 60-s idle watch and many `airflow` commands, each slow on a busy machine
 def test_a_burst_drains_one_run_per_version(stack):
     """More uploads at once than one watcher run takes in: all of them get exactly one run."""
     inbox = stack.blob_client().get_container_client("videos-in")
