@@ -1,11 +1,14 @@
-"""blob_sweep: process the uploads of a time window that have no run yet (for backfills).
+"""blob_sweep: runs for the uploads accepted in a time window (for backfills, and as a safety net).
 
 Each run's data interval (the hour before it runs; ``VST_SWEEP_MINUTES`` changes the length)
-selects the blobs in videos-in last modified inside it, and starts
-one video_style_transfer run per blob version, with the same run id the watcher would use,
-so versions already processed are skipped. Catch up on a period Airflow was down with:
+selects the blobs in ``accepted`` taken in inside it. A scheduled run starts the runs the
+watcher would have started (same run ids), so it never starts a second one. A backfill
+reprocesses them, with the settings each upload was taken in with, or with the settings
+given in the backfill's run conf; uploads already published with the same settings are
+skipped by the processing run itself:
 
-    airflow backfill create --dag-id blob_sweep --from-date 2026-11-01 --to-date 2026-11-02
+    airflow backfill create --dag-id blob_sweep --from-date 2026-11-01 --to-date 2026-11-02 \\
+        --dag-run-conf '{"style": "7"}'
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
 
 MINUTES = int(os.environ.get("VST_SWEEP_MINUTES", "60"))
@@ -27,21 +29,19 @@ EVERY = CronTriggerTimetable("0 * * * *" if MINUTES == 60 else f"*/{MINUTES} * *
      max_active_runs=4, tags=["video", "backfill"], doc_md=__doc__)
 def blob_sweep():
     @task
-    def uploads_in_window() -> list[dict]:
-        from blob_watch import processing_run_id
-        from storage import DATA_CONN, INPUTS, BlobStore
+    def start_processing() -> dict:
+        from airflow.sdk import Variable
+        from blob_watch import RunStarter, sweep
+        from run_settings import DEFAULTS_VARIABLE, check_defaults
 
         context = get_current_context()
-        start, end = context["data_interval_start"], context["data_interval_end"]
-        found = [b for b in BlobStore(DATA_CONN).list(INPUTS)
-                 if b.size and start <= datetime.fromisoformat(b.last_modified) < end]
-        print(f"{len(found)} upload(s) in [{start}, {end})")
-        return [{"trigger_run_id": processing_run_id(INPUTS, b.name, b.etag), "conf": {"input_blob": b.name}}
-                for b in found]
+        run = context["dag_run"]
+        defaults = check_defaults(Variable.get(DEFAULTS_VARIABLE, default=None, deserialize_json=True))
+        backfill_of = run.run_id if run.run_type == "backfill" else None
+        return sweep(RunStarter(context["ti"]), context["data_interval_start"], context["data_interval_end"],
+                     defaults, run.conf, backfill_of)
 
-    TriggerDagRunOperator.partial(
-        task_id="start_processing", trigger_dag_id="video_style_transfer", skip_when_already_exists=True,
-    ).expand_kwargs(uploads_in_window())
+    start_processing()
 
 
 blob_sweep()

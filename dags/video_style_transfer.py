@@ -13,8 +13,9 @@ done, retries included, it removes the run's work containers and scratch folder,
 the run published, failed or was skipped.
 
 Start it from the UI form, from the CLI
-(``airflow dags trigger video_style_transfer -c '{"input_blob": "clip.mp4"}'``),
-or let ``blob_watcher`` start it for every upload.
+(``airflow dags trigger video_style_transfer -c '{"input_blob": "clip.mp4"}'``, for an upload in
+``accepted``), or let ``blob_watcher`` start it for every upload to ``videos-in``, with the
+settings of the upload's metadata (docs/uploads.md).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from azureml.operators import AzureMLScoreOperator
 from notifications import RunNotifier
 from preview import PreviewOperator
+from run_settings import PARAMS
 
 WORK_IN = "{{ ti.xcom_pull(task_ids='probe')['work_in'] }}"
 WORK_OUT = "{{ ti.xcom_pull(task_ids='probe')['work_out'] }}"
@@ -34,38 +36,6 @@ AZUREML_POLL_SECONDS = float(os.environ.get("VST_AZUREML_POLL_SECONDS", "30"))
 MODEL_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/model.pth') if params.model_blob else '' }}"
 STYLE_IMAGE_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/style-image') if params.style_image else '' }}"
 
-PARAMS = {
-    "input_blob": Param("", type="string", minLength=1, maxLength=1024, title="Input video",
-                        description="Blob name in the videos-in container, e.g. holiday/beach.mp4"),
-    "style": Param("19", type="string", pattern=r"^\s*\d{1,2}(:[0-9.]+)?(\s*,\s*\d{1,2}(:[0-9.]+)?)*\s*$",
-                   title="Style", description="Built-in style 0-25, or a blend such as 3:0.5,12:0.5"),
-    "model_blob": Param(None, type=["null", "string"], title="Own model",
-                        description="A TransformerNet .pth in the styles container; replaces the style"),
-    "style_image": Param(None, type=["null", "string"], maxLength=1024, title="Any picture as the style",
-                         description="A picture (JPEG, PNG, WebP) in the styles container, e.g. wave.jpg; "
-                         "replaces the style; its center square is what counts"),
-    "style_strength": Param(1.0, type="number", minimum=0, maximum=1, title="Style strength",
-                            description="1: fully styled; lower blends each frame back toward the original"),
-    "max_side": Param(None, type=["null", "integer"], minimum=16, maximum=7680, title="Longest side (px)",
-                      description="Scale down so the longer side is at most this; empty keeps the size"),
-    "ranks": Param(2, type="integer", minimum=1, maximum=64, title="MPI ranks"),
-    "backend": Param("local", type="string", enum=["local", "azureml"], title="Where to score"),
-    "output_name": Param(None, type=["null", "string"], maxLength=1024, title="Output blob",
-                         description="Name in videos-out; empty: <input>.style-<style>.mp4 "
-                         "(with a style picture: <input>.image-<picture>.mp4)"),
-    "segment_frames": Param(48, type="integer", minimum=1, maximum=10000, title="Frames per segment"),
-    "precision": Param("auto", type="string", enum=["auto", "fp32", "bf16", "fp16"], title="Precision",
-                       description="auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
-    "temporal": Param(0, type="number", minimum=0, maximum=0.95, title="Steadier video (temporal smoothing)",
-                      description="Less flicker where the picture stands still, for some more work per frame: "
-                      "0 is off, 0.7 a good start (measured: docs/performance.md); moving parts stay sharp"),
-    "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
-    "notify_email": Param(None, type=["null", "string"], title="E-mail to notify"),
-    "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes"),
-    "azureml_gpus_per_node": Param(1, type="integer", minimum=1, maximum=8, title="GPUs per node"),
-    "azureml_vm_size": Param("Standard_NC6s_v3", type="string", title="Azure ML VM size"),
-    "azureml_tier": Param("low_priority", type="string", enum=["low_priority", "dedicated"], title="Azure ML tier"),
-}
 
 
 def _run(step):

@@ -109,7 +109,7 @@ class Stack:
         from azure.core.exceptions import ResourceExistsError
         from azure.storage.blob import BlobServiceClient
 
-        for account, names in ((DATA_ACCOUNT, ("videos-in", "videos-out", "quarantine", "styles")),
+        for account, names in ((DATA_ACCOUNT, ("videos-in", "accepted", "videos-out", "quarantine", "styles")),
                                (SYSTEM_ACCOUNT, ("logs",))):
             client = BlobServiceClient.from_connection_string(connection_string(account, self.blob_port))
             for name in names:
@@ -150,7 +150,7 @@ class Stack:
         process = subprocess.Popen(["airflow", "standalone"], env=self.env(), stdout=log, stderr=log,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         self._write_pid("airflow", process.pid)
-        wait_for_port(self.api_port, timeout=180, process=process)
+        wait_for_port(self.api_port, timeout=600, process=process)  # a busy machine can take minutes
         return process
 
     def password(self, user: str = "admin") -> str | None:

@@ -36,6 +36,7 @@ def demo(stack: Stack, clip: Path, blob_name: str, timeout: float) -> int:
     props = blob.upload_blob(clip.read_bytes(), overwrite=True)
     run_id = processing_run_id("videos-in", blob_name, str(props["etag"]).strip('"'))
     print(f"uploaded {clip} to videos-in/{blob_name}; waiting for the watcher to start {run_id}", flush=True)
+    taken_in = watch_inbox(blob)
 
     deadline, seen, started, previewed = time.monotonic() + timeout, {}, None, False
     preview = stack.blob_client().get_blob_client("videos-out", output_name(blob_name) + ".preview.jpg")
@@ -48,7 +49,11 @@ def demo(stack: Stack, clip: Path, blob_name: str, timeout: float) -> int:
         run = runs.get(run_id)
         if run and started is None and run.get("start_date"):
             started = datetime.fromisoformat(run["start_date"]).timestamp()
-            print(f"run started {started - uploaded_at:.1f} s after the upload", flush=True)
+            created = datetime.fromisoformat(run["run_after"]).timestamp()
+            if taken_in:
+                print(f"taken in (left videos-in) {taken_in[0] - uploaded_at:.1f} s after the upload", flush=True)
+            print(f"run created {created - uploaded_at:.1f} s and started {started - uploaded_at:.1f} s after the upload",
+                  flush=True)
         if run:
             states = airflow_json(stack.airflow("tasks", "states-for-dag-run", "video_style_transfer", run_id,
                                                 "-o", "json", check=False))
@@ -63,6 +68,27 @@ def demo(stack: Stack, clip: Path, blob_name: str, timeout: float) -> int:
         time.sleep(2)
     print(f"timed out after {timeout:.0f} s; the stack is still running (make stop)", file=sys.stderr)
     return 1
+
+
+def watch_inbox(blob) -> list[float]:
+    """Starts watching the upload in videos-in; the list gets the time it left (was taken in)."""
+    import threading
+
+    from azure.core.exceptions import ResourceNotFoundError
+
+    left: list[float] = []
+
+    def watch():
+        for _ in range(3000):  # 10 minutes at most
+            try:
+                blob.get_blob_properties()
+            except ResourceNotFoundError:
+                left.append(time.time())
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return left
 
 
 def written_after(blob, moment: datetime) -> bool:

@@ -1,28 +1,36 @@
-"""Noticing uploads: a deferrable sensor that fires on *new blob versions*, not on any blob.
+"""Taking uploads in: the inbox ``videos-in``, the provider's ``WasbPrefixSensor``, one run per version.
 
-The provider's ``WasbPrefixSensor`` answers "is there any blob under this prefix?". Uploads
-are never deleted from ``videos-in``, so that question is always "yes" after the first one;
-a watcher built on it would spin. This sensor asks the question the product needs: "is
-there a blob version I have not seen?", with the same shape (an async trigger polling with
-``WasbAsyncHook`` in the triggerer, so waiting costs no worker slot).
+``videos-in`` holds only pending work. The provider's deferrable ``WasbPrefixSensor`` waits in
+the triggerer until anything is there; then the oldest uploads (at most ``INBOX_BATCH`` per
+watcher run) are taken in, each in three steps:
 
-What was seen is a watermark: the newest ``last_modified`` handled so far, plus the versions
-(name, etag) at exactly that instant. Each version maps to one processing run id, so even
-if the watermark is lost or two watchers race, a version is processed once.
+1. claim: a server-side copy to ``accepted`` under the same name, only while the upload is
+   still the version listed, then a snapshot of that copy (only while the copy is still ours):
+   the run reads the snapshot, so a later upload of the same name never changes its input;
+2. start its processing run (run id from the upload's name and etag, the settings from its
+   metadata), unless that run exists already, which is then simply passed over;
+3. delete it from the inbox, only while it is still that version: a re-upload during the
+   claim stays in the inbox and is the next pending work.
+
+A crash anywhere leaves the upload in the inbox, and the next watcher run takes it again:
+the run id makes its run exist once, whatever happened before. Uploads that cannot be a
+run (empty, a bad name, bad settings) go to ``quarantine`` with a one-line reason. Nothing
+else is kept between watcher runs: the inbox is the state, and what was taken in is never
+listed again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import json
+import os
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
 
-from airflow.sdk import BaseSensorOperator
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.providers.microsoft.azure.sensors.wasb import WasbPrefixSensor
 
-STATE_VARIABLE = "blob_watcher_state"
+PROCESSING_DAG = "video_style_transfer"
+INBOX_BATCH = int(os.environ.get("VST_INBOX_BATCH", "500"))  # uploads per watcher run, oldest first
 
 
 def processing_run_id(container: str, name: str, etag: str) -> str:
@@ -32,94 +40,192 @@ def processing_run_id(container: str, name: str, etag: str) -> str:
     return f"upload__{slug}__{digest}"
 
 
-def new_versions(blobs: list[dict], state: dict | None) -> list[dict]:
-    """Blobs (dicts with name, etag, last_modified) newer than the watermark in ``state``."""
-    if not state:
-        return sorted(blobs, key=lambda b: (b["last_modified"], b["name"]))
-    since, seen = state["since"], {tuple(v) for v in state.get("seen", [])}
-    fresh = [b for b in blobs if b["last_modified"] > since
-             or (b["last_modified"] == since and (b["name"], b["etag"]) not in seen)]
-    return sorted(fresh, key=lambda b: (b["last_modified"], b["name"]))
+class InboxSensor(WasbPrefixSensor):
+    """The provider's sensor on the whole inbox (its parameters and its trigger, deferred in
+    the triggerer); when it finds something, it takes the uploads in itself, which spares a
+    task start between an upload and its run. Nothing for ``timeout`` seconds ends it skipped."""
 
+    def __init__(self, *, container_name: str = "videos-in", prefix: str = "", wasb_conn_id: str = "wasb_data",
+                 batch: int = INBOX_BATCH, **kwargs):
+        kwargs.setdefault("deferrable", True)
+        kwargs.setdefault("soft_fail", True)  # the idle timeout: a skipped run, and the next one waits on
+        super().__init__(container_name=container_name, prefix=prefix, wasb_conn_id=wasb_conn_id, **kwargs)
+        self.batch = batch
 
-def advance(state: dict | None, handled: list[dict]) -> dict | None:
-    """The watermark after ``handled`` versions were turned into runs."""
-    if not handled:
-        return state
-    newest = max(b["last_modified"] for b in handled)
-    seen = {(b["name"], b["etag"]) for b in handled if b["last_modified"] == newest}
-    if state and state["since"] == newest:
-        seen |= {tuple(v) for v in state.get("seen", [])}
-    if state and state["since"] > newest:
-        return state
-    return {"since": newest, "seen": sorted(list(v) for v in seen)}
+    def execute(self, context) -> dict:
+        super().execute(context)  # returns at once when the inbox holds something, else defers
+        return self.take_in(context)
 
+    def execute_complete(self, context, event: dict) -> dict:
+        super().execute_complete(context, event)
+        return self.take_in(context)
 
-async def list_versions(client, container: str, prefix: str) -> list[dict]:
-    container_client = client.get_container_client(container)
-    return [{"name": b.name, "etag": str(b.etag).strip('"'), "last_modified": b.last_modified.isoformat(),
-             "size": b.size}
-            async for b in container_client.list_blobs(name_starts_with=prefix or None)
-            if b.size and not b.name.endswith("/")]
-
-
-class NewBlobVersionTrigger(BaseTrigger):
-    """Polls a container and yields one event listing the blob versions past the watermark."""
-
-    def __init__(self, container: str, wasb_conn_id: str, state: dict | None, prefix: str = "",
-                 poke_interval: float = 5.0, give_up_after: float = 3600.0):
-        super().__init__()
-        self.container, self.wasb_conn_id, self.state = container, wasb_conn_id, state
-        self.prefix, self.poke_interval, self.give_up_after = prefix, poke_interval, give_up_after
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("blob_watch.NewBlobVersionTrigger", {
-            "container": self.container, "wasb_conn_id": self.wasb_conn_id, "state": self.state,
-            "prefix": self.prefix, "poke_interval": self.poke_interval, "give_up_after": self.give_up_after})
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow.providers.microsoft.azure.hooks.wasb import WasbAsyncHook
-
-        hook = WasbAsyncHook(wasb_conn_id=self.wasb_conn_id)
-        deadline = asyncio.get_running_loop().time() + self.give_up_after
-        polls = 0
-        async with await hook.get_async_conn() as client:  # one client for all polls (the hook caches it)
-            while True:
-                polls += 1
-                try:
-                    fresh = new_versions(await list_versions(client, self.container, self.prefix), self.state)
-                except Exception as exc:  # noqa: BLE001 - storage hiccups: keep waiting, say so
-                    self.log.warning("listing %s failed (%s); trying again", self.container, exc)
-                    fresh = []
-                if fresh:
-                    yield TriggerEvent({"status": "success", "blobs": fresh, "polls": polls})
-                    return
-                if asyncio.get_running_loop().time() >= deadline:
-                    yield TriggerEvent({"status": "idle", "blobs": [], "polls": polls})
-                    return
-                await asyncio.sleep(self.poke_interval)
-
-
-class NewBlobVersionSensor(BaseSensorOperator):
-    """Waits, deferred, for a new blob version in ``container``; returns the new versions."""
-
-    def __init__(self, *, container: str, wasb_conn_id: str, prefix: str = "", poke_interval: float = 5.0,
-                 **kwargs):
-        super().__init__(poke_interval=poke_interval, **kwargs)
-        self.container, self.wasb_conn_id, self.prefix = container, wasb_conn_id, prefix
-
-    def execute(self, context) -> list[dict]:
+    def take_in(self, context) -> dict:
         from airflow.sdk import Variable
+        from run_settings import DEFAULTS_VARIABLE, check_defaults
 
-        state = Variable.get(STATE_VARIABLE, default=None, deserialize_json=True)
-        self.defer(trigger=NewBlobVersionTrigger(self.container, self.wasb_conn_id, state, self.prefix,
-                                                 self.poke_interval, give_up_after=self.timeout),
-                   method_name="execute_complete")
+        defaults = check_defaults(Variable.get(DEFAULTS_VARIABLE, default=None, deserialize_json=True))
+        return take_in(RunStarter(context["ti"]), defaults, self.batch)
 
-    def execute_complete(self, context, event: dict) -> list[dict]:
-        from airflow.sdk.exceptions import AirflowSkipException
 
-        self.log.info("%d new blob version(s) after %d poll(s)", len(event["blobs"]), event["polls"])
-        if event["status"] == "idle":  # nothing new for a while: end this run, the next one waits on
-            raise AirflowSkipException(f"no new upload in {self.timeout:.0f} s ({event['polls']} polls)")
-        return event["blobs"]
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    etag: str
+    size: int
+    metadata: dict
+
+    @property
+    def run_id(self) -> str:
+        return processing_run_id("videos-in", self.name, self.etag)
+
+
+def take_in(runs: RunStarter, defaults: dict, batch: int = INBOX_BATCH) -> dict:
+    """Claim the ``batch`` oldest uploads in the inbox and start a run for each that has none."""
+    from storage import DATA_CONN, INPUTS, BlobStore
+
+    data = BlobStore(DATA_CONN)
+    listed = sorted(data.list(INPUTS), key=lambda b: (b.last_modified, b.name))
+    uploads = [Upload(b.name, b.etag, b.size, b.metadata) for b in listed[:batch]]
+    existing = runs.existing([u.run_id for u in uploads])
+    counts = {"started": 0, "passed_over": 0, "quarantined": 0, "changed_meanwhile": 0}
+    for upload in uploads:
+        counts[take_in_one(data, runs, upload, defaults, upload.run_id in existing)] += 1
+    print(f"inbox: {len(listed)} pending, took in {len(uploads)}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return counts | {"pending": len(listed) - len(uploads)}
+
+
+def take_in_one(data, runs: RunStarter, upload: Upload, defaults: dict, has_run: bool) -> str:
+    """One upload: claimed, its run started (or passed over), gone from the inbox. Says which."""
+    from azure.core.exceptions import ResourceModifiedError
+    from run_settings import InvalidSettings, resolve
+    from storage import INPUTS, InvalidBlobName, check_blob_name
+    from style_pipeline import quarantine
+
+    try:
+        check_blob_name(upload.name)
+        if not upload.size:
+            raise InvalidSettings("the upload is empty (0 bytes)")
+        settings, sources = resolve(upload.metadata, defaults)
+    except (InvalidBlobName, InvalidSettings) as exc:
+        try:
+            quarantine(data, INPUTS, upload.name, str(exc), None, etag=upload.etag)
+        except ResourceModifiedError:
+            return "changed_meanwhile"  # a new upload of that name: the next pending work
+        data.delete(INPUTS, upload.name, etag=upload.etag)
+        print(f"quarantined {upload.name}: {exc}")
+        return "quarantined"
+    try:
+        if has_run:  # started before (a retry, a crash before the delete, a second watcher)
+            if accepted_upload(data, upload.name) != upload.etag:
+                claim(data, upload, settings, sources)
+            data.delete(INPUTS, upload.name, etag=upload.etag)
+            return "passed_over"
+        snapshot = claim(data, upload, settings, sources)
+    except ResourceModifiedError:
+        return "changed_meanwhile"
+    conf = {"input_blob": upload.name, "input_version": snapshot, **settings, "settings_from": sources}
+    started = runs.start(upload.run_id, conf)
+    data.delete(INPUTS, upload.name, etag=upload.etag)
+    return "started" if started else "passed_over"
+
+
+def claim(data, upload: Upload, settings: dict, sources: dict) -> str:
+    """Copy this version to ``accepted`` (with the settings it was taken in with) and return the
+    id of a snapshot of exactly that copy; ResourceModifiedError if either side changed meanwhile."""
+    from storage import ACCEPTED, INPUTS
+
+    metadata = {"upload_etag": upload.etag, "settings": json.dumps(settings), "settings_from": json.dumps(sources)}
+    copied = data.copy(INPUTS, upload.name, ACCEPTED, upload.name, etag=upload.etag, metadata=metadata)
+    return data.snapshot(ACCEPTED, upload.name, etag=copied)
+
+
+def accepted_upload(data, name: str) -> str | None:
+    """The inbox etag of the upload that ``accepted/<name>`` holds now, if any."""
+    from storage import ACCEPTED
+
+    info = data.info(ACCEPTED, name)
+    return info.metadata.get("upload_etag") if info else None
+
+
+class RunStarter:
+    """Starts processing runs from inside one task, as many as it likes: the same request to
+    the API server that ``TriggerDagRunOperator`` makes once per task, here once per run."""
+
+    CHUNK = 50  # run ids per existence question (they travel in the query string)
+
+    def __init__(self, ti, dag_id: str = PROCESSING_DAG):
+        self.ti, self.dag_id = ti, dag_id
+
+    def start(self, run_id: str, conf: dict) -> bool:
+        """True if the run was created, False if it existed already."""
+        from airflow.sdk.exceptions import ErrorType
+        from airflow.sdk.execution_time.comms import ErrorResponse, TriggerDagRun
+        from airflow.sdk.execution_time.task_runner import SUPERVISOR_COMMS
+
+        answer = SUPERVISOR_COMMS.send(TriggerDagRun(dag_id=self.dag_id, run_id=run_id, conf=conf))
+        if isinstance(answer, ErrorResponse):
+            if answer.error == ErrorType.DAGRUN_ALREADY_EXISTS:
+                return False
+            raise RuntimeError(f"starting run {run_id} failed: {answer.error} {answer.detail}")
+        return True
+
+    def existing(self, run_ids: list[str]) -> set[str]:
+        """Which of ``run_ids`` exist: one count per chunk, split in halves only where some do."""
+        found: set[str] = set()
+        for i in range(0, len(run_ids), self.CHUNK):
+            found |= self._existing(run_ids[i:i + self.CHUNK])
+        return found
+
+    def _existing(self, run_ids: list[str]) -> set[str]:
+        if not run_ids or not self.ti.get_dr_count(dag_id=self.dag_id, run_ids=run_ids):
+            return set()
+        if len(run_ids) == 1:
+            return set(run_ids)
+        half = len(run_ids) // 2
+        return self._existing(run_ids[:half]) | self._existing(run_ids[half:])
+
+
+def reprocess_run_id(sweep_run_id: str, name: str, etag: str) -> str:
+    """A backfill's own run for an accepted upload: another run than the upload's first one."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:80]
+    digest = hashlib.sha256(f"{sweep_run_id}/accepted/{name}@{etag}".encode()).hexdigest()[:16]
+    return f"reprocess__{slug}__{digest}"
+
+
+def sweep(runs: RunStarter, start, end, defaults: dict, overrides: dict | None, backfill_of: str | None) -> dict:
+    """Start runs for the uploads accepted in [start, end). A backfill (``backfill_of``: its run
+    id) starts runs of its own, with its ``overrides`` over each upload's original settings;
+    probe then skips those already published with the same settings. Otherwise the runs are
+    the watcher's own (same run ids), so a version that has one is passed over."""
+    from datetime import datetime
+
+    from azure.core.exceptions import ResourceModifiedError
+    from run_settings import SETTINGS, check, resolve
+    from storage import ACCEPTED, DATA_CONN, INPUTS, BlobStore
+
+    extra = {key: check(key, value, "the backfill's conf") for key, value in (overrides or {}).items()
+             if key in SETTINGS}
+    data = BlobStore(DATA_CONN)
+    found = [b for b in data.list(ACCEPTED) if start <= datetime.fromisoformat(b.last_modified) < end]
+    run_ids = {b.name: reprocess_run_id(backfill_of, b.name, b.etag) if backfill_of
+               else processing_run_id(INPUTS, b.name, b.metadata.get("upload_etag", b.etag)) for b in found}
+    existing = runs.existing(list(run_ids.values()))
+    started = 0
+    for blob in found:
+        if run_ids[blob.name] in existing:
+            continue
+        if "settings" in blob.metadata:  # what the watcher took it in with
+            settings, sources = json.loads(blob.metadata["settings"]), json.loads(blob.metadata["settings_from"])
+        else:
+            settings, sources = resolve({}, defaults)
+        settings, sources = settings | extra, sources | {key: "backfill" for key in extra}
+        try:
+            snapshot = data.snapshot(ACCEPTED, blob.name, etag=blob.etag)
+        except ResourceModifiedError:
+            continue  # taken in again meanwhile: that version has its own run
+        conf = {"input_blob": blob.name, "input_version": snapshot, **settings, "settings_from": sources}
+        started += runs.start(run_ids[blob.name], conf)
+    print(f"{len(found)} upload(s) accepted in [{start}, {end}): {started} run(s) started, "
+          f"{len(found) - started} had one")
+    return {"accepted": len(found), "started": started}

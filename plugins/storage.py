@@ -1,7 +1,8 @@
 """Blob storage as the pipeline uses it: two accounts, fixed containers, folder sync, publishing.
 
-The **data** account is what users touch: ``videos-in`` (uploads, never modified),
-``videos-out`` (results), ``quarantine`` (rejected uploads with a reason), ``styles``
+The **data** account is what users touch: ``videos-in`` (the inbox: uploads not yet taken
+in), ``accepted`` (uploads taken in, each processing run reading its own snapshot, never
+modified), ``videos-out`` (results), ``quarantine`` (rejected uploads with a reason), ``styles``
 (users' style models and style pictures). The **system** account holds ``logs`` and each
 run's intermediate work in two containers of the run's own (``run_containers``). Both are
 reached through Airflow connections, so Azurite and real Azure differ only in the connection
@@ -20,9 +21,9 @@ from pathlib import Path
 
 DATA_CONN = "wasb_data"
 SYSTEM_CONN = "wasb_system"
-INPUTS, OUTPUTS, QUARANTINE, STYLES = "videos-in", "videos-out", "quarantine", "styles"
+INPUTS, ACCEPTED, OUTPUTS, QUARANTINE, STYLES = "videos-in", "accepted", "videos-out", "quarantine", "styles"
 LOGS = "logs"
-DATA_CONTAINERS = (INPUTS, OUTPUTS, QUARANTINE, STYLES)
+DATA_CONTAINERS = (INPUTS, ACCEPTED, OUTPUTS, QUARANTINE, STYLES)
 SYSTEM_CONTAINERS = (LOGS,)
 
 # The SDK logs every request's headers at INFO: noise in task logs, and nothing we need.
@@ -75,11 +76,11 @@ class BlobStore:
         self.conn_id = conn_id
         self.client = WasbHook(wasb_conn_id=conn_id).get_conn()
 
-    def info(self, container: str, name: str) -> BlobInfo | None:
+    def info(self, container: str, name: str, snapshot: str | None = None) -> BlobInfo | None:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            props = self.client.get_blob_client(container, name).get_blob_properties()
+            props = self.client.get_blob_client(container, name, snapshot=snapshot).get_blob_properties()
         except ResourceNotFoundError:
             return None
         return _blob_info(props)
@@ -103,13 +104,15 @@ class BlobStore:
                                                                           include=["metadata"])
             return [_blob_info(b) for b in blobs]
 
-    def download(self, container: str, name: str, path: Path, etag: str | None = None) -> BlobInfo:
-        """Download to ``path`` atomically; with ``etag``, only that version (else it fails)."""
+    def download(self, container: str, name: str, path: Path, etag: str | None = None,
+                 snapshot: str | None = None) -> BlobInfo:
+        """Download to ``path`` atomically; with ``etag``, only that version (else it fails);
+        with ``snapshot``, that snapshot of the blob."""
         from azure.core import MatchConditions
 
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")  # never shared
-        blob = self.client.get_blob_client(container, name)
+        blob = self.client.get_blob_client(container, name, snapshot=snapshot)
         kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         with self._container_must_exist(container):
             stream = blob.download_blob(max_concurrency=4, **kwargs)
@@ -188,34 +191,56 @@ class BlobStore:
         except ResourceNotFoundError:
             return None
 
-    def delete(self, container: str, name: str) -> bool:
-        from azure.core.exceptions import ResourceNotFoundError
+    def delete(self, container: str, name: str, etag: str | None = None) -> bool:
+        """Delete the blob; with ``etag``, only while it is that version. False if it is gone
+        or is another version now."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
+        kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
         try:
-            self.client.get_blob_client(container, name).delete_blob()
-        except ResourceNotFoundError:
+            self.client.get_blob_client(container, name).delete_blob(**kwargs)
+        except (ResourceNotFoundError, ResourceModifiedError):
             return False
         return True
 
-    def copy(self, container: str, name: str, target_container: str, target_name: str, timeout: float = 600) -> None:
-        """Server-side copy within this account; the source is read, never changed."""
+    def snapshot(self, container: str, name: str, etag: str | None = None) -> str:
+        """A read-only snapshot of the blob as it is now (with ``etag``: only while it is that
+        version, else ResourceModifiedError); its id reads exactly these bytes later."""
+        from azure.core import MatchConditions
+
+        kwargs = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        return self.client.get_blob_client(container, name).create_snapshot(**kwargs)["snapshot"]
+
+    def copy(self, container: str, name: str, target_container: str, target_name: str, timeout: float = 600,
+             snapshot: str | None = None, etag: str | None = None, metadata: dict | None = None) -> str:
+        """Server-side copy within this account; the source is read, never changed. With
+        ``snapshot``, that snapshot is the source; with ``etag``, the copy happens only while the
+        source is that version (else ResourceModifiedError); ``metadata`` replaces the source's.
+        Returns the copy's etag."""
         import time
 
-        source = self.client.get_blob_client(container, name)
+        from azure.core import MatchConditions
+
+        source = self.client.get_blob_client(container, name, snapshot=snapshot)
         target = self.client.get_blob_client(target_container, target_name)
         source_url = source.url
         sas = getattr(self.client.credential, "signature", None)  # a SAS-only connection (AzureSasCredential)
         if sas and "sig=" not in source_url:  # the service reads the source with it: it must be in the URL
             source_url += ("&" if "?" in source_url else "?") + sas.lstrip("?")
-        target.start_copy_from_url(source_url)
+        condition = {"source_etag": etag, "source_match_condition": MatchConditions.IfNotModified} if etag else {}
+        started = target.start_copy_from_url(source_url, metadata=metadata, **condition)
+        if started["copy_status"] == "success":  # the usual answer within one account
+            return str(started["etag"]).strip('"')
         deadline = time.monotonic() + timeout
-        while (status := target.get_blob_properties().copy.status) == "pending":
+        while (props := target.get_blob_properties()).copy.status == "pending":
             if time.monotonic() > deadline:
-                target.abort_copy(target.get_blob_properties().copy.id)
+                target.abort_copy(props.copy.id)
                 raise TimeoutError(f"copying {container}/{name} took over {timeout:.0f} s")
             time.sleep(0.5)
-        if status != "success":
-            raise RuntimeError(f"copying {container}/{name} ended {status}")
+        if props.copy.status != "success":
+            raise RuntimeError(f"copying {container}/{name} ended {props.copy.status}")
+        return str(props.etag).strip('"')
 
     def sync_down(self, container: str, prefix: str, folder: Path) -> int:
         """Fetch every blob under ``prefix`` missing locally (or of another size). Returns the count.

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import storage
-from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
+from storage import ACCEPTED, DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 
 from scoring.launch import child_env, scoring_command
 from scoring.media import Limits
@@ -97,9 +97,11 @@ def scoring(*args: str, ranks: int = 1) -> dict:
 
 
 def probe(params: dict, run_id: str) -> dict:
-    """Fetch and validate the upload. A bad one is copied to quarantine with its reason."""
+    """Fetch and validate the accepted upload: the snapshot ``input_version`` where the run has
+    one (the watcher pins each upload's), else the current version, which every later read
+    then insists on. A bad one is copied to quarantine with its reason."""
     started = time.monotonic()
-    name = params["input_blob"]
+    name, snapshot = params["input_blob"], params.get("input_version")
     try:
         storage.check_blob_name(name)
     except storage.InvalidBlobName as exc:
@@ -107,9 +109,11 @@ def probe(params: dict, run_id: str) -> dict:
     data = BlobStore(DATA_CONN)
     style_etag = check_style_image(data, params)  # a parameter's problem: the input is not quarantined
     model_etag = model_version(data, params)
-    blob = data.info(INPUTS, name)
+    blob = data.info(ACCEPTED, name, snapshot=snapshot)
     if blob is None:
-        raise BadInput(f"{INPUTS}/{name} does not exist")
+        raise BadInput(f"{ACCEPTED}/{name}" + (f" (snapshot {snapshot})" if snapshot else "") + " does not exist"
+                       + ("" if snapshot else f"; an upload to {INPUTS} gets there when the watcher takes it in"))
+    version = {"snapshot": snapshot, "etag": blob.etag}
     output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"),
                                                               params.get("style_image"), params.get("style_strength"))
     try:
@@ -122,11 +126,11 @@ def probe(params: dict, run_id: str) -> dict:
                           f"published by run {done_by}: nothing to do")
     key = run_key(run_id)
     local = scratch(key) / ("input" + _safe_suffix(name))
-    with quarantined_on_bad_input(data, name, local, run_id):
+    with quarantined_on_bad_input(data, name, version, local, run_id):
         if blob.size > MAX_INPUT_BYTES:  # refused before a byte is downloaded
             raise BadInput(f"{name} is {blob.size / 1024**3:.1f} GiB; the limit is "
                            f"{MAX_INPUT_BYTES / 1024**3:.0f} GiB")
-        data.download(INPUTS, name, local, etag=blob.etag)
+        download_input(data, name, version, local)
         info = scoring("probe", str(local), *_limit_args(params))
         if info["kind"] != "video":
             raise BadInput(f"{PurePosixPath(name).name} is a still image; this pipeline takes videos")
@@ -135,27 +139,45 @@ def probe(params: dict, run_id: str) -> dict:
     system.ensure_container(work_in)
     system.ensure_container(work_out)
     return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag,
+            "snapshot": snapshot,
             "size": blob.size, "output_blob": output, "style_etag": style_etag, "model_etag": model_etag,
             "frames": info["frames"], "duration": info["duration"], "frame_rate": info["frame_rate"],
             "width": info["width"], "height": info["height"], "audio": info["has_audio"],
             "seconds": round(time.monotonic() - started, 3)}
 
 
+def download_input(data: BlobStore, name: str, version: dict, path: Path) -> None:
+    """Exactly the run's version of the accepted upload: its snapshot, or the etag probe saw."""
+    if version.get("snapshot"):
+        data.download(ACCEPTED, name, path, snapshot=version["snapshot"])
+    else:
+        data.download(ACCEPTED, name, path, etag=version["etag"])
+
+
 @contextmanager
-def quarantined_on_bad_input(data: BlobStore, name: str, local: Path, run_id: str, withdraw: str | None = None):
-    """A BadInput raised inside copies the upload to quarantine with its reason (the
-    upload itself stays where it was) and is raised again with where the copy went. A
-    preview already published for it (``withdraw``) is taken back from videos-out."""
+def quarantined_on_bad_input(data: BlobStore, name: str, version: dict, local: Path, run_id: str,
+                             withdraw: str | None = None):
+    """A BadInput raised inside copies the run's version of the upload to quarantine with its
+    reason (the accepted upload itself stays where it was) and is raised again with where the
+    copy went. A preview already published for it (``withdraw``) is taken back from videos-out."""
     try:
         yield
     except BadInput as exc:
         reason = str(exc).replace(local.name, PurePosixPath(name).name)
-        data.copy(INPUTS, name, QUARANTINE, name)
-        data.upload_text(json.dumps({"input": f"{INPUTS}/{name}", "reason": reason, "run_id": run_id}, indent=2),
-                         QUARANTINE, reason_blob(name), "application/json")
+        quarantine(data, ACCEPTED, name, reason, run_id, snapshot=version.get("snapshot"),
+                   etag=None if version.get("snapshot") else version["etag"])
         if withdraw:
             data.delete(OUTPUTS, withdraw)
         raise BadInput(f"{name}: {reason} (copied to {QUARANTINE}/{name})") from None
+
+
+def quarantine(data: BlobStore, container: str, name: str, reason: str, run_id: str | None,
+               snapshot: str | None = None, etag: str | None = None) -> None:
+    """Copy that version of ``container/name`` to quarantine, and its reason beside it."""
+    data.copy(container, name, QUARANTINE, name, snapshot=snapshot, etag=etag)
+    source = f"{container}/{name}" + (f"?snapshot={snapshot}" if snapshot else "")
+    data.upload_text(json.dumps({"input": source, "reason": reason, "run_id": run_id}, indent=2),
+                     QUARANTINE, reason_blob(name), "application/json")
 
 
 def reason_blob(name: str) -> str:
@@ -209,7 +231,7 @@ def split(params: dict, probed: dict, run_id: str) -> dict:
             *_limit_args(params)]
     if params.get("max_side"):
         args += ["--max-side", str(params["max_side"])]
-    with quarantined_on_bad_input(BlobStore(DATA_CONN), probed["input_blob"], source, run_id,
+    with quarantined_on_bad_input(BlobStore(DATA_CONN), probed["input_blob"], probed, source, run_id,
                                   withdraw=probed["output_blob"] + PREVIEW_SUFFIX):
         plan = scoring(*args)  # decoding the whole video can find damage the probe could not
     system = BlobStore(SYSTEM_CONN)
@@ -256,7 +278,7 @@ def local_input(probed: dict) -> Path:
     exactly the version that was probed, fetched again."""
     source = scratch(probed["run_key"]) / ("input" + _safe_suffix(probed["input_blob"]))
     if not source.is_file():
-        BlobStore(DATA_CONN).download(INPUTS, probed["input_blob"], source, etag=probed["etag"])
+        download_input(BlobStore(DATA_CONN), probed["input_blob"], probed, source)
     return source
 
 
@@ -393,7 +415,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
         return {"output_blob": output, "published": False, "by_run": by_run}
     data.publish_beside(strip.read_bytes(), OUTPUTS, output + STRIP_SUFFIX, output, video_etag, "image/jpeg")
     manifest = {
-        "input": {"container": INPUTS, "blob": probed["input_blob"], "etag": probed["etag"], "bytes": probed["size"],
+        "input": {"container": ACCEPTED, "blob": probed["input_blob"], "etag": probed["etag"],
+                  "snapshot": probed.get("snapshot"), "bytes": probed["size"],
                   "frames": probed["frames"], "duration": probed["duration"], "frame_rate": probed["frame_rate"],
                   "size": f"{probed['width']}x{probed['height']}", "audio": probed["audio"]},
         "output": {"container": OUTPUTS, "blob": output, "etag": video_etag, "frames": stitched["frames"],

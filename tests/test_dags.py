@@ -21,7 +21,7 @@ from devstack import DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, airflow_json, free_po
 from scoring import media
 
 sys.path.insert(0, str(REPO / "plugins"))
-from blob_watch import STATE_VARIABLE, processing_run_id  # noqa: E402
+from blob_watch import processing_run_id  # noqa: E402
 from notifications import SIGNATURE_HEADER, verify_signature  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
@@ -91,8 +91,9 @@ def stack(tmp_path_factory):
     hooks.server.shutdown()
 
 
-def upload(stack, name: str, path: Path) -> str:
-    props = stack.blob_client().get_blob_client("videos-in", name).upload_blob(path.read_bytes(), overwrite=True)
+def upload(stack, name: str, path: Path, container: str = "accepted") -> str:
+    """An accepted upload, where the watcher leaves what it took in (or, with ``container``, elsewhere)."""
+    props = stack.blob_client().get_blob_client(container, name).upload_blob(path.read_bytes(), overwrite=True)
     return str(props["etag"]).strip('"')
 
 
@@ -165,13 +166,13 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert np.abs(before_tile - after_tile).mean() > 20  # the right half is styled, the left is not
 
     # the input is untouched, the system account holds nothing of the finished run
-    client = stack.blob_client().get_blob_client("videos-in", name)
+    client = stack.blob_client().get_blob_client("accepted", name)
     assert client.get_blob_properties().etag.strip('"') == etag
     assert client.download_blob().readall() == clip.read_bytes()
     system_containers = [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()]
     assert system_containers == ["logs"]  # the run's own work containers are gone
     data_containers = [c.name for c in stack.blob_client().list_containers()]
-    assert data_containers == ["quarantine", "styles", "videos-in", "videos-out"]  # no work files there, ever
+    assert data_containers == ["accepted", "quarantine", "styles", "videos-in", "videos-out"]  # no work files there, ever
 
     # no credential in the task logs of the whole run
     assert DEV_KEY not in stack.last_output and SECRET not in stack.last_output
@@ -207,15 +208,15 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
 def test_bad_upload_is_quarantined_and_input_kept(stack):
     name = "bad/notes.mp4"
     text = b"this is a shopping list, not a video\n"
-    stack.blob_client().get_blob_client("videos-in", name).upload_blob(text, overwrite=True)
+    stack.blob_client().get_blob_client("accepted", name).upload_blob(text, overwrite=True)
     outputs_before = set(blobs(stack, "videos-out"))
     assert dags_test(stack, "video_style_transfer", {"input_blob": name}) == "failed"
 
     quarantined = blobs(stack, "quarantine")
     assert quarantined[name] == text
     reason = json.loads(quarantined[name + ".reason.json"])
-    assert "not a video or image we can read" in reason["reason"] and reason["input"] == f"videos-in/{name}"
-    assert blobs(stack, "videos-in")[name] == text
+    assert "not a video or image we can read" in reason["reason"] and reason["input"] == f"accepted/{name}"
+    assert blobs(stack, "accepted")[name] == text
     assert set(blobs(stack, "videos-out")) == outputs_before
     failed = [m for m in stack.hooks.received if m["body"]["status"] == "failed"]
     assert failed and failed[-1]["valid"] and "not a video" in failed[-1]["body"]["error"]
@@ -235,7 +236,8 @@ def test_a_run_that_fails_after_probe_leaves_no_work_behind(stack, clip_factory)
 def test_missing_input_blob_fails_with_a_clear_message(stack):
     result = stack.airflow("dags", "test", "video_style_transfer", "-c", json.dumps({"input_blob": "nope.mp4"}),
                            check=False)
-    assert "videos-in/nope.mp4 does not exist" in result.stdout + result.stderr
+    assert "accepted/nope.mp4 does not exist; an upload to videos-in gets there when the watcher takes it in" \
+        in result.stdout + result.stderr
 
 
 def test_own_model_is_a_new_result_when_uploaded_again(stack, clip_factory):
@@ -272,33 +274,42 @@ def _upload_runs(stack) -> set[str]:
 
 
 def test_watcher_starts_one_run_per_blob_version(stack, clip_factory):
-    stack.airflow("variables", "delete", STATE_VARIABLE, check=False)
-    stack.airflow("dags", "test", "blob_watcher", check=False)  # takes in what earlier tests uploaded
+    def inbox():
+        return set(blobs(stack, "videos-in"))
+
+    stack.airflow("dags", "test", "blob_watcher", check=False)  # takes in whatever earlier tests left
     baseline = _upload_runs(stack)
 
-    first = upload(stack, "watched/a.mp4", clip_factory(seconds=1, fps="25", size=(96, 64)))
+    clip = clip_factory(seconds=1, fps="25", size=(96, 64))
+    first = upload(stack, "watched/a.mp4", clip, "videos-in")
     assert dags_test(stack, "blob_watcher") == "success"
     runs = _upload_runs(stack)
     assert runs - baseline == {processing_run_id("videos-in", "watched/a.mp4", first)}
+    assert inbox() == set() and blobs(stack, "accepted")["watched/a.mp4"] == clip.read_bytes()  # claimed
 
     assert dags_test(stack, "blob_watcher") == "success"  # nothing new: the sensor gives up, skipped
-    assert _upload_runs(stack) == runs
+    assert "Skipping due to soft_fail" in stack.last_output and _upload_runs(stack) == runs
 
-    second = upload(stack, "watched/a.mp4", clip_factory(seconds=1.5, fps="25", size=(96, 64)))
+    second = upload(stack, "watched/a.mp4", clip_factory(seconds=1.5, fps="25", size=(96, 64)), "videos-in")
     assert second != first
     assert dags_test(stack, "blob_watcher") == "success"
     assert _upload_runs(stack) - runs == {processing_run_id("videos-in", "watched/a.mp4", second)}
 
-    # the watermark lost (or a second watcher): every version is offered again, none runs twice
-    stack.airflow("variables", "delete", STATE_VARIABLE)
+    # a version whose run exists already (a start retried, a crash before the claim finished,
+    # a second watcher): claimed and passed over, never a second run, never offered again
+    third = upload(stack, "watched/b.mp4", clip, "videos-in")
+    made = processing_run_id("videos-in", "watched/b.mp4", third)
+    stack.airflow("dags", "trigger", "video_style_transfer", "-r", made, "-c", json.dumps({"input_blob": "watched/b.mp4"}))
     before = _upload_runs(stack)
     assert dags_test(stack, "blob_watcher") == "success"
-    assert _upload_runs(stack) == before
+    assert "1 passed_over" in stack.last_output
+    assert _upload_runs(stack) == before and inbox() == set() and "watched/b.mp4" in blobs(stack, "accepted")
 
 
 def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
-    """A running Airflow (standalone): uploads nobody watched are found by a backfill of the
-    sweep over their window; an upload that already has its run is skipped."""
+    """A running Airflow (standalone): a backfill of the sweep over a window starts a run of its
+    own for each upload accepted in it (the one that has had its run too), with the settings
+    of the backfill's conf over the upload's own; nothing outside the window."""
     from datetime import datetime, timedelta, timezone
 
     stack = Stack(tmp_path_factory.mktemp("backfill"), blob_port=free_port(), api_port=free_port())
@@ -310,6 +321,9 @@ def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
         stack.start_airflow()
         clip = clip_factory(seconds=1, fps="25", size=(96, 64))
         etags = {name: upload(stack, name, clip) for name in ("missed/one.mp4", "missed/two.mp4", "done.mp4")}
+        stack.blob_client().get_blob_client("accepted", "done.mp4").set_blob_metadata(  # as the watcher leaves it
+            {"upload_etag": "0x1", "settings": json.dumps({"style": "3", "ranks": 1}), "settings_from": json.dumps(
+                {"style": "metadata", "ranks": "variable"})})
         window_end = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
         done_run = processing_run_id("videos-in", "done.mp4", etags["done.mp4"])
         stack.airflow("dags", "trigger", "video_style_transfer", "-r", done_run, "-c",
@@ -319,8 +333,9 @@ def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
         while datetime.now(timezone.utc) < window_end + timedelta(seconds=62):
             time.sleep(1)
         _wait_for(lambda: "blob_sweep" in stack.airflow("dags", "list", "-o", "json").stdout, 120)
+        upload(stack, "later.mp4", clip)  # accepted after the window
         stack.airflow("backfill", "create", "--dag-id", "blob_sweep", "--from-date", window_end.isoformat(),
-                      "--to-date", window_end.isoformat())
+                      "--to-date", window_end.isoformat(), "--dag-run-conf", json.dumps({"temporal": 0.5}))
         stack.airflow("dags", "unpause", "blob_sweep")  # video_style_transfer stays paused: runs only queue
 
         def sweep_done():
@@ -330,8 +345,21 @@ def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
         _wait_for(sweep_done, 180)
         runs = airflow_json(stack.airflow("dags", "list-runs", "blob_sweep", "-o", "json"))
         assert [r["state"] for r in runs if r["run_id"].startswith("backfill__")] == ["success"]
-        started = _upload_runs(stack)
-        assert started == {processing_run_id("videos-in", name, etag) for name, etag in etags.items()}
+        assert _upload_runs(stack) == {done_run}  # the upload runs are left alone
+        started = {r["run_id"]: r for r in airflow_json(stack.airflow("dags", "list-runs", "video_style_transfer",
+                                                                      "-o", "json")) if r["run_id"] != done_run}
+        assert len(started) == 3 and all(r.startswith("reprocess__") for r in started)
+        admin = _token(stack, "admin")
+        confs = {}
+        for run_id in started:
+            status, run = _api(stack, "GET", f"/api/v2/dags/video_style_transfer/dagRuns/{run_id}", admin)
+            confs[run["conf"]["input_blob"]] = run["conf"]
+        assert set(confs) == set(etags)  # later.mp4 was accepted after the window
+        assert {name: (c["temporal"], c["settings_from"]["temporal"]) for name, c in confs.items()} == {
+            name: (0.5, "backfill") for name in etags}
+        assert (confs["done.mp4"]["style"], confs["done.mp4"]["ranks"]) == ("3", 1)  # its original settings
+        assert (confs["missed/one.mp4"]["style"], confs["missed/one.mp4"]["settings_from"]["style"]) == ("19", "default")
+        assert all(c["input_version"] for c in confs.values())  # each pinned to a snapshot
         _check_viewer_cannot_change_anything(stack)
     finally:
         stack.stop()
@@ -353,17 +381,18 @@ def _api(stack, method: str, path: str, token: str | None = None, body: dict | N
         return exc.code, None
 
 
+def _token(stack, user: str) -> str:
+    status, answer = _api(stack, "POST", "/auth/token", body={"username": user, "password": stack.password(user)})
+    assert status in (200, 201), status
+    return answer["access_token"]
+
+
 def _check_viewer_cannot_change_anything(stack) -> None:
     """The API server's auth manager: a Viewer sees runs, cannot trigger or pause; an Admin can."""
     def call(method: str, path: str, token: str | None = None, body: dict | None = None):
         return _api(stack, method, path, token, body)
 
-    def token(user: str) -> str:
-        status, answer = call("POST", "/auth/token", body={"username": user, "password": stack.password(user)})
-        assert status in (200, 201), status
-        return answer["access_token"]
-
-    viewer, admin = token("viewer"), token("admin")
+    viewer, admin = _token(stack, "viewer"), _token(stack, "admin")
     runs, run = "/api/v2/dags/video_style_transfer/dagRuns", {"logical_date": None, "conf": {"input_blob": "done.mp4"}}
     assert call("GET", runs, viewer)[0] == 200
     assert call("POST", runs, viewer, run)[0] == 403

@@ -296,7 +296,7 @@ def test_twenty_uploads_at_once_each_processed_once_within_the_pool(load, busy):
     status, pool = busy.api.call("GET", "/api/v2/pools/scoring")
     assert status == 200 and pool["slots"] == SCORING_SLOTS
     sampler = load["sampler"]
-    ranks = 2  # the DAG's default `ranks` (the watcher passes only input_blob)
+    ranks = 2  # the DAG's default `ranks` (no metadata on the uploads, no defaults Variable)
     assert 1 <= sampler.peak_jobs <= SCORING_SLOTS
     assert sampler.peak_ranks <= SCORING_SLOTS * ranks
     durations = sorted(_seconds(runs[r]) for r in good_runs)
@@ -309,12 +309,13 @@ def test_twenty_uploads_at_once_each_processed_once_within_the_pool(load, busy):
 
 def test_bad_uploads_through_the_dag_are_quarantined_input_kept(load, busy):
     uploads, runs = load["uploads"], load["runs"]
-    quarantine, videos_in, out = blob_map(busy, "quarantine"), blob_map(busy, "videos-in"), blob_map(busy, "videos-out")
+    quarantine, accepted, out = blob_map(busy, "quarantine"), blob_map(busy, "accepted"), blob_map(busy, "videos-out")
+    inbox = blob_map(busy, "videos-in")
     rows = []
     for kind, (name, data) in load["bad"].items():
         run_id = processing_run_id("videos-in", name, uploads[name])
         assert runs[run_id]["state"] == "failed", kind
-        assert md5(videos_in[name]) == md5(data), kind  # byte-identical
+        assert md5(accepted[name]) == md5(data) and name not in inbox, kind  # taken in, byte-identical
         assert not [n for n in out if n.startswith(str(Path(name).with_suffix("")))], kind
         tasks = busy.api.tasks(run_id)
         assert tasks["probe"]["state"] == "failed" and tasks["probe"]["try_number"] == 1, kind  # no retries
@@ -341,13 +342,13 @@ def _reason_blob(quarantine: dict, name: str) -> str:
     if len(name + ".reason.json") <= 1024:
         return json.loads(quarantine[name + ".reason.json"])["reason"]
     reasons = [json.loads(v) for k, v in quarantine.items() if k.endswith(".reason.json")]
-    matches = [r["reason"] for r in reasons if r["input"] == f"videos-in/{name}"]
+    matches = [r["reason"] for r in reasons if r["input"].startswith(f"accepted/{name}?snapshot=")]
     assert len(matches) == 1, name
     return matches[0]
 
 
 TRIGGERED = {  # kind -> (conf, outcome words)
-    "zero bytes (the watcher ignores it; triggered)": ({"input_blob": "bad/empty.mp4"}, "is empty (0 bytes)"),
+    "zero bytes (in accepted; triggered)": ({"input_blob": "bad/empty.mp4"}, "is empty (0 bytes)"),
     "input_blob with ../": ({"input_blob": "../videos-out/x.mp4"}, "'..' path segment"),
     "input_blob that does not exist": ({"input_blob": "nowhere.mp4"}, "does not exist"),
     "unknown style (30)": ({"input_blob": "load/clip-00.mp4", "style": "30", "output_name": "never/a.mp4"},
@@ -368,8 +369,8 @@ REFUSED_BY_PARAMS = {  # kind -> conf the API must refuse before a run exists
 
 def test_bad_parameters_are_refused_and_bad_runs_fail_in_one_line(load, busy):
     busy.blob_client().get_blob_client("styles", "junk.pth").upload_blob(b"\x00" * 100, overwrite=True)
-    busy.blob_client().get_blob_client("videos-in", "bad/empty.mp4").upload_blob(b"", overwrite=True)
-    before_in = {k: md5(v) for k, v in blob_map(busy, "videos-in").items()}
+    busy.blob_client().get_blob_client("accepted", "bad/empty.mp4").upload_blob(b"", overwrite=True)
+    before_in = {k: md5(v) for k, v in blob_map(busy, "accepted").items()}
     before_out = set(blob_map(busy, "videos-out"))
     rows = []
     for kind, conf in REFUSED_BY_PARAMS.items():
@@ -397,7 +398,7 @@ def test_bad_parameters_are_refused_and_bad_runs_fail_in_one_line(load, busy):
         rows.append((kind, outcome, errors[run_id]))
         for ti in busy.api.tasks(run_id).values():
             assert ti["try_number"] <= 1, (kind, ti["task_id"])  # a user's error is not retried
-    assert {k: md5(v) for k, v in blob_map(busy, "videos-in").items()} == before_in
+    assert {k: md5(v) for k, v in blob_map(busy, "accepted").items()} == before_in
     assert set(blob_map(busy, "videos-out")) == before_out
     assert busy.api.healthy()
 
@@ -439,55 +440,45 @@ def test_preview_link_opens_for_those_who_may_read_runs(load, busy):
            f"{refused.value.code}; the link holds no SAS")
 
 
-def test_watcher_listing_200_blobs_stays_cheap(busy, monkeypatch):
-    """The trigger the watcher defers to, against a container of 200 blobs it has seen: each poll is
-    one list call; nothing new means no event until it gives up; one new blob is one event."""
+def test_watcher_trigger_is_quiet_on_an_empty_inbox_and_fires_once(busy, monkeypatch):
+    """The provider's trigger the watcher defers to, on an empty inbox beside 200 processed
+    uploads: no event while nothing is pending; one upload is one event after one poll."""
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from blob_watch import NewBlobVersionTrigger, advance, new_versions
+    from airflow.providers.microsoft.azure.triggers.wasb import WasbPrefixSensorTrigger
 
     for key in ("AIRFLOW_CONN_WASB_DATA", "AIRFLOW_HOME"):
         monkeypatch.setenv(key, busy.env()[key])
     service = busy.blob_client()
-    service.create_container("listing-load")
-    container = service.get_container_client("listing-load")
+    for name in ("listing-inbox", "listing-accepted"):
+        service.create_container(name)
+    archive = service.get_container_client("listing-accepted")
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: container.upload_blob(f"old/{i:03d}.mp4", b"x" * 1024), range(200)))
-    seen = [{"name": b.name, "etag": str(b.etag).strip('"'), "last_modified": b.last_modified.isoformat()}
-            for b in container.list_blobs()]
-    assert len(seen) == 200 and new_versions(seen, advance(None, seen)) == []
+        list(pool.map(lambda i: archive.upload_blob(f"old/{i:03d}.mp4", b"x" * 1024), range(200)))
 
-    def run(trigger) -> tuple[list, float, float]:
-        async def collect():
-            return [event async for event in trigger.run()]
+    async def first_event(timeout: float):
+        events = WasbPrefixSensorTrigger("listing-inbox", "", "wasb_data", poke_interval=0.5).run()
+        return await asyncio.wait_for(events.__anext__(), timeout)
 
-        wall, cpu = time.perf_counter(), time.process_time()
-        events = asyncio.run(collect())
-        return events, time.perf_counter() - wall, time.process_time() - cpu
+    with pytest.raises(TimeoutError):
+        asyncio.run(first_event(5))
+    service.get_container_client("listing-inbox").upload_blob("new/one.mp4", b"y" * 1024)
+    started = time.perf_counter()
+    event = asyncio.run(first_event(10))
+    fired = time.perf_counter() - started
+    assert event.payload["status"] == "success" and fired < 0.5
 
-    idle, wall, cpu = run(NewBlobVersionTrigger("listing-load", "wasb_data", advance(None, seen),
-                                                poke_interval=0.5, give_up_after=10))
-    assert [e.payload["status"] for e in idle] == ["idle"]
-    polls = idle[0].payload["polls"]
-    assert 3 <= polls <= 21  # at most one list call per 0.5 s poke for 10 s (fewer when listing is slow)
-    listing_wall = wall - (polls - 1) * 0.5
-    container.upload_blob("new/one.mp4", b"y" * 1024)
-    fired, _, _ = run(NewBlobVersionTrigger("listing-load", "wasb_data", advance(None, seen), poke_interval=0.5))
-    assert [(e.payload["status"], [b["name"] for b in e.payload["blobs"]], e.payload["polls"]) for e in fired] == \
-        [("success", ["new/one.mp4"], 1)]
-
-    watcher_polls = []
+    took_in = []
     for log in (Path(busy.env()["AIRFLOW_HOME"]) / "logs").rglob("*"):
         if log.is_file() and "wait_for_uploads" in str(log):
-            watcher_polls += [int(line.split(" after ")[1].split()[0]) for line in log.read_text(errors="replace")
-                              .splitlines() if "new blob version(s) after" in line]
-    report(f"watcher: 200 blobs already seen, 0.5 s poke: {polls} polls = {polls} list calls in {wall:.1f} s, "
-           f"{listing_wall / polls * 1000:.0f} ms wall and {cpu / polls * 1000:.0f} ms CPU per poll; "
-           f"a new blob -> one event after 1 poll")
-    if watcher_polls:
-        report(f"watcher during the load (1 s poke): {len(watcher_polls)} sensor runs fired after "
-               f"{sum(watcher_polls)} polls in all (per run: {sorted(watcher_polls)})")
+            took_in += [int(line.split("took in ")[1].split(":")[0]) for line in log.read_text(errors="replace")
+                        .splitlines() if "inbox: " in line and "took in " in line]
+    report(f"watcher: empty inbox beside 200 processed uploads -> no event in 5 s; one upload -> one event "
+           f"in {fired * 1000:.0f} ms")
+    if took_in:
+        report(f"watcher during the load (1 s poke): {len(took_in)} watcher run(s) took in {sum(took_in)} "
+               f"upload(s) (per run: {sorted(took_in)})")
 
 
 # --------------------------------------------------------------------------- faults through the DAG
@@ -532,7 +523,7 @@ def test_storage_stopped_during_a_transfer_the_run_carries_on(load, busy, clip_f
     runs = wait_finished(busy.api, {run_id}, 300)
     assert runs[run_id]["state"] == "success"
     _check_output(busy, name, tmp_path, 100)
-    assert md5(busy.blob_client().get_blob_client("videos-in", name).download_blob().readall()) == md5(
+    assert md5(busy.blob_client().get_blob_client("accepted", name).download_blob().readall()) == md5(
         clip.read_bytes())
     tasks = busy.api.tasks(run_id)
     retried = {t: ti["try_number"] for t, ti in tasks.items() if (ti["try_number"] or 0) > 1} or "none"
@@ -648,7 +639,7 @@ def pipeline(stack: Stack, steps: str, state_file: Path, scratch: Path | None = 
 
 def test_output_container_missing_fails_in_one_line_input_kept(azurite, clip_factory, tmp_path):
     clip = clip_factory(seconds=1, fps="10", size=(64, 36))
-    etag = upload(azurite, "videos-in", "faults/nowhere-to-go.mp4", clip.read_bytes())
+    etag = upload(azurite, "accepted", "faults/nowhere-to-go.mp4", clip.read_bytes())
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"params": PARAMS | {"input_blob": "faults/nowhere-to-go.mp4"}, "run_id": "fault_1"}))
     assert "error" not in pipeline(azurite, "probe,split,score", state)
@@ -658,7 +649,7 @@ def test_output_container_missing_fails_in_one_line_input_kept(azurite, clip_fac
     finally:
         wait_for(lambda: _recreate(azurite, "videos-out"), 60, every=1, what="videos-out to be created again")
     assert "\n" not in error and "videos-out does not exist" in error, error
-    blob = azurite.blob_client().get_blob_client("videos-in", "faults/nowhere-to-go.mp4")
+    blob = azurite.blob_client().get_blob_client("accepted", "faults/nowhere-to-go.mp4")
     assert blob.get_blob_properties().etag.strip('"') == etag and md5(blob.download_blob().readall()) == md5(
         clip.read_bytes())
     report(f"fault: videos-out deleted before publishing -> {error}; input untouched")
@@ -684,7 +675,7 @@ def test_scratch_disk_full_fails_clearly_input_kept(azurite, clip_factory, tmp_p
     try:
         clip = clip_factory(seconds=4, fps="25", size=(320, 180))
         assert 200_000 < clip.stat().st_size < 900_000
-        etag = upload(azurite, "videos-in", "faults/disk-full.mp4", clip.read_bytes())
+        etag = upload(azurite, "accepted", "faults/disk-full.mp4", clip.read_bytes())
         state = tmp_path / "state.json"
         state.write_text(json.dumps({"params": PARAMS | {"input_blob": "faults/disk-full.mp4"}, "run_id": "fault_2"}))
         result = pipeline(azurite, "probe,split,score,publish", state, scratch=scratch)
@@ -692,7 +683,7 @@ def test_scratch_disk_full_fails_clearly_input_kept(azurite, clip_factory, tmp_p
         subprocess.run(["umount", str(scratch)], check=False)
     error = result.get("error", "")
     assert "\n" not in error and "No space left on device" in error, result
-    blob = azurite.blob_client().get_blob_client("videos-in", "faults/disk-full.mp4")
+    blob = azurite.blob_client().get_blob_client("accepted", "faults/disk-full.mp4")
     assert blob.get_blob_properties().etag.strip('"') == etag
     assert md5(blob.download_blob().readall()) == md5(clip.read_bytes())
     assert not [b.name for b in azurite.blob_client().get_container_client("videos-out").list_blobs()

@@ -1,0 +1,272 @@
+"""Uploads in production, on a running standalone Airflow and Azurite: the inbox, the claim,
+settings per upload, exactly one run per version at any volume, and what a poll costs.
+
+One stack serves every test here. ``video_style_transfer`` stays paused, so the runs the
+watcher starts only queue: what is checked is which runs exist and what they carry. The
+processing of such a run is shown by ``airflow dags test`` with the very conf the watcher gave it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from devstack import REPO, Stack, airflow_json, free_port
+
+sys.path.insert(0, str(REPO / "plugins"))
+from blob_watch import processing_run_id  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
+                                reason="Azurite is not installed (make setup runs npm ci)")
+BURST = 200  # the test's burst; bench/uploads.py measures 1,500 (see docs/uploads.md)
+BATCH = 80  # uploads per watcher run here, so that the burst takes several runs
+FIGURES: list[str] = []
+
+
+def report(line: str) -> None:
+    print(line, flush=True)
+    FIGURES.append(line)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("uploads"), blob_port=free_port(), api_port=free_port())
+    stack.extra_env = {"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True", "VST_WATCH_POLL_SECONDS": "1",
+                       "VST_INBOX_BATCH": str(BATCH)}
+    stack.start_azurite()
+    try:
+        stack.create_containers()
+        stack.prepare_airflow()
+        stack.start_airflow()
+        wait_for(lambda: "blob_watcher" in stack.airflow("dags", "list", "-o", "json").stdout, 180, "the DAGs")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+    return result
+
+
+def runs(stack, dag_id: str = "video_style_transfer") -> dict[str, dict]:
+    listed = airflow_json(stack.airflow("dags", "list-runs", dag_id, "-o", "json", check=False))
+    return {r["run_id"]: r for r in listed}
+
+
+def run_conf(stack, run_id: str) -> dict:
+    from urllib.parse import quote
+
+    from .test_dags import _api, _token
+
+    status, run = _api(stack, "GET", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}",
+                       _token(stack, "admin"))
+    assert status == 200, status
+    return run["conf"]
+
+
+def choose_backend(conf: dict) -> str:
+    """The branch ``choose_backend`` takes in a run with this conf: the params merged and checked
+    as the task runner does, then the task's own callable."""
+    from unittest import mock
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.definitions.param import process_params
+
+    dag = DagBag(str(REPO / "dags")).dags["video_style_transfer"]
+    task = dag.get_task("choose_backend")
+    params = process_params(dag, task, conf, suppress_exception=False)
+    module = sys.modules[task.python_callable.__module__]
+    with mock.patch.object(module, "get_current_context", lambda: {"params": params}):
+        return task.python_callable()
+
+
+def stop_watcher(stack) -> None:
+    """Pause the watcher and end its waiting run (a paused DAG's running run would wait on)."""
+    from urllib.parse import quote
+
+    from .test_dags import _api, _token
+
+    stack.airflow("dags", "pause", "blob_watcher")
+    token = _token(stack, "admin")
+    for run_id, run in runs(stack, "blob_watcher").items():
+        if run["state"] in ("running", "queued"):
+            status, _ = _api(stack, "PATCH", f"/api/v2/dags/blob_watcher/dagRuns/{quote(run_id, safe='')}", token,
+                             {"state": "success"})
+            assert status == 200, status
+
+
+def upload(stack, name: str, data: bytes, metadata: dict | None = None) -> str:
+    props = stack.blob_client().get_blob_client("videos-in", name).upload_blob(data, overwrite=True,
+                                                                              metadata=metadata)
+    return str(props["etag"]).strip('"')
+
+
+def names(stack, container: str) -> set[str]:
+    return {b.name for b in stack.blob_client().get_container_client(container).list_blobs()}
+
+
+def test_settings_come_from_metadata_then_the_variable_then_the_form(stack, clip_factory):
+    stack.airflow("variables", "set", "video_style_transfer_defaults", json.dumps({"ranks": 1, "temporal": 0.3}))
+    stack.airflow("dags", "unpause", "blob_watcher")
+    clip = clip_factory(seconds=1, fps="25", size=(96, 64)).read_bytes()
+    etag = upload(stack, "meta/seven.mp4", clip, {"style": "7", "temporal": "0.7"})
+    aml = upload(stack, "meta/cloud.mp4", clip, {"backend": "azureml", "azureml_nodes": "3"})
+    run_id = processing_run_id("videos-in", "meta/seven.mp4", etag)
+    aml_run = processing_run_id("videos-in", "meta/cloud.mp4", aml)
+    wait_for(lambda: {run_id, aml_run} <= set(runs(stack)), 120, "the watcher to start both runs")
+
+    conf = run_conf(stack, run_id)
+    assert (conf["style"], conf["temporal"], conf["ranks"], conf["backend"]) == ("7", 0.7, 1, "local")
+    assert {k: conf["settings_from"][k] for k in ("style", "temporal", "ranks", "backend")} == {
+        "style": "metadata", "temporal": "metadata", "ranks": "variable", "backend": "default"}
+    # claimed: gone from the inbox, in accepted, the run pinned to a snapshot of exactly those bytes
+    assert "meta/seven.mp4" not in names(stack, "videos-in") and "meta/seven.mp4" in names(stack, "accepted")
+    pinned = stack.blob_client().get_blob_client("accepted", "meta/seven.mp4", snapshot=conf["input_version"])
+    assert pinned.download_blob().readall() == clip
+
+    cloud = run_conf(stack, aml_run)
+    assert (cloud["backend"], cloud["azureml_nodes"], cloud["settings_from"]["backend"]) == ("azureml", 3, "metadata")
+    assert choose_backend(cloud) == "score_azureml" and choose_backend(conf) == "score_local"
+    stack.seven = (run_id, conf, clip)
+
+
+def test_bad_metadata_is_quarantined_with_the_key_named(stack):
+    etag = upload(stack, "meta/bad.mp4", b"not looked at", {"colour": "red"})
+    wait_for(lambda: "meta/bad.mp4.reason.json" in names(stack, "quarantine"), 60, "the quarantine")
+    reason = json.loads(stack.blob_client().get_blob_client("quarantine", "meta/bad.mp4.reason.json")
+                        .download_blob().readall())
+    assert "'colour' is not a setting" in reason["reason"] and "\n" not in reason["reason"]
+    assert reason["input"] == "videos-in/meta/bad.mp4"
+    etag_bad = upload(stack, "meta/worse.mp4", b"x", {"temporal": "lots"})
+    wait_for(lambda: "meta/worse.mp4.reason.json" in names(stack, "quarantine"), 60, "the quarantine")
+    reason = json.loads(stack.blob_client().get_blob_client("quarantine", "meta/worse.mp4.reason.json")
+                        .download_blob().readall())
+    assert reason["reason"].startswith('metadata: temporal="lots" is refused')
+    assert {"meta/bad.mp4", "meta/worse.mp4"} & (names(stack, "videos-in") | names(stack, "accepted")) == set()
+    started = set(runs(stack))
+    assert not {processing_run_id("videos-in", "meta/bad.mp4", etag),
+                processing_run_id("videos-in", "meta/worse.mp4", etag_bad)} & started
+
+
+@pytest.mark.timeout(1200)  # a 60-s idle watch and many `airflow` commands, each slow on a busy machine
+def test_never_stuck_lost_state_existing_run_and_a_concurrent_sweep(stack, clip_factory):
+    """A version that already has a run (here made by hand), another without one, the sweep
+    started at the same moment: each version has one run, the inbox empties, and over the next
+    60 s the watcher starts at most 2 runs."""
+    stop_watcher(stack)
+    stack.airflow("variables", "delete", "blob_watcher_state", check=False)  # the old watermark: gone for good
+    clip = clip_factory(seconds=1, fps="25", size=(96, 64)).read_bytes()
+    has_run = upload(stack, "stuck/has-run.mp4", clip)
+    fresh = upload(stack, "stuck/fresh.mp4", clip + b"\x00")
+    made = processing_run_id("videos-in", "stuck/has-run.mp4", has_run)
+    expected = {made, processing_run_id("videos-in", "stuck/fresh.mp4", fresh)}
+    stack.airflow("dags", "trigger", "video_style_transfer", "-r", made, "-c",
+                  json.dumps({"input_blob": "stuck/has-run.mp4"}))
+    before = set(runs(stack))
+    stack.airflow("dags", "unpause", "blob_sweep")
+    stack.airflow("dags", "trigger", "blob_sweep")
+    stack.airflow("dags", "unpause", "blob_watcher")
+    wait_for(lambda: not names(stack, "videos-in"), 120, "the inbox to empty")
+    assert set(runs(stack)) - before == expected - {made}
+    watcher_before = set(runs(stack, "blob_watcher"))
+    time.sleep(60)
+    watcher_after = runs(stack, "blob_watcher")
+    new = set(watcher_after) - watcher_before
+    assert len(new) <= 2, sorted(new)
+    assert set(runs(stack)) - before == expected - {made}  # nothing more: no second run, no loop
+    assert {"stuck/has-run.mp4", "stuck/fresh.mp4"} <= names(stack, "accepted")
+    sweeps = wait_for(lambda: (found := runs(stack, "blob_sweep")) and all(
+        r["state"] in ("success", "failed") for r in found.values()) and found, 180, "the sweeps to finish")
+    assert all(r["state"] == "success" for r in sweeps.values()), sweeps
+    stack.airflow("dags", "pause", "blob_sweep")
+    report(f"never stuck: state deleted, a run made by hand, a sweep at the same moment -> one run per version, "
+           f"inbox empty; {len(new)} watcher run(s) started in the following 60 s")
+
+
+@pytest.mark.timeout(1200)  # a 60-s idle watch and many `airflow` commands, each slow on a busy machine
+def test_a_burst_drains_one_run_per_version(stack):
+    """More uploads at once than one watcher run takes in: all of them get exactly one run."""
+    inbox = stack.blob_client().get_container_client("videos-in")
+    with ThreadPoolExecutor(8) as pool:
+        etags = dict(pool.map(lambda i: (f"burst/{i:04d}.mp4", str(inbox.get_blob_client(
+            f"burst/{i:04d}.mp4").upload_blob(f"tiny {i}".encode())["etag"]).strip('"')), range(BURST)))
+    uploaded = time.monotonic()
+    expected = {processing_run_id("videos-in", name, etag) for name, etag in etags.items()}
+    wait_for(lambda: not names(stack, "videos-in"), 600, "the inbox to drain", every=2)
+    drained = time.monotonic() - uploaded
+    started = {r: v for r, v in runs(stack).items() if r in expected}
+    assert set(started) == expected
+    assert {v["state"] for v in started.values()} == {"queued"}
+    burst_runs = [r for r in runs(stack) if r.startswith("upload__burst-")]
+    assert len(burst_runs) == BURST  # none twice
+    watchers = runs(stack, "blob_watcher")
+    assert not [r for r in watchers.values() if r["state"] == "failed"], watchers
+    report(f"burst: {BURST} uploads at once (batches of {BATCH}) -> {len(started)} queued runs, one per version, "
+           f"inbox drained in {drained:.0f} s ({BURST / drained:.1f} uploads/s)")
+
+
+def test_the_processed_archive_is_not_listed(stack):
+    """What a poll costs does not grow with what was processed: the sensor's trigger lists only
+    the inbox, and processed uploads are in accepted."""
+    import asyncio
+    import os
+
+    from airflow.providers.microsoft.azure.triggers.wasb import WasbPrefixSensorTrigger
+
+    os.environ["AIRFLOW_CONN_WASB_DATA"] = stack.env()["AIRFLOW_CONN_WASB_DATA"]
+
+    def poll_seconds(polls: int = 20) -> float:
+        async def measure():
+            from airflow.providers.microsoft.azure.hooks.wasb import WasbAsyncHook
+
+            hook = WasbAsyncHook(wasb_conn_id="wasb_data")
+            async with await hook.get_async_conn():
+                started = time.perf_counter()
+                for _ in range(polls):
+                    assert not await hook.check_for_prefix_async(container_name="videos-in", prefix="")
+                return (time.perf_counter() - started) / polls
+
+        return asyncio.run(measure())
+
+    WasbPrefixSensorTrigger("videos-in", "", "wasb_data")  # the trigger the sensor defers to polls this call
+    stop_watcher(stack)
+    empty = poll_seconds()
+    accepted = stack.blob_client().get_container_client("accepted")
+    before = len(names(stack, "accepted"))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: accepted.upload_blob(f"archive/{i:05d}.mp4", b"x"), range(2000)))
+    full = poll_seconds()
+    assert len(names(stack, "accepted")) == before + 2000
+    report(f"poll cost: {empty * 1000:.1f} ms with nothing processed, {full * 1000:.1f} ms with "
+           f"{before + 2000} processed uploads in accepted")
+    assert full <= 1.5 * empty + 0.002
+
+
+def test_style_from_metadata_reaches_the_output_name_from_the_pinned_version(stack, clip_factory):
+    """The watcher's conf for ``--metadata style=7``, run as it is after the same name was
+    uploaded again and taken in over ``accepted/<name>``: videos-out/<name>.style-7.mp4 holds
+    the version the run was started for."""
+
+    from .test_dags import dags_test
+
+    run_id, conf, clip = stack.seven
+    stack.airflow("dags", "unpause", "blob_watcher")
+    again = upload(stack, "meta/seven.mp4", clip_factory(seconds=2, fps="25", size=(96, 64)).read_bytes())
+    wait_for(lambda: processing_run_id("videos-in", "meta/seven.mp4", again) in runs(stack), 120, "the re-upload")
+    assert stack.blob_client().get_blob_client("accepted", "meta/seven.mp4").download_blob().readall() != clip
+    assert dags_test(stack, "video_style_transfer", conf) == "success"
+    out = stack.blob_client().get_blob_client("videos-out", "meta/seven.style-7.mp4")
+    assert out.get_blob_properties().metadata["source_blob"] == "meta/seven.mp4"
+    manifest = json.loads(stack.blob_client().get_blob_client("videos-out", "meta/seven.style-7.mp4.manifest.json")
+                          .download_blob().readall())
+    assert manifest["input"]["snapshot"] == conf["input_version"] and manifest["settings"]["temporal"] == 0.7
+    assert manifest["input"]["frames"] == manifest["output"]["frames"] == 25  # the 1-s version, not the 2-s one
+
