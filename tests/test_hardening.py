@@ -18,7 +18,7 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 sys.path.insert(0, str(REPO / "plugins"))
 import storage  # noqa: E402
 import style_pipeline  # noqa: E402
-from storage import DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore  # noqa: E402
+from storage import ACCEPTED, DATA_CONN, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore  # noqa: E402
 
 PARAMS = {"style": "19", "model_blob": None, "max_side": None, "segment_frames": 48, "precision": "auto",
           "ranks": 1, "backend": "local", "max_duration": 3600}
@@ -54,7 +54,7 @@ def _upload(stack, container: str, name: str, data: bytes, account=None) -> str:
 def test_a_playlist_upload_is_quarantined_in_one_line_input_kept(stack, clip_factory):
     clip = clip_factory(seconds=1, fps="25")
     playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\nfile:{clip}\n#EXT-X-ENDLIST\n".encode()
-    _upload(stack, INPUTS, "evil/list.m3u8", playlist)
+    _upload(stack, ACCEPTED, "evil/list.m3u8", playlist)
     with pytest.raises(style_pipeline.BadInput) as caught:
         style_pipeline.probe(PARAMS | {"input_blob": "evil/list.m3u8"}, "manual__playlist")
     assert str(caught.value) == ("evil/list.m3u8: list.m3u8 is a playlist (HLS .m3u8), not a video: upload the "
@@ -62,7 +62,7 @@ def test_a_playlist_upload_is_quarantined_in_one_line_input_kept(stack, clip_fac
     data = BlobStore(DATA_CONN)
     assert data.read_text(QUARANTINE, "evil/list.m3u8") == playlist.decode()
     assert "is a playlist" in json.loads(data.read_text(QUARANTINE, "evil/list.m3u8.reason.json"))["reason"]
-    assert data.read_text(INPUTS, "evil/list.m3u8") == playlist.decode()
+    assert data.read_text(ACCEPTED, "evil/list.m3u8") == playlist.decode()
 
 
 def test_an_oversized_model_is_refused_before_download(stack, monkeypatch, tmp_path):
@@ -92,7 +92,7 @@ def test_sync_down_refuses_blob_names_that_leave_the_folder(stack, tmp_path):
 
 def test_probe_finds_the_published_output_before_downloading_the_input(stack, clip_factory):
     name = "again/clip.mp4"
-    etag = _upload(stack, INPUTS, name, clip_factory(seconds=1, fps="25").read_bytes())
+    etag = _upload(stack, ACCEPTED, name, clip_factory(seconds=1, fps="25").read_bytes())
     params = PARAMS | {"input_blob": name}
     output = style_pipeline.default_output_name(name, "19", None)
     _upload(stack, OUTPUTS, output, b"an earlier result")
@@ -298,7 +298,7 @@ def test_two_runs_of_one_input_publish_once_and_the_other_says_by_whom(stack, cl
     import threading
 
     name = "race/clip.mp4"
-    _upload(stack, INPUTS, name, clip_factory(seconds=0.4, fps="25", size=(96, 54)).read_bytes())
+    _upload(stack, ACCEPTED, name, clip_factory(seconds=0.4, fps="25", size=(96, 54)).read_bytes())
     params = PARAMS | {"input_blob": name, "segment_frames": 5}
     probed = style_pipeline.probe(params, "race-a")
     split_facts = style_pipeline.split(params, probed, "race-a")
@@ -374,7 +374,7 @@ def test_clean_up_waits_for_every_task_and_runs_in_every_final_state():
 
 def test_a_failed_run_leaves_no_work_behind(stack, clip_factory):
     name, run_id = "fails/clip.mp4", "manual__fails-after-probe"
-    _upload(stack, INPUTS, name, clip_factory(seconds=1, fps="25").read_bytes())
+    _upload(stack, ACCEPTED, name, clip_factory(seconds=1, fps="25").read_bytes())
     params = PARAMS | {"input_blob": name, "model_blob": "fails/missing.pth"}
     probed = style_pipeline.probe(params, run_id)
     system = BlobStore(SYSTEM_CONN)
@@ -476,7 +476,7 @@ def test_sas_only_connections_run_every_storage_step_of_the_local_backend(stack,
                                              "extra": {"sas_token": _account_sas(account=account)}}))
     data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     assert type(data.client.credential).__name__ == "AzureSasCredential"
-    _upload(stack, INPUTS, "sas/notes.mp4", b"not a video\n")
+    _upload(stack, ACCEPTED, "sas/notes.mp4", b"not a video\n")
     with pytest.raises(style_pipeline.BadInput, match=r"\(copied to quarantine/sas/notes.mp4\)$"):
         style_pipeline.probe(PARAMS | {"input_blob": "sas/notes.mp4"}, "manual__sas-only")
     assert data.read_text(QUARANTINE, "sas/notes.mp4") == "not a video\n"
