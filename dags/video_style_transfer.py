@@ -19,7 +19,7 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from azureml.operators import AzureMLScoreOperator
+from aml_backend.operators import AzureMLScoreOperator
 from notifications import RunNotifier
 from preview import PreviewOperator
 

@@ -21,8 +21,8 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 sys.path.insert(0, str(REPO / "plugins"))
 
 from azure.ai.ml import load_compute, load_environment, load_job
-from azureml import entities, sas
-from azureml.hook import AzureMLHook
+from aml_backend import entities, sas
+from aml_backend.hook import AzureMLHook
 
 from .fake_mlclient import SERVICE_ERROR, FakeAzureML
 
@@ -104,7 +104,7 @@ def test_job_runs_the_local_score_command_under_mpi(tmp_path):
 
 
 def test_a_style_picture_goes_to_the_job_like_the_model(tmp_path):
-    from azureml.operators import AzureMLScoreOperator
+    from aml_backend.operators import AzureMLScoreOperator
 
     from scoring.cli import build_parser
 
@@ -130,7 +130,7 @@ def _conn(monkeypatch, conn_id: str, **fields) -> None:
 
 def test_hook_builds_mlclient_from_the_connection(monkeypatch):
     made = []
-    monkeypatch.setattr("azureml.hook.MLClient", lambda cred, **kw: made.append((cred, kw)) or "client")
+    monkeypatch.setattr("aml_backend.hook.MLClient", lambda cred, **kw: made.append((cred, kw)) or "client")
     _conn(monkeypatch, "aml_sp", login="app-id", password="app-secret", extra={**WORKSPACE, "tenant_id": "tenant"})
     assert AzureMLHook("aml_sp").get_conn() == "client"
     credential, kwargs = made[-1]
@@ -225,7 +225,7 @@ def service(tmp_path, monkeypatch, azurite, split_clip):
 
     fake = FakeAzureML(tmp_path / "storage", tmp_path / "service", step=0.02, preempt_after=3)
     shutil.copytree(split_clip[1], tmp_path / "storage" / "work" / "run1" / "segments")
-    monkeypatch.setattr("azureml.hook.MLClient", fake.client)
+    monkeypatch.setattr("aml_backend.hook.MLClient", fake.client)
     _conn(monkeypatch, "azureml_default", login="app-id", password="app-secret",
           extra={**WORKSPACE, "tenant_id": "tenant"})
     monkeypatch.setenv("AIRFLOW_CONN_WASB_SYSTEM",
@@ -246,7 +246,7 @@ class TaskInstance:
 
 
 def _operator(**kwargs):
-    from azureml.operators import AzureMLScoreOperator
+    from aml_backend.operators import AzureMLScoreOperator
 
     defaults = {"task_id": "score_azureml", "segments": "work/run1/segments", "styled": "work/run1/styled",
                 "style": "7", "precision": "fp32", "batch": 2, "nodes": 1, "gpus_per_node": 2, "poll_interval": 0.05}
@@ -379,7 +379,7 @@ def test_on_kill_cancels_the_job(service):
 
 
 def test_trigger_yields_one_event_with_the_service_message(service):
-    from azureml.trigger import AzureMLJobTrigger
+    from aml_backend.trigger import AzureMLJobTrigger
 
     service.script("fail")
     op = _operator(logs_container="")
@@ -394,7 +394,7 @@ def test_trigger_yields_one_event_with_the_service_message(service):
     assert event.payload == {"status": "error", "job_name": name, "job_status": "Failed",
                              "message": f"UserError: {SERVICE_ERROR[1]}", "carry": {"resubmits": 1}}
     classpath, kwargs = trigger.serialize()
-    assert classpath == "azureml.trigger.AzureMLJobTrigger" and kwargs["job_name"] == name
+    assert classpath == "aml_backend.trigger.AzureMLJobTrigger" and kwargs["job_name"] == name
     assert kwargs["carry"] == {"resubmits": 1}
 
     # a status read that keeps failing ends in one error event, never a hang

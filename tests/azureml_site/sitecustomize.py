@@ -14,7 +14,7 @@ if os.environ.get("VST_FAKE_AZUREML") and os.path.basename(sys.argv[0] if sys.ar
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
     from pathlib import Path
 
-    from azureml import hook
+    from aml_backend import hook
     from fake_mlclient import BlobMountedFakeAzureML
 
     service = BlobMountedFakeAzureML(settings["account_urls"], Path(settings["work_root"]), step=0.05,

@@ -39,7 +39,7 @@ class AzureMLJobTrigger(BaseTrigger):
         self.max_poll_errors = max_poll_errors
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("azureml.trigger.AzureMLJobTrigger",
+        return ("aml_backend.trigger.AzureMLJobTrigger",
                 {"job_name": self.job_name, "azureml_conn_id": self.azureml_conn_id,
                  "poll_interval": self.poll_interval, "end_time": self.end_time,
                  "max_poll_errors": self.max_poll_errors, "carry": self.carry})
