@@ -14,17 +14,28 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 TERMINAL_STATES = ("Completed", "Failed", "Canceled")  # the same as hook.TERMINAL_STATES, without importing the SDK
+QUEUED_STATES = ("Queued", "Preparing", "Starting", "Provisioning", "NotStarted")
 
 
 class AzureMLJobTrigger(BaseTrigger):
-    """Waits for job ``job_name`` to end; the event is ``{"status": "success" | "error",
-    "job_name", "job_status", "message"}``, where ``message`` is the service's error text.
+    """Waits for job ``job_name`` to end; the event is ``{"status": "success" | "error" | "timeout",
+    "job_name", "job_status", "message", "running_seconds", "restarts", "carry"}``.
+
+    ``running_seconds`` is how long this trigger saw the job Running (to the poll interval);
+    ``restarts`` counts the times the service took the job from Running back to the queue (its
+    restart in place after a preemption). The service's error text is read by the operator on
+    the worker (``jobs.stream`` prints the job's log, which must not go to the triggerer's stdout).
+
+    Killing the deferred task (marked failed or success, cleared) makes the triggerer call
+    :meth:`on_kill`, which cancels the job and removes the run's datastores; a triggerer restart
+    or redistribution does not call it, so the job runs on and the trigger re-attaches to it.
 
     :param poll_interval: seconds between status reads.
-    :param end_time: epoch seconds after which it gives up with an error event (None: never).
+    :param end_time: epoch seconds after which it cancels the job and ends with a ``timeout``
+        event (the task's own time limit; None: never).
     :param max_poll_errors: consecutive failed status reads (network blips) tolerated.
-    :param carry: small state of the operator's (resubmission count, earlier jobs), handed back
-        in the event under ``"carry"``; the event is the one thing every runner of triggers
+    :param carry: small state of the operator's (resubmission count, earlier jobs, datastores,
+        usage), handed back in the event; the event is the one thing every runner of triggers
         (the triggerer, ``airflow dags test``) delivers to ``execute_complete`` intact.
     """
 
@@ -44,15 +55,20 @@ class AzureMLJobTrigger(BaseTrigger):
                  "poll_interval": self.poll_interval, "end_time": self.end_time,
                  "max_poll_errors": self.max_poll_errors, "carry": self.carry})
 
-    def _event(self, status: str, job_status: str, message: str) -> TriggerEvent:
-        return TriggerEvent({"status": status, "job_name": self.job_name, "job_status": job_status,
-                             "message": message, "carry": self.carry})
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    def _hook(self):
         from .hook import AzureMLHook  # the SDK is imported in the triggerer, never at DAG parse time
 
-        hook = AzureMLHook(self.azureml_conn_id)
-        errors, last = 0, None
+        return AzureMLHook(self.azureml_conn_id)
+
+    def _event(self, status: str, job_status: str, message: str, running: float = 0.0,
+               restarts: int = 0) -> TriggerEvent:
+        return TriggerEvent({"status": status, "job_name": self.job_name, "job_status": job_status,
+                             "message": message, "running_seconds": round(running, 3), "restarts": restarts,
+                             "carry": self.carry})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self._hook()
+        errors, last, running, since, restarts = 0, None, 0.0, None, 0
         while True:
             try:
                 status = await asyncio.to_thread(hook.get_status, self.job_name)
@@ -61,26 +77,41 @@ class AzureMLJobTrigger(BaseTrigger):
                 errors += 1
                 if errors > self.max_poll_errors:
                     yield self._event("error", last or "Unknown",
-                                      f"could not read the status of job {self.job_name}: {exc}")
+                                      f"could not read the status of job {self.job_name}: {exc}", running, restarts)
                     return
                 self.log.warning("status of %s not read (%s), try %d of %d", self.job_name, exc, errors,
                                  self.max_poll_errors)
                 await asyncio.sleep(self.poll_interval)
                 continue
+            now = time.monotonic()
+            if since is not None and status != "Running":  # the job left Running: count that stretch
+                running, since = running + now - since, None
+                if status in QUEUED_STATES:
+                    restarts += 1
+            elif since is None and status == "Running":
+                since = now
             if status != last:
                 self.log.info("job %s is %s", self.job_name, status)
                 last = status
             if status == "Completed":
-                yield self._event("success", status, f"job {self.job_name} completed")
+                yield self._event("success", status, f"job {self.job_name} completed", running, restarts)
                 return
             if status in TERMINAL_STATES:
-                try:
-                    detail = await asyncio.to_thread(hook.job_error, self.job_name)
-                except Exception as exc:  # noqa: BLE001 -- the status is what matters; the detail is best effort
-                    detail = f"(error details not available: {exc})"
-                yield self._event("error", status, detail or f"job {self.job_name} ended {status}")
+                yield self._event("error", status, f"job {self.job_name} ended {status}", running, restarts)
                 return
             if self.end_time is not None and time.time() > self.end_time:
-                yield self._event("error", status, f"job {self.job_name} still {status} at the time limit")
+                await asyncio.to_thread(hook.cancel, self.job_name)
+                if since is not None:
+                    running += time.monotonic() - since
+                yield self._event("timeout", status, f"job {self.job_name} still {status} at the task's time limit: "
+                                  "cancelled", running, restarts)
                 return
             await asyncio.sleep(self.poll_interval)
+
+    async def on_kill(self) -> None:
+        """The task was killed by a person: cancel the job, remove the run's datastores."""
+        hook = self._hook()
+        self.log.info("task killed: cancelling Azure ML job %s", self.job_name)
+        await asyncio.to_thread(hook.cancel, self.job_name)
+        for store in self.carry.get("datastores", []):
+            await asyncio.to_thread(hook.delete_datastore, store)
