@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from aml_backend.cluster import configured_cluster
 from aml_backend.operators import AzureMLScoreOperator
 from notifications import RunNotifier
 from preview import PreviewOperator
@@ -56,10 +57,8 @@ PARAMS = {
                       "(flicker -68% on the bench clip for about 12% more work per frame); moving parts stay sharp"),
     "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
     "notify_email": Param(None, type=["null", "string"], title="E-mail to notify"),
-    "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes"),
-    "azureml_gpus_per_node": Param(1, type="integer", minimum=1, maximum=8, title="GPUs per node"),
-    "azureml_vm_size": Param("Standard_NC6s_v3", type="string", title="Azure ML VM size"),
-    "azureml_tier": Param("low_priority", type="string", enum=["low_priority", "dedicated"], title="Azure ML tier"),
+    "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes",
+                           description=f"Nodes of the shared cluster, one rank per GPU: {configured_cluster()}"),
 }
 
 
@@ -134,9 +133,7 @@ def video_style_transfer():
         style="{{ params.style }}", model=MODEL_IN, style_image=STYLE_IMAGE_IN,
         style_strength="{{ params.style_strength }}",
         precision="{{ params.precision }}", temporal="{{ params.temporal }}",
-        nodes="{{ params.azureml_nodes }}",
-        gpus_per_node="{{ params.azureml_gpus_per_node }}", vm_size="{{ params.azureml_vm_size }}",
-        tier="{{ params.azureml_tier }}", max_resubmits=3, poll_interval=AZUREML_POLL_SECONDS,
+        nodes="{{ params.azureml_nodes }}", max_resubmits=3, poll_interval=AZUREML_POLL_SECONDS,
     ).output
     split_facts >> backend >> [local, azureml]
     published = stitch_and_publish(probed, split_facts, local, azureml)

@@ -503,3 +503,87 @@ class BlobMountedFakeAzureML(FakeAzureML):
                         with open(path, "rb") as f:
                             container.upload_blob(path.relative_to(root).as_posix(), f, overwrite=True)
             self.writable.clear()
+
+
+# ---------------------------------------------------------------------- one service for several processes
+
+
+class ServiceBridge:
+    """Serves one fake service to the processes of a running Airflow (worker and triggerer are
+    separate processes, and the service must be the same for both), over a local socket.
+
+    Each call is ``(group, method, args, kwargs)`` on a client's operation group; what comes back
+    is the value (a poller's result), or the exception's kind and text, raised again there."""
+
+    def __init__(self, service: FakeAzureML, authkey: bytes):
+        from multiprocessing.connection import Listener
+
+        self.service, self.listener = service, Listener(("127.0.0.1", 0), authkey=authkey)
+        self.address = self.listener.address
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection) -> None:
+        client = self.service.client(None)
+        with connection:
+            while True:
+                try:
+                    group, method, args, kwargs = connection.recv()
+                except (EOFError, OSError):
+                    return
+                try:
+                    value = getattr(getattr(client, group), method)(*args, **kwargs)
+                    answer = ("value", value.result() if isinstance(value, _Poller) else value)
+                except Exception as exc:  # noqa: BLE001 -- handed to the caller, as the SDK would raise it
+                    answer = ("error", type(exc).__name__, getattr(exc, "message", None) or str(exc))
+                connection.send(answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def remote_client(address, authkey: bytes):
+    """Stands in for ``MLClient`` in another process: the same operation groups, calling the
+    service that a :class:`ServiceBridge` serves."""
+    from multiprocessing.connection import Client
+
+    lock, connections = threading.Lock(), []
+
+    def call(group: str, method: str, *args, **kwargs):
+        with lock:  # one connection per client, one call at a time (the trigger calls from threads)
+            if not connections:
+                connections.append(Client(tuple(address), authkey=authkey))
+            connections[0].send((group, method, args, kwargs))
+            answer = connections[0].recv()
+        if answer[0] == "value":
+            return _Poller(answer[1]) if method.startswith("begin_") else answer[1]
+        raise _exception(answer[1], answer[2])
+
+    class Group:
+        def __init__(self, name: str):
+            self.name = name
+
+        def __getattr__(self, method: str):
+            return lambda *args, **kwargs: call(self.name, method, *args, **kwargs)
+
+    def client(credential, subscription_id=None, resource_group_name=None, workspace_name=None, **kwargs):
+        return SimpleNamespace(compute=Group("compute"), environments=Group("environments"),
+                               datastores=Group("datastores"), jobs=Group("jobs"), subscription_id=subscription_id,
+                               resource_group_name=resource_group_name, workspace_name=workspace_name)
+
+    return client
+
+
+def _exception(kind: str, message: str) -> Exception:
+    import azure.core.exceptions as core
+
+    if kind == "JobException":
+        return JobException(message=message, no_personal_data_message="Exception raised on failed job.")
+    return getattr(core, kind, RuntimeError)(message)

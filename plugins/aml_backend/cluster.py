@@ -75,3 +75,15 @@ def configured(extra: dict, variable: str | None = None) -> ClusterConfig:
     if variable:
         return ClusterConfig.from_settings(json.loads(variable))
     return ClusterConfig.from_settings(extra.get("cluster"))
+
+
+def configured_cluster(conn_id: str = "azureml_default") -> str:
+    """What the DAG form shows next to the node count: the configured cluster, in words (read
+    when the DAG is parsed: one connection lookup, no Azure call)."""
+    try:
+        from airflow.sdk import BaseHook
+
+        return ClusterConfig.from_settings(BaseHook.get_connection(conn_id).extra_dejson.get("cluster")).describe() \
+            + f" (connection {conn_id}); the VM size and tier are the cluster's, not a run's"
+    except Exception as exc:  # noqa: BLE001 -- no connection yet, or a bad setting: say so, the form still works
+        return f"configured in connection {conn_id}, extra 'cluster' ({type(exc).__name__}: {exc})"

@@ -1,0 +1,101 @@
+"""The Azure ML backend driven by a running ``airflow standalone``: kills, retries and studio
+cancels reach the operator and trigger only the way Airflow delivers them (REST API, the
+scheduler, the triggerer). Only the service is the fake, served to every Airflow process
+from this test (``fake_mlclient.ServiceBridge``); its jobs wait in the queue throughout."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from urllib.parse import quote
+
+import pytest
+
+from devstack import REPO, Stack
+
+from .fake_mlclient import FakeAzureML, ServiceBridge
+from .test_reliability import Api, start_stack, upload, wait_for
+
+pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
+                                reason="Azurite is not installed (make setup runs npm ci)")
+
+
+@pytest.fixture(scope="module")
+def airflow_with_fake(tmp_path_factory):
+    """A standalone whose Azure ML is the fake, jobs held Queued until cancelled."""
+    root = tmp_path_factory.mktemp("aml-stack")
+    service = FakeAzureML(root / "storage", root / "service", step=0.05, queue_seconds=3600)
+    authkey = secrets.token_hex(16)
+    bridge = ServiceBridge(service, authkey.encode())
+    stack: Stack = start_stack(root, 2, {
+        "VST_FAKE_AZUREML": json.dumps({"address": list(bridge.address), "authkey": authkey}),
+        "PYTHONPATH": f"{REPO / 'tests' / 'azureml_site'}:{REPO / 'plugins'}:{REPO}",
+        "VST_AZUREML_POLL_SECONDS": "1",
+        "AIRFLOW_CONN_AZUREML_DEFAULT": json.dumps({
+            "conn_type": "azureml", "login": "app-id", "password": "app-secret",
+            "extra": {"subscription_id": "sub", "resource_group": "rg", "workspace_name": "ws", "tenant_id": "t",
+                      "cluster": {"vm_size": "Standard_NC4as_T4_v3", "max_nodes": 2}}}),
+    })
+    api = Api(stack)
+    try:
+        wait_for(api.healthy, 240, what="a healthy scheduler")
+        for watcher in ("blob_watcher", "blob_sweep"):  # runs come from this test only
+            wait_for(lambda d=watcher: api.call("PATCH", f"/api/v2/dags/{d}", {"is_paused": True})[0] == 200, 180,
+                     what=f"{watcher} paused")
+        yield stack, api, service
+    finally:
+        stack.stop()
+        bridge.close()
+        service.shutdown()
+
+
+def _job_of(service: FakeAzureML, run_id: str):
+    jobs = [run for run in service.runs.values() if run_id in run.job.tags.get("airflow_run", "")]
+    return jobs[0] if len(jobs) == 1 else None
+
+
+def _score_task(api: Api, run_id: str) -> dict:
+    return api.tasks(run_id)["score_azureml"]
+
+
+def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_fake, clip_factory):
+    stack, api, service = airflow_with_fake
+    clip = clip_factory(seconds=1, fps="25", size=(96, 64))
+    runs = {}
+    for key in ("marked_failed", "retried"):
+        upload(stack, "videos-in", f"aml/{key}.mp4", clip.read_bytes())
+        status, answer = api.trigger({"input_blob": f"aml/{key}.mp4", "backend": "azureml", "azureml_nodes": 1,
+                                      "segment_frames": 8})
+        assert status in (200, 201), answer
+        runs[key] = answer["dag_run_id"]
+    for run_id in runs.values():
+        wait_for(lambda r=run_id: _score_task(api, r)["state"] == "deferred" and _job_of(service, r), 240,
+                 what=f"score_azureml of {run_id} deferred on a queued job")
+
+    # 1. the run is marked failed while its job is queued: the triggerer's on_kill cancels the job
+    killed = _job_of(service, runs["marked_failed"])
+    assert killed.status == "Queued"
+    status, answer = api.call("PATCH", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(runs['marked_failed'])}",
+                              {"state": "failed"})
+    assert status == 200, answer
+    wait_for(lambda: killed.status == "Canceled", 60, every=0.5, what="the queued job cancelled")
+    assert service.cancel_requests == [killed.name]
+
+    # 2. the task fails while its job is queued (the service unreachable for the trigger's
+    #    whole error budget): Airflow retries it, and the retry re-attaches to the same job
+    job = _job_of(service, runs["retried"])
+    service.outage = 6
+    wait_for(lambda: _score_task(api, runs["retried"])["try_number"] == 2
+             and _score_task(api, runs["retried"])["state"] == "deferred", 180, what="the retry deferred")
+    assert _job_of(service, runs["retried"]) is job and job.status == "Queued"  # no second job
+
+    # 3. a person cancels the job in the studio: the task fails, and is not retried
+    service.studio_cancel(job.name)
+    wait_for(lambda: _score_task(api, runs["retried"])["state"] == "failed", 120, what="the task failed")
+    task = _score_task(api, runs["retried"])
+    assert task["try_number"] == 2 and task["max_tries"] > 2  # retries were left, none was used
+    assert len([r for r in service.runs.values() if runs["retried"] in r.job.tags["airflow_run"]]) == 1
+    assert service.cancel_requests == [killed.name]  # the studio's cancel went around Airflow
+    assert not [name for name in service.datastores if name.startswith("vst_")]  # both runs cleaned up
+    print(f"azureml via airflow: jobs {sorted(service.runs)}", file=sys.stderr)
