@@ -48,7 +48,8 @@ class ClusterConfig:
         settings = dict(settings or {})
         unknown = sorted(set(settings) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"unknown cluster settings {', '.join(unknown)}: use {', '.join(f.name for f in fields(cls))}")
+            known = ", ".join(f.name for f in fields(cls))
+            raise ValueError(f"unknown cluster settings {', '.join(unknown)}: use {known}")
         types = {"min_nodes": int, "max_nodes": int, "idle_seconds": int,
                  "keep_warm": lambda v: str(v).lower() in ("1", "true", "yes")}
         return cls(**{k: types.get(k, str)(v) for k, v in settings.items()})

@@ -101,7 +101,8 @@ class AzureMLScoreOperator(BaseOperator):
         self.precision, self.batch, self.temporal = precision, batch, temporal
         self.extra_score_args = list(extra_score_args)
         self.nodes, self.output_mode = nodes, output_mode
-        self.azureml_conn_id, self.storage_conn_id, self.logs_container = azureml_conn_id, storage_conn_id, logs_container
+        self.azureml_conn_id, self.storage_conn_id = azureml_conn_id, storage_conn_id
+        self.logs_container = logs_container
         self.max_queued = max_queued
         self.max_resubmits, self.poll_interval, self.experiment_name = max_resubmits, poll_interval, experiment_name
         self.job_name: str | None = None
