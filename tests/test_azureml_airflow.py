@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 import pytest
 
-from devstack import REPO, Stack, free_port
+from devstack import REPO, Stack, free_port, wait_for_port
 
 from .fake_mlclient import FakeAzureML, ServiceBridge
-from .test_reliability import Api, start_stack, upload, wait_for
+from .test_reliability import Api, upload, wait_for
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")
@@ -29,7 +29,8 @@ def airflow_with_fake(tmp_path_factory):
     service = FakeAzureML(root / "storage", root / "service", step=0.05, queue_seconds=3600)
     authkey = secrets.token_hex(16)
     bridge = ServiceBridge(service, authkey.encode())
-    stack: Stack = start_stack(root, 2, {
+    stack = Stack(root, blob_port=free_port(), api_port=free_port())
+    stack.extra_env = {
         "VST_FAKE_AZUREML": json.dumps({"address": list(bridge.address), "authkey": authkey}),
         "PYTHONPATH": f"{REPO / 'tests' / 'azureml_site'}:{REPO / 'plugins'}:{REPO}",
         "VST_AZUREML_POLL_SECONDS": "1",
@@ -40,9 +41,16 @@ def airflow_with_fake(tmp_path_factory):
             "conn_type": "azureml", "login": "app-id", "password": "app-secret",
             "extra": {"subscription_id": "sub", "resource_group": "rg", "workspace_name": "ws", "tenant_id": "t",
                       "cluster": {"vm_size": "Standard_NC4as_T4_v3", "max_nodes": 2}}}),
-    })
+    }
     api = Api(stack)
     try:
+        stack.start_azurite()
+        stack.create_containers()
+        stack.prepare_airflow(scoring_slots=2)
+        try:
+            stack.start_airflow()
+        except TimeoutError:  # a machine shared with other stacks can take longer than devstack waits
+            wait_for_port(stack.api_port, timeout=420)
         wait_for(lambda: _answers(api.healthy), 300, what="a healthy scheduler")
         for watcher in ("blob_watcher", "blob_sweep"):  # runs come from this test only
             wait_for(lambda d=watcher: _answers(lambda: api.call("PATCH", f"/api/v2/dags/{d}",
@@ -79,7 +87,7 @@ def _score_task(api: Api, run_id: str) -> dict:
     return _answers(lambda: api.tasks(run_id).get("score_azureml")) or {}
 
 
-@pytest.mark.timeout(900)  # the standalone's start included; about 3 minutes on a quiet machine
+@pytest.mark.timeout(1200)  # the standalone's start included; about 3 minutes on a quiet machine
 def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_fake, clip_factory):
     stack, api, service = airflow_with_fake
     clip = clip_factory(seconds=1, fps="25", size=(96, 64))
