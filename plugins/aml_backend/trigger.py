@@ -109,9 +109,16 @@ class AzureMLJobTrigger(BaseTrigger):
             await asyncio.sleep(self.poll_interval)
 
     async def on_kill(self) -> None:
-        """The task was killed by a person: cancel the job, remove the run's datastores."""
-        hook = self._hook()
+        """The task was killed by a person: cancel the job, remove the run's datastores. One
+        thread does both: the triggerer may cancel this coroutine again while it waits, and a
+        thread, once started, runs to its end."""
         self.log.info("task killed: cancelling Azure ML job %s", self.job_name)
-        await asyncio.to_thread(hook.cancel, self.job_name)
-        for store in self.carry.get("datastores", []):
-            await asyncio.to_thread(hook.delete_datastore, store)
+        await asyncio.to_thread(self._cancel_and_clean_up)
+
+    def _cancel_and_clean_up(self) -> None:
+        hook = self._hook()
+        try:
+            hook.cancel(self.job_name)
+        finally:
+            for store in self.carry.get("datastores", []):
+                hook.delete_datastore(store)
