@@ -41,8 +41,9 @@ def test_mpich_ranks_on_one_node_get_distinct_local_ranks(tmp_path):
     from pathlib import Path
 
     mpiexec = Path(sys.executable).with_name("mpiexec")
-    code = ("from scoring import gpus, score; w = score.World(); "
-            "print(gpus.local_rank(), w.local_rank, gpus.device_for(gpus.local_rank(), 2))")
-    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True).stdout.split("\n")
-    assert sorted(line for line in out if line) == ["0 0 cuda:0", "1 1 cuda:1"]
+    code = ("import sys; from scoring import gpus, score; w = score.World(); "  # a file per rank: no interleaving
+            "open(f'{sys.argv[1]}/rank{w.rank}', 'w').write("
+            "f'{gpus.local_rank()} {w.local_rank} {gpus.device_for(gpus.local_rank(), 2)}')")
+    subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                   text=True, timeout=120, check=True)
+    assert sorted(p.read_text() for p in tmp_path.glob("rank*")) == ["0 0 cuda:0", "1 1 cuda:1"]
