@@ -25,7 +25,7 @@ from datetime import timedelta
 
 from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-from azureml.operators import AzureMLScoreOperator
+from aml_backend.operators import AzureMLScoreOperator
 from notifications import RunNotifier
 from preview import PreviewOperator
 from run_settings import PARAMS
@@ -109,9 +109,7 @@ def video_style_transfer():
         style="{{ params.style }}", model=MODEL_IN, style_image=STYLE_IMAGE_IN,
         style_strength="{{ params.style_strength }}",
         precision="{{ params.precision }}", temporal="{{ params.temporal }}",
-        nodes="{{ params.azureml_nodes }}",
-        gpus_per_node="{{ params.azureml_gpus_per_node }}", vm_size="{{ params.azureml_vm_size }}",
-        tier="{{ params.azureml_tier }}", max_resubmits=3, poll_interval=AZUREML_POLL_SECONDS,
+        nodes="{{ params.azureml_nodes }}", max_resubmits=3, poll_interval=AZUREML_POLL_SECONDS,
     ).output
     split_facts >> backend >> [local, azureml]
     published = stitch_and_publish(probed, split_facts, local, azureml)

@@ -13,6 +13,7 @@ import copy
 import json
 
 from airflow.sdk import Param
+from aml_backend.cluster import configured_cluster
 
 DEFAULTS_VARIABLE = "video_style_transfer_defaults"
 # Which input a run reads: the watcher sets them; an upload's metadata cannot.
@@ -49,10 +50,8 @@ PARAMS = {
                       "0 is off, 0.7 a good start (measured: docs/performance.md); moving parts stay sharp"),
     "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
     "notify_email": Param(None, type=["null", "string"], title="E-mail to notify"),
-    "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes"),
-    "azureml_gpus_per_node": Param(1, type="integer", minimum=1, maximum=8, title="GPUs per node"),
-    "azureml_vm_size": Param("Standard_NC6s_v3", type="string", title="Azure ML VM size"),
-    "azureml_tier": Param("low_priority", type="string", enum=["low_priority", "dedicated"], title="Azure ML tier"),
+    "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes",
+                           description=f"Nodes of the shared cluster, one rank per GPU: {configured_cluster()}"),
 }
 
 SETTINGS = tuple(k for k in PARAMS if k not in INPUT_KEYS)

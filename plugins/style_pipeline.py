@@ -426,7 +426,9 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
                                                  "ranks", "backend", "segment_frames", "precision", "temporal")},
         "pictures": {"preview": preview_blob, "contact_strip": output + STRIP_SUFFIX},
         "segments": split_facts.get("segments"),
-        "scoring": {k: v for k, v in scored.items() if k not in ("seconds", "fetched_done_files")},
+        "scoring": {k: v for k, v in scored.items() if k not in ("seconds", "fetched_done_files", "cost")},
+        # Azure ML: node-seconds per "tier/vm_size" over every job of the run, resubmissions included
+        "cost": scored.get("cost"),
         "seconds": {"probe": probed["seconds"], "split": split_facts["seconds"], "score": scored.get("seconds"),
                     "stitch": round(stitch_seconds, 3),
                     "publish": round(time.monotonic() - started - stitch_seconds, 3)},

@@ -52,6 +52,10 @@ def cmd_score(args) -> dict | None:
     score.set_threads(world)
     from .temporal import check_strength
 
+    if args.device in ("auto", "cuda"):  # one rank per GPU; a GPU torch cannot run fails here, in one line
+        from .gpus import check_node, local_rank
+
+        args.device = check_node(local_rank() if local_rank() is not None else world.local_rank) or args.device
     # a bad style, model or strength fails every rank alike, before any work: a plain exit 2 in each
     stylizer, model_id = stylizer_from(args), model_id_from(args)
     check_strength(args.temporal)

@@ -39,13 +39,14 @@ class World:
 
     def __init__(self):
         self.comm = None
-        self.rank, self.size, self.local_size = 0, 1, 1
+        self.rank, self.size, self.local_size, self.local_rank = 0, 1, 1, 0
         if any(name in os.environ for name in MPI_ENV):
             from mpi4py import MPI
 
             self.comm = MPI.COMM_WORLD
             self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-            self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+            node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
+            self.local_size, self.local_rank = node.Get_size(), node.Get_rank()
 
     def gather(self, value):
         return self.comm.gather(value, root=0) if self.comm else [value]

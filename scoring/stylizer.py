@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import re
 
 import numpy as np
 import torch
@@ -34,8 +35,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but this machine has no usable CUDA GPU")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}: use auto, cpu or cuda")
+    if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     return torch.device(name)
 
 

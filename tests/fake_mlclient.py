@@ -13,10 +13,18 @@ Each submission plays the next scripted outcome (default ``complete``):
   is a non-retriable "Execution failed" error with the process's last stderr line);
 * ``preempt-requeue``: once ``preempt_after`` segments are done, SIGTERM the ranks (the VM is
   taken); the service restarts the SAME job: Queued -> Preparing -> Running, from scratch;
-* ``preempt-fail`` / ``preempt-cancel``: SIGTERM the ranks midway, then the job ends Failed /
-  Canceled with the service's preemption error: only a resubmission finishes it;
+* ``preempt-fail``: SIGTERM the ranks midway, then the job ends Failed with the service's
+  ``PreemptionError``: only a resubmission finishes it;
+* ``preempt-cancel``: SIGTERM the ranks midway, the whole cluster is taken away: the job ends
+  Canceled with no error, and the cluster's nodes report ``preempted`` (``list_nodes``);
 * ``preempt-kill``: like ``preempt-fail`` but SIGKILL (no warning: a half-written segment stays);
 * ``fail``: a service-side, non-retriable failure before the command starts.
+
+Like the service it refuses a job name already in use, mounts a datastore only while its
+token is valid at the time the job starts (``queue_delay`` simulates the wait for nodes; a
+real ``queue_seconds`` keeps jobs Queued that long), lets a person cancel a job
+(:meth:`FakeAzureML.studio_cancel`), and can be unreachable for a number of status reads
+(``outage``).
 """
 
 from __future__ import annotations
@@ -33,14 +41,14 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs
 
 import psutil
 from azure.ai.ml.exceptions import JobException
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError, ServiceRequestError
 
 PREEMPTION_ERROR = ("UserError", ("AzureMLCompute job failed. PreemptionError: Nodes of this job got pre-empted. "
                     "Check if the run has failed or restarted. Reason: Received pre-emption warning signal"))
@@ -81,9 +89,15 @@ class FakeRun:
 class FakeAzureML:
     """The service's state for one workspace, shared by every ``MLClient`` made from it."""
 
-    def __init__(self, storage_root: Path, work_root: Path, step: float = 0.05, preempt_after: int = 2):
+    def __init__(self, storage_root: Path, work_root: Path, step: float = 0.05, preempt_after: int = 2,
+                 queue_delay: timedelta = timedelta(0), queue_seconds: float = 0.0):
         self.storage_root, self.work_root = Path(storage_root), Path(work_root)
         self.step, self.preempt_after = step, preempt_after
+        self.queue_delay, self.queue_seconds = queue_delay, queue_seconds
+        self.nodes: dict[str, list] = {}  # cluster -> its nodes (node_state), as list_nodes reports them
+        self.outage = 0  # status reads that fail (the service unreachable) before reads work again
+        self.deleted_datastores: list[str] = []
+        self.registered_tokens: list[str] = []
         self.outcomes: deque[str] = deque()
         self.computes: dict = {}
         self.environments: dict = {}
@@ -103,6 +117,13 @@ class FakeAzureML:
         return SimpleNamespace(compute=_Computes(self), environments=_Environments(self),
                                datastores=_Datastores(self), jobs=_Jobs(self), subscription_id=subscription_id,
                                resource_group_name=resource_group_name, workspace_name=workspace_name)
+
+    def studio_cancel(self, name: str) -> None:
+        """A person cancels the job in the studio."""
+        run = self.runs[name]
+        if run.status not in TERMINAL:
+            run.cancel.set()
+            self._set(run, "CancelRequested")
 
     def wait(self, name: str, timeout: float = 240) -> str:
         deadline = time.monotonic() + timeout
@@ -141,6 +162,9 @@ class FakeAzureML:
                     return
                 self._set(run, status)
                 time.sleep(self.step)
+                deadline = time.monotonic() + (self.queue_seconds if status == "Queued" else 0)
+                while time.monotonic() < deadline and not run.cancel.is_set():
+                    time.sleep(0.02)
             if outcome == "fail":
                 run.error = SERVICE_ERROR
                 self._set(run, "Failed")
@@ -151,17 +175,28 @@ class FakeAzureML:
                 run.error = ("UserError", str(exc))
                 self._set(run, "Failed")
                 return
+            nodes = self.nodes.setdefault(run.job.compute, [])
+            nodes[:] = [SimpleNamespace(node_id=f"node-{i}", node_state="running")
+                        for i in range(run.job.resources.instance_count)]
             self._set(run, "Running")
             attempt = self._execute(run, command, outcome)
             if self._cancelled(run):
+                nodes[:] = []
                 return
             if attempt.signalled:
                 if outcome == "preempt-requeue":  # the service restarts the same job on new nodes
                     outcome = "complete"
                     continue
+                if outcome == "preempt-cancel":  # the whole cluster taken away: Canceled, no error
+                    for node in nodes:
+                        node.node_state = "preempted"
+                    self._set(run, "Canceled")
+                    return
+                nodes[:] = []
                 run.error = PREEMPTION_ERROR
-                self._set(run, "Canceled" if outcome == "preempt-cancel" else "Failed")
+                self._set(run, "Failed")
                 return
+            nodes[:] = []
             if attempt.returncode != 0:
                 last = (attempt.stderr.strip().splitlines() or ["(no output)"])[-1]
                 run.error = ("UserError", (f"Execution failed. User process 'python' exited with status code "
@@ -214,7 +249,7 @@ class FakeAzureML:
         token = parse_qs(store.credentials.sas_token.lstrip("?"))
         granted, expiry = token["sp"][0], datetime.fromisoformat(token["se"][0])
         needed = {"ro_mount": "rl", "download": "r", "rw_mount": "rcwdl", "upload": "cw"}[mode]
-        if expiry < datetime.now(UTC) or not set(needed) <= set(granted):
+        if expiry < datetime.now(UTC) + self.queue_delay or not set(needed) <= set(granted):
             raise PermissionError(f"ScriptExecution.StreamAccess.Authentication: AuthorizationPermissionMismatch for "
                                   f"{mode} of {path} (token grants '{granted}', until {token['se'][0]})")
         local = self.storage_root / store.container_name / rest.strip("/")
@@ -308,6 +343,10 @@ class _Computes:
             raise ResourceNotFoundError(f"compute {name} not found")
         return self.service.computes[name]
 
+    def list_nodes(self, name):
+        self.get(name)
+        return list(self.service.nodes.get(name, []))
+
     def begin_create_or_update(self, compute):
         current = self.service.computes.get(compute.name)
         if current is not None and (current.size.lower() != compute.size.lower() or current.tier != compute.tier):
@@ -344,13 +383,18 @@ class _Datastores:
 
     def create_or_update(self, datastore):
         self.service.datastores[datastore.name] = datastore
+        self.service.registered_tokens.append(datastore.credentials.sas_token)
         return datastore
+
+    def delete(self, name):
+        if self.service.datastores.pop(name, None) is None:
+            raise ResourceNotFoundError(f"datastore {name} not found")
+        self.service.deleted_datastores.append(name)
 
 
 class _Jobs:
     def __init__(self, service: FakeAzureML):
         self.service = service
-        self._runs_operations = SimpleNamespace(get_run_details=self._run_details)
 
     def create_or_update(self, job, **kwargs):
         service = self.service
@@ -360,8 +404,8 @@ class _Jobs:
         if (env_name, env_version) not in service.environments:
             raise HttpResponseError(f"environment {job.environment} not found")
         name = job.name or f"{uuid.uuid4().hex[:10]}"
-        if name in service.runs:
-            raise HttpResponseError(f"a job named {name} exists")
+        if name in service.runs:  # the service: a job name is used once in a workspace, for good
+            raise ResourceExistsError(f"UserError: A job with name {name} already exists")
         snapshot = service.work_root / name / "wd"  # the code upload: a copy taken at submission
         shutil.copytree(job.code, snapshot)
         run = FakeRun(name, job, service.outcomes.popleft() if service.outcomes else "complete")
@@ -372,6 +416,9 @@ class _Jobs:
         return self.get(name)
 
     def get(self, name):
+        if self.service.outage > 0:
+            self.service.outage -= 1
+            raise ServiceRequestError("fake service: connection reset")
         run = self.service.runs.get(name)
         if run is None:
             raise ResourceNotFoundError(f"job {name} not found")
@@ -380,6 +427,8 @@ class _Jobs:
                                studio_url=f"https://ml.azure.com/runs/{name}?wsid=/fake")
 
     def begin_cancel(self, name):
+        if name not in self.service.runs:
+            raise ResourceNotFoundError(f"job {name} not found")
         self.service.cancel_requests.append(name)
         run = self.service.runs[name]
         if run.status not in TERMINAL:
@@ -398,11 +447,6 @@ class _Jobs:
             error = {"error": {"code": run.error[0], "message": run.error[1]}}
             raise JobException(message=f"Exception : \n {json.dumps(error, indent=4)} ",
                                no_personal_data_message="Exception raised on failed job.")
-
-    def _run_details(self, name):
-        run = self.service.runs[name]
-        error = run.error and {"error": {"code": run.error[0], "message": run.error[1]}}
-        return SimpleNamespace(status=run.status, error=error and SimpleNamespace(as_dict=lambda: error))
 
     def download(self, name, *, download_path=".", output_name=None, all=False):
         run = self.service.runs[name]
@@ -459,3 +503,87 @@ class BlobMountedFakeAzureML(FakeAzureML):
                         with open(path, "rb") as f:
                             container.upload_blob(path.relative_to(root).as_posix(), f, overwrite=True)
             self.writable.clear()
+
+
+# ---------------------------------------------------------------------- one service for several processes
+
+
+class ServiceBridge:
+    """Serves one fake service to the processes of a running Airflow (worker and triggerer are
+    separate processes, and the service must be the same for both), over a local socket.
+
+    Each call is ``(group, method, args, kwargs)`` on a client's operation group; what comes back
+    is the value (a poller's result), or the exception's kind and text, raised again there."""
+
+    def __init__(self, service: FakeAzureML, authkey: bytes):
+        from multiprocessing.connection import Listener
+
+        self.service, self.listener = service, Listener(("127.0.0.1", 0), authkey=authkey)
+        self.address = self.listener.address
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection) -> None:
+        client = self.service.client(None)
+        with connection:
+            while True:
+                try:
+                    group, method, args, kwargs = connection.recv()
+                except (EOFError, OSError):
+                    return
+                try:
+                    value = getattr(getattr(client, group), method)(*args, **kwargs)
+                    answer = ("value", value.result() if isinstance(value, _Poller) else value)
+                except Exception as exc:  # noqa: BLE001 -- handed to the caller, as the SDK would raise it
+                    answer = ("error", type(exc).__name__, getattr(exc, "message", None) or str(exc))
+                connection.send(answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def remote_client(address, authkey: bytes):
+    """Stands in for ``MLClient`` in another process: the same operation groups, calling the
+    service that a :class:`ServiceBridge` serves."""
+    from multiprocessing.connection import Client
+
+    lock, connections = threading.Lock(), []
+
+    def call(group: str, method: str, *args, **kwargs):
+        with lock:  # one connection per client, one call at a time (the trigger calls from threads)
+            if not connections:
+                connections.append(Client(tuple(address), authkey=authkey))
+            connections[0].send((group, method, args, kwargs))
+            answer = connections[0].recv()
+        if answer[0] == "value":
+            return _Poller(answer[1]) if method.startswith("begin_") else answer[1]
+        raise _exception(answer[1], answer[2])
+
+    class Group:
+        def __init__(self, name: str):
+            self.name = name
+
+        def __getattr__(self, method: str):
+            return lambda *args, **kwargs: call(self.name, method, *args, **kwargs)
+
+    def client(credential, subscription_id=None, resource_group_name=None, workspace_name=None, **kwargs):
+        return SimpleNamespace(compute=Group("compute"), environments=Group("environments"),
+                               datastores=Group("datastores"), jobs=Group("jobs"), subscription_id=subscription_id,
+                               resource_group_name=resource_group_name, workspace_name=workspace_name)
+
+    return client
+
+
+def _exception(kind: str, message: str) -> Exception:
+    import azure.core.exceptions as core
+
+    if kind == "JobException":
+        return JobException(message=message, no_personal_data_message="Exception raised on failed job.")
+    return getattr(core, kind, RuntimeError)(message)

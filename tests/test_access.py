@@ -12,7 +12,7 @@ from azure.storage.blob import ContainerClient
 from devstack import DATA_ACCOUNT, REPO, SYSTEM_ACCOUNT, Stack, free_port
 
 sys.path.insert(0, str(REPO / "plugins"))
-from azureml import sas  # noqa: E402
+from aml_backend import sas  # noqa: E402
 from storage import run_containers  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),

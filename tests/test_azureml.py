@@ -21,13 +21,15 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 sys.path.insert(0, str(REPO / "plugins"))
 
 from azure.ai.ml import load_compute, load_environment, load_job
-from azureml import entities, sas
-from azureml.hook import AzureMLHook
+from aml_backend import entities, sas
+from aml_backend.cluster import ClusterConfig
+from aml_backend.hook import AzureMLHook
 
-from .fake_mlclient import SERVICE_ERROR, FakeAzureML
+from .fake_mlclient import FakeAzureML
 
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 ACCOUNT = "sysaccount1"
+CLUSTER = {"name": "vst-gpu", "vm_size": "Standard_NC48ads_A100_v4", "max_nodes": 2}  # 2 GPUs a node: 2 ranks
 WORKSPACE = {"subscription_id": "00000000-0000-0000-0000-000000000001", "resource_group": "rg-vst",
              "workspace_name": "ws-vst"}
 
@@ -35,23 +37,30 @@ WORKSPACE = {"subscription_id": "00000000-0000-0000-0000-000000000001", "resourc
 # ---------------------------------------------------------------------- entities, offline
 
 
-def test_compute_is_an_autoscaling_low_priority_cluster(tmp_path):
-    cluster = entities.build_compute("vst-gpu", "Standard_NC24ads_A100_v4", 4)
-    assert (cluster.min_instances, cluster.max_instances, cluster.tier) == (0, 4, "low_priority")
-    assert cluster.idle_time_before_scale_down == entities.DEFAULT_IDLE_SECONDS
+def test_the_cluster_is_configuration_from_the_connection(tmp_path, monkeypatch):
+    _conn(monkeypatch, "aml_cluster", extra={**WORKSPACE, "cluster": {
+        "name": "shared-gpu", "vm_size": "Standard_NC24ads_A100_v4", "tier": "dedicated", "max_nodes": "6",
+        "idle_seconds": 300, "keep_warm": "true"}})
+    config = AzureMLHook("aml_cluster").cluster_config()
+    assert (config.name, config.vm_size, config.tier, config.min_nodes, config.max_nodes) == \
+        ("shared-gpu", "Standard_NC24ads_A100_v4", "dedicated", 0, 6)
+    assert config.gpus_per_node == 1 and config.scale_idle_seconds == 1800  # keep-warm: a longer idle time
+    cluster = entities.build_compute(config)
     cluster.dump(tmp_path / "compute.yml")
-    loaded = load_compute(tmp_path / "compute.yml")
-    assert (loaded.name, loaded.size, loaded.min_instances, loaded.max_instances, loaded.tier) == \
-        ("vst-gpu", "Standard_NC24ads_A100_v4", 0, 4, "low_priority")
+    loaded = load_compute(tmp_path / "compute.yml")  # azure-ai-ml's own schema accepts it
+    assert (loaded.name, loaded.size, loaded.min_instances, loaded.max_instances, loaded.tier,
+            loaded.idle_time_before_scale_down) == ("shared-gpu", "Standard_NC24ads_A100_v4", 0, 6, "dedicated", 1800)
 
-    warm = entities.keep_warm(cluster)
-    assert warm.idle_time_before_scale_down == entities.KEEP_WARM_IDLE_SECONDS and warm.min_instances == 0
-    assert entities.keep_warm(cluster, min_nodes=1).min_instances == 1
-    cold = entities.cool_down(entities.keep_warm(cluster, min_nodes=1))
-    assert (cold.min_instances, cold.idle_time_before_scale_down) == (0, entities.DEFAULT_IDLE_SECONDS)
-    assert entities.build_compute("c", max_nodes=2, tier="dedicated").tier == "dedicated"
-    with pytest.raises(ValueError, match="tier"):
-        entities.build_compute("c", tier="spot")
+    _conn(monkeypatch, "aml_plain", extra=WORKSPACE)  # nothing configured: a T4 low-priority cluster, 0..4
+    default = AzureMLHook("aml_plain").cluster_config()
+    assert (default.vm_size, default.tier, default.min_nodes, default.max_nodes) == \
+        ("Standard_NC4as_T4_v3", "low_priority", 0, 4)
+    monkeypatch.setenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER", json.dumps({"name": "from-variable", "max_nodes": 2}))
+    assert AzureMLHook("aml_plain").cluster_config().name == "from-variable"  # a Variable wins when set
+    for bad, message in (({"tier": "spot"}, "tier"), ({"max_nodes": 0}, "max_nodes"),
+                         ({"vm_size": "Standard_D4s_v5"}, "unknown GPU VM size"), ({"size": "x"}, "unknown cluster")):
+        with pytest.raises(ValueError, match=message):
+            ClusterConfig.from_settings(bad)
 
 
 def test_environment_is_built_from_the_dockerfile(tmp_path):
@@ -76,7 +85,8 @@ def test_job_runs_the_local_score_command_under_mpi(tmp_path):
         segments_uri="azureml://datastores/vst_in/paths/run1/segments",
         styled_uri="azureml://datastores/vst_out/paths/run1/styled",
         score_args=["--style", "7", "--precision", "fp16", "--batch", "8"], code=code,
-        environment="video-style-transfer-scoring:1", compute="vst-gpu", nodes=3, gpus_per_node=4)
+        environment="video-style-transfer-scoring:1", compute="vst-gpu", nodes=3, gpus_per_node=4,
+        vm_size="Standard_NC64as_T4_v3", name="vst-0123-0")
     assert job.command == ("python -m scoring score --segments ${{inputs.segments}} --out ${{outputs.styled}} "
                            "--style 7 --precision fp16 --batch 8")
     assert job.distribution.process_count_per_instance == 4 and job.resources.instance_count == 3
@@ -89,6 +99,7 @@ def test_job_runs_the_local_score_command_under_mpi(tmp_path):
     assert loaded.distribution.process_count_per_instance == 4 and loaded.resources.instance_count == 3
     assert loaded.inputs["segments"].path == "azureml://datastores/vst_in/paths/run1/segments"
     assert loaded.outputs["styled"].path == "azureml://datastores/vst_out/paths/run1/styled"
+    assert loaded.environment_variables == {"VST_VM_SIZE": "Standard_NC64as_T4_v3"} and loaded.name == "vst-0123-0"
 
     # the command parses the way the local CLI does
     from scoring.cli import build_parser
@@ -104,14 +115,14 @@ def test_job_runs_the_local_score_command_under_mpi(tmp_path):
 
 
 def test_a_style_picture_goes_to_the_job_like_the_model(tmp_path):
-    from azureml.operators import AzureMLScoreOperator
+    from aml_backend.operators import AzureMLScoreOperator
 
     from scoring.cli import build_parser
 
     operator = AzureMLScoreOperator(task_id="score", segments="azureml://datastores/a/paths/s",
                                     styled="azureml://datastores/b/paths/o", style="19",
                                     style_image="azureml://datastores/a/paths/style-image", style_strength="0.6")
-    segments, styled, model, picture = operator._data_paths({})
+    segments, styled, model, picture = operator._data_paths({"ti": TaskInstance()})
     job = entities.build_score_job(segments_uri=segments, styled_uri=styled, model_uri=model, style_image_uri=picture,
                                    score_args=operator.score_args(), code=entities.stage_code(tmp_path / "code"),
                                    environment="e:1", compute="c")
@@ -130,7 +141,7 @@ def _conn(monkeypatch, conn_id: str, **fields) -> None:
 
 def test_hook_builds_mlclient_from_the_connection(monkeypatch):
     made = []
-    monkeypatch.setattr("azureml.hook.MLClient", lambda cred, **kw: made.append((cred, kw)) or "client")
+    monkeypatch.setattr("aml_backend.hook.MLClient", lambda cred, **kw: made.append((cred, kw)) or "client")
     _conn(monkeypatch, "aml_sp", login="app-id", password="app-secret", extra={**WORKSPACE, "tenant_id": "tenant"})
     assert AzureMLHook("aml_sp").get_conn() == "client"
     credential, kwargs = made[-1]
@@ -225,9 +236,9 @@ def service(tmp_path, monkeypatch, azurite, split_clip):
 
     fake = FakeAzureML(tmp_path / "storage", tmp_path / "service", step=0.02, preempt_after=3)
     shutil.copytree(split_clip[1], tmp_path / "storage" / "work" / "run1" / "segments")
-    monkeypatch.setattr("azureml.hook.MLClient", fake.client)
+    monkeypatch.setattr("aml_backend.hook.MLClient", fake.client)
     _conn(monkeypatch, "azureml_default", login="app-id", password="app-secret",
-          extra={**WORKSPACE, "tenant_id": "tenant"})
+          extra={**WORKSPACE, "tenant_id": "tenant", "cluster": CLUSTER})
     monkeypatch.setenv("AIRFLOW_CONN_WASB_SYSTEM",
                        json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite}}))
     yield fake
@@ -239,6 +250,7 @@ class TaskInstance:
 
     def __init__(self):
         self.dag_id, self.run_id, self.task_id = "video_style_transfer", "manual__2025-01-01T00:00:00", "score_azureml"
+        self.map_index = -1
         self.xcom: dict = {}
 
     def xcom_push(self, key, value):
@@ -246,10 +258,10 @@ class TaskInstance:
 
 
 def _operator(**kwargs):
-    from azureml.operators import AzureMLScoreOperator
+    from aml_backend.operators import AzureMLScoreOperator
 
     defaults = {"task_id": "score_azureml", "segments": "work/run1/segments", "styled": "work/run1/styled",
-                "style": "7", "precision": "fp32", "batch": 2, "nodes": 1, "gpus_per_node": 2, "poll_interval": 0.05}
+                "style": "7", "precision": "fp32", "batch": 2, "nodes": 1, "poll_interval": 0.05}
     return AzureMLScoreOperator(**{**defaults, **kwargs})
 
 
@@ -290,6 +302,22 @@ def _check_complete_output(tmp_path, source_segments: Path, styled: Path) -> Non
     assert media.count_frames(out) == 50
 
 
+def _deferred(operator, context):
+    """What the worker does first: execute until the task defers; returns the trigger."""
+    from airflow.providers.common.compat.sdk import TaskDeferred
+
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context)
+    return deferred.value
+
+
+def _wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
 def test_preempted_job_is_resubmitted_and_only_missing_segments_are_scored(service, tmp_path, azurite):
     service.script("preempt-fail", "complete")
     ti = TaskInstance()
@@ -299,8 +327,8 @@ def test_preempted_job_is_resubmitted_and_only_missing_segments_are_scored(servi
     first, second = service.runs.values()
     assert first.history[-1] == "Failed" and first.attempts[0].signalled == "SIGTERM"
     assert [e["job_status"] for e in events] == ["Failed", "Completed"]
-    assert "PreemptionError" in events[0]["message"]
-    assert result == {"job_name": second.name, "job_names": [first.name, second.name], "resubmits": 1}
+    assert first.name.endswith("-0") and second.name == first.name[:-1] + "1"  # derived from the run
+    assert result["job_names"] == [first.name, second.name] and result["resubmits"] == 1
     assert ti.xcom["job_name"] == second.name and second.name in ti.xcom["studio_url"]
 
     # the rerun styled exactly what the preempted job had not finished
@@ -312,13 +340,25 @@ def test_preempted_job_is_resubmitted_and_only_missing_segments_are_scored(servi
     assert rerun["skipped"] == done_before and rerun["segments"] == 13 and rerun["ranks"] == 2
     _check_complete_output(tmp_path, tmp_path / "storage" / "work" / "run1" / "segments", styled)
 
-    # what the job got: datastore paths whose tokens read the input and write the output, no key
+    # what the job got: datastore paths whose tokens read the input and write the output, no key;
+    # the GPUs of the configured size, and the size itself for the scoring step's GPU check
     job = first.job
     assert job.inputs["segments"].path.startswith("azureml://datastores/vst_")
-    tokens = {name: sas.describe(store.credentials.sas_token) for name, store in service.datastores.items()}
-    assert sorted(t["permission"] for t in tokens.values()) == ["rcwdl", "rl"]
+    assert job.distribution.process_count_per_instance == 2 and job.environment_variables["VST_VM_SIZE"] == \
+        "Standard_NC48ads_A100_v4"
     assert DEV_KEY not in json.dumps(ti.xcom) and DEV_KEY not in job.command
     assert service.computes["vst-gpu"].tier == "low_priority" and service.computes["vst-gpu"].min_instances == 0
+    # the run's datastores are gone once it ended
+    assert service.datastores == {} and sorted(service.deleted_datastores) == \
+        sorted({s for s in service.deleted_datastores if s.startswith("vst_")}) and len(service.deleted_datastores) == 2
+
+    # cost: both jobs' node-seconds, under the tier and VM size they ran on
+    cost = result["cost"]
+    assert [j["job"] for j in cost["jobs"]] == [first.name, second.name]
+    assert all(j["node_seconds"] > 0 and j["nodes"] == 1 for j in cost["jobs"])
+    assert list(cost["node_seconds"]) == ["low_priority/Standard_NC48ads_A100_v4"]
+    assert cost["node_seconds"]["low_priority/Standard_NC48ads_A100_v4"] == \
+        pytest.approx(sum(j["node_seconds"] for j in cost["jobs"]), abs=0.01)
 
     # both jobs' logs are in the system account's logs container
     from azure.storage.blob import BlobServiceClient
@@ -328,11 +368,19 @@ def test_preempted_job_is_resubmitted_and_only_missing_segments_are_scored(servi
     assert any(first.name in n for n in names) and any(second.name in n for n in names)
 
 
+def test_cluster_taken_away_cancels_the_job_and_the_node_state_confirms_preemption(service):
+    service.script("preempt-cancel", "complete")
+    result = _run_to_the_end(_operator(logs_container=""), {"ti": TaskInstance()})
+    first, second = service.runs.values()
+    assert first.status == "Canceled" and first.error is None  # no error code: only the nodes say why
+    assert second.status == "Completed" and result["resubmits"] == 1
+
+
 def test_service_restart_of_the_same_job_resumes_without_a_resubmission(service, tmp_path):
     service.script("preempt-requeue")
     result = _run_to_the_end(_operator(logs_container=""), {"ti": TaskInstance()})
     (run,) = service.runs.values()
-    assert result["resubmits"] == 0
+    assert result["resubmits"] == 0 and result["cost"]["jobs"][0]["restarts"] == 1
     assert run.history.count("Queued") == 2 and run.history[-1] == "Completed"  # back to Queued, then on
     restarted = run.attempts[1].summary()
     assert 3 <= restarted["skipped"] < 13 and restarted["scored"] == 13 - restarted["skipped"]
@@ -350,52 +398,130 @@ def test_retry_budget_exhausted_fails_clearly(service):
     message = str(failure.value)
     assert "preempted again after 1 resubmission(s)" in message and "max_resubmits=1" in message
     assert "PreemptionError" in message
+    assert service.datastores == {}
 
 
 def test_non_retriable_failure_is_not_resubmitted(service):
-    from airflow.providers.common.compat.sdk import AirflowException
+    from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
     with pytest.raises(AirflowException) as failure:  # a style that does not exist: the command exits 2
         _run_to_the_end(_operator(style="99", logs_container=""), {"ti": TaskInstance()})
+    assert not isinstance(failure.value, AirflowFailException)  # Airflow may retry it
     assert len(service.runs) == 1
     assert "ended Failed" in str(failure.value) and "exited with status code 2" in str(failure.value)
     assert "style" in str(failure.value)
 
-    service.script("fail")  # a service-side failure before the command runs
+    service.script("fail")  # a service-side failure before the command runs (another run)
+    ti = TaskInstance()
+    ti.run_id = "manual__2025-01-02T00:00:00"
     with pytest.raises(AirflowException, match="JobConfigurationError"):
-        _run_to_the_end(_operator(logs_container=""), {"ti": TaskInstance()})
+        _run_to_the_end(_operator(logs_container=""), {"ti": ti})
     assert len(service.runs) == 2
 
 
-def test_on_kill_cancels_the_job(service):
-    from airflow.providers.common.compat.sdk import TaskDeferred
+def test_a_job_cancelled_in_the_studio_fails_the_task_without_retry(service):
+    from airflow.providers.common.compat.sdk import AirflowFailException
 
+    service.queue_seconds = 30
+    operator, context = _operator(logs_container=""), {"ti": TaskInstance()}
+    trigger = _deferred(operator, context).trigger
+    service.studio_cancel(operator.job_name)
+    (event,) = asyncio.run(_events(trigger))
+    with pytest.raises(AirflowFailException, match="was cancelled .not by preemption.*not retried"):
+        operator.execute_complete(context, event.payload)
+    assert len(service.runs) == 1 and service.datastores == {}
+
+
+def test_killing_the_deferred_task_cancels_the_job_through_the_trigger(service):
+    """Airflow calls the trigger's on_kill (not the operator's) when a deferred task is killed."""
+    service.queue_seconds = 30
     operator = _operator(logs_container="")
-    with pytest.raises(TaskDeferred):
-        operator.execute({"ti": TaskInstance()})
-    operator.on_kill()
+    trigger = _deferred(operator, {"ti": TaskInstance()}).trigger
+    assert service.runs[operator.job_name].status in ("NotStarted", "Queued")
+    assert len(service.datastores) == 2
+    asyncio.run(trigger.on_kill())
     assert service.cancel_requests == [operator.job_name]
+    assert service.wait(operator.job_name) == "Canceled" and service.datastores == {}
+
+
+def test_the_time_limit_cancels_the_job(service):
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    service.queue_seconds = 30
+    operator, context = _operator(logs_container="", execution_timeout=timedelta(seconds=1)), {"ti": TaskInstance()}
+    deferred = _deferred(operator, context)
+    assert deferred.timeout > timedelta(seconds=1)  # the deferral's own timeout is a backstop after the trigger's
+    (event,) = asyncio.run(_events(deferred.trigger))
+    assert event.payload["status"] == "timeout"
     assert service.wait(operator.job_name) == "Canceled"
+    with pytest.raises(AirflowException, match="time limit: cancelled"):
+        operator.execute_complete(context, event.payload)
+    assert service.datastores == {}
 
 
-def test_trigger_yields_one_event_with_the_service_message(service):
-    from azureml.trigger import AzureMLJobTrigger
+def test_a_retried_task_re_attaches_to_the_running_job_instead_of_submitting_another(service):
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    service.queue_seconds = 2
+    first_try, context = _operator(logs_container=""), {"ti": TaskInstance()}
+    trigger = _deferred(first_try, context).trigger
+    trigger.max_poll_errors, service.outage = 1, 2  # the service unreachable for a while: the try fails
+    (event,) = asyncio.run(_events(trigger))
+    with pytest.raises(AirflowException, match="a retry re-attaches"):
+        first_try.execute_complete(context, event.payload)
+    assert service.runs[first_try.job_name].status not in ("Completed", "Failed", "Canceled")
+
+    retry = _operator(logs_container="")  # Airflow's retry: a fresh operator, same task instance
+    result = _run_to_the_end(retry, {"ti": TaskInstance()})
+    assert list(service.runs) == [first_try.job_name] and result["job_name"] == first_try.job_name
+    with pytest.raises(Exception, match="already exists"):  # the service refuses a second job of that name
+        first_try.hook.submit(service.runs[first_try.job_name].job)
+
+
+def test_tokens_outlive_the_queue_and_an_expired_mount_is_refused(service):
+    from airflow.providers.common.compat.sdk import AirflowException
+
+    service.queue_delay = timedelta(hours=7)  # the job waits 7 h for low-priority nodes
+    short = _operator(logs_container="", max_queued=timedelta(hours=1), execution_timeout=timedelta(hours=2),
+                      max_resubmits=0)
+    with pytest.raises(AirflowException, match="StreamAccess.Authentication"):
+        _run_to_the_end(short, {"ti": TaskInstance()})
+    ti = TaskInstance()
+    ti.run_id = "manual__2025-01-02T00:00:00"
+    result = _run_to_the_end(_operator(logs_container=""), {"ti": ti})  # 6 h queue + 12 h limit + 30 min
+    assert result["resubmits"] == 0
+    expiry = datetime.fromisoformat(sas.describe(service.registered_tokens[-1])["expiry"])
+    assert timedelta(hours=18) < expiry - datetime.now(UTC) <= timedelta(hours=18, minutes=30)
+
+
+def test_a_run_asks_only_for_nodes_up_to_the_shared_clusters_max(service):
+    from airflow.providers.common.compat.sdk import AirflowFailException
+    from azure.ai.ml.entities import AmlCompute
+
+    existing = AmlCompute(name="vst-gpu", size="Standard_NC48ads_A100_v4", min_instances=0, max_instances=3,
+                          tier="low_priority", idle_time_before_scale_down=600)
+    service.computes["vst-gpu"] = existing  # made by an administrator, not as configured (max 2)
+    with pytest.raises(AirflowFailException) as failure:
+        _operator(nodes=4, logs_container="").execute({"ti": TaskInstance()})
+    assert str(failure.value) == ("this run asks for 4 nodes but cluster vst-gpu has at most 3: ask for 1 to 3, "
+                                  "or raise the cluster's max_nodes")
+    assert service.runs == {}
+    _deferred(_operator(nodes=3, logs_container=""), {"ti": TaskInstance()})  # the cluster's own max counts
+    assert service.computes["vst-gpu"] is existing and existing.max_instances == 3  # never resized
+
+
+def test_trigger_yields_one_event_and_serializes(service):
+    from aml_backend.trigger import AzureMLJobTrigger
 
     service.script("fail")
-    op = _operator(logs_container="")
-    op.hook.ensure_compute(entities.build_compute("vst-gpu", max_nodes=1))
-    environment = op.hook.ensure_environment(entities.build_environment())
-    job = entities.build_score_job(segments_uri="azureml://datastores/x/paths/s", styled_uri="azureml://datastores/x/paths/o",
-                                   score_args=[], code=entities.stage_code(Path(tempfile.mkdtemp())),
-                                   environment=environment, compute="vst-gpu")
-    name = op.hook.submit(job).name
-    trigger = AzureMLJobTrigger(name, "azureml_default", poll_interval=0.02, carry={"resubmits": 1})
+    operator = _operator(logs_container="")
+    trigger = _deferred(operator, {"ti": TaskInstance()}).trigger
     (event,) = asyncio.run(_events(trigger))
-    assert event.payload == {"status": "error", "job_name": name, "job_status": "Failed",
-                             "message": f"UserError: {SERVICE_ERROR[1]}", "carry": {"resubmits": 1}}
+    assert event.payload["status"] == "error" and event.payload["job_status"] == "Failed"
+    assert event.payload["job_name"] == operator.job_name and event.payload["carry"]["resubmits"] == 0
     classpath, kwargs = trigger.serialize()
-    assert classpath == "azureml.trigger.AzureMLJobTrigger" and kwargs["job_name"] == name
-    assert kwargs["carry"] == {"resubmits": 1}
+    assert classpath == "aml_backend.trigger.AzureMLJobTrigger" and kwargs["job_name"] == operator.job_name
+    assert AzureMLJobTrigger(**kwargs).serialize() == (classpath, kwargs)
 
     # a status read that keeps failing ends in one error event, never a hang
     missing = AzureMLJobTrigger("no-such-job", "azureml_default", poll_interval=0.01, max_poll_errors=2)

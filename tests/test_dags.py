@@ -425,20 +425,25 @@ def test_azureml_backend_end_to_end_through_a_preemption(stack, clip_factory, tm
         "VST_AZUREML_POLL_SECONDS": "1",
         "AIRFLOW_CONN_AZUREML_DEFAULT": json.dumps({
             "conn_type": "azureml", "login": "app-id", "password": "app-secret",
-            "extra": {"subscription_id": "sub", "resource_group": "rg", "workspace_name": "ws", "tenant_id": "t"}}),
+            "extra": {"subscription_id": "sub", "resource_group": "rg", "workspace_name": "ws", "tenant_id": "t",
+                      "cluster": {"vm_size": "Standard_NC48ads_A100_v4", "max_nodes": 2}}}),  # 2 GPUs: 2 ranks
     }
     try:
         state = dags_test(stack, "video_style_transfer", {
             "input_blob": name, "backend": "azureml", "segment_frames": 8, "azureml_nodes": 1,
-            "azureml_gpus_per_node": 2, "output_name": "aml/clip-styled.mp4"})
+            "output_name": "aml/clip-styled.mp4"})
     finally:
         stack.extra_env = saved
     assert state == "success"
     out = blobs(stack, "videos-out")
     (tmp_path / "out.mp4").write_bytes(out["aml/clip-styled.mp4"])
     assert media.probe(tmp_path / "out.mp4").frames == media.probe(clip).frames == 50
-    scoring = json.loads(out["aml/clip-styled.mp4.manifest.json"])["scoring"]
+    manifest = json.loads(out["aml/clip-styled.mp4.manifest.json"])
+    scoring, cost = manifest["scoring"], manifest["cost"]
     assert scoring["resubmits"] == 1 and len(scoring["job_names"]) == 2  # preempted once, resubmitted once
+    assert [job["job"] for job in cost["jobs"]] == scoring["job_names"]  # both jobs are paid for
+    assert set(cost["node_seconds"]) == {"low_priority/Standard_NC48ads_A100_v4"}
+    assert cost["node_seconds"]["low_priority/Standard_NC48ads_A100_v4"] > 0
     assert "sig=" not in stack.last_output and DEV_KEY not in stack.last_output  # no SAS, no key in the logs
     logs = blobs(stack, "logs", SYSTEM_ACCOUNT)
     assert any(job in log for job in scoring["job_names"] for log in logs), sorted(logs)

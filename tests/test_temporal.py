@@ -175,8 +175,8 @@ def test_out_of_range_strength_is_one_line(clip, tmp_path):
 
 def test_the_option_reaches_the_pipeline_and_azure_ml():
     sys.path.insert(0, str(REPO / "plugins"))
-    from azureml import entities
-    from azureml.operators import AzureMLScoreOperator
+    from aml_backend import entities
+    from aml_backend.operators import AzureMLScoreOperator
 
     from scoring.cli import build_parser
 

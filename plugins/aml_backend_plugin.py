@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
-from azureml.links import AzureMLJobLink
+from aml_backend.links import AzureMLJobLink
 
 
 class AzureMLPlugin(AirflowPlugin):
-    name = "azureml"
+    name = "aml_backend"
     operator_extra_links: ClassVar[list] = [AzureMLJobLink()]

@@ -5,7 +5,8 @@ Connection (type ``azureml``; any type works when created from an environment va
 * ``extra.subscription_id``, ``extra.resource_group``, ``extra.workspace_name`` (required);
 * service principal: ``extra.tenant_id`` plus ``login`` = client id and ``password`` = client
   secret (or ``extra.client_id`` / ``extra.client_secret``);
-* without them, ``DefaultAzureCredential`` (managed identity, workload identity, az login...).
+* without them, ``DefaultAzureCredential`` (managed identity, workload identity, az login...);
+* ``extra.cluster``: the shared compute cluster (see ``cluster.py``).
 
 Every method here blocks (the SDK is synchronous); the trigger runs them in a thread.
 """
@@ -13,7 +14,6 @@ Every method here blocks (the SDK is synchronous); the trigger runs them in a th
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 from functools import cached_property
 from typing import Any
@@ -23,9 +23,12 @@ from azure.ai.ml import MLClient
 from azure.ai.ml.entities import AmlCompute, AzureBlobDatastore, Environment, SasTokenConfiguration
 from azure.core.exceptions import ResourceNotFoundError
 
+from .cluster import VARIABLE, ClusterConfig, configured
+
 # What the service reports (FACTS.md); NotResponding may go back to an earlier state.
 TERMINAL_STATES = frozenset({"Completed", "Failed", "Canceled"})
 SUCCESS_STATE = "Completed"
+PREEMPTED_NODE_STATE = "preempted"  # AmlComputeNodeInfo.node_state of a low-priority node taken back
 
 
 class AzureMLHook(BaseHook):
@@ -80,24 +83,29 @@ class AzureMLHook(BaseHook):
 
     # ------------------------------------------------------------------ compute, environment, data
 
-    def ensure_compute(self, wanted: AmlCompute) -> AmlCompute:
-        """Create the cluster, or bring its scale settings to ``wanted``. The VM size and tier of
-        an existing cluster cannot change: a mismatch is an error that names the fix."""
+    def cluster_config(self) -> ClusterConfig:
+        """The shared cluster as configured (Variable ``vst_azureml_cluster`` when set, else the
+        connection extra's ``cluster``); one-line ``ValueError`` for a bad setting."""
+        from airflow.providers.common.compat.sdk import Variable
+
+        variable = None
+        with contextlib.suppress(Exception):  # no such Variable (or no metadata DB): the connection decides
+            variable = Variable.get(VARIABLE, default=None)
+        return configured(self.get_connection(self.azureml_conn_id).extra_dejson, variable)
+
+    def ensure_cluster(self, config: ClusterConfig) -> AmlCompute:
+        """The workspace's cluster of that name; created from ``config`` when there is none. An
+        existing cluster is used as it is, never resized or recreated: runs share it."""
+        from .entities import build_compute
+
         try:
-            current = self.client.compute.get(wanted.name)
+            current = self.client.compute.get(config.name)
         except ResourceNotFoundError:
-            self.log.info("creating compute cluster %s (%s, %s, 0..%s nodes)", wanted.name, wanted.size,
-                          wanted.tier, wanted.max_instances)
-            return self.client.compute.begin_create_or_update(wanted).result()
-        for field in ("size", "tier"):
-            have, want = getattr(current, field, None), getattr(wanted, field)
-            if have and want and str(have).lower() != str(want).lower():
-                raise ValueError(f"compute cluster {wanted.name} exists with {field} {have}, not {want}: "
-                                 "choose another cluster name or delete the cluster")
-        scale = ("min_instances", "max_instances", "idle_time_before_scale_down")
-        if any(getattr(current, f, None) != getattr(wanted, f) for f in scale):
-            self.log.info("updating scale settings of %s to %s", wanted.name, {f: getattr(wanted, f) for f in scale})
-            return self.client.compute.begin_create_or_update(wanted).result()
+            self.log.info("creating compute cluster %s", config.describe())
+            return self.client.compute.begin_create_or_update(build_compute(config)).result()
+        if str(current.size).lower() != config.vm_size.lower() or current.tier != config.tier:
+            self.log.warning("compute cluster %s is %s %s, configured %s %s: using it as it is", config.name,
+                             current.size, current.tier, config.vm_size, config.tier)
         return current
 
     def ensure_environment(self, environment: Environment) -> str:
@@ -112,12 +120,18 @@ class AzureMLHook(BaseHook):
 
     def register_sas_datastore(self, name: str, account_name: str, container: str, sas_token: str,
                                endpoint: str = "core.windows.net") -> str:
-        """A datastore holding a SAS token (stored by the workspace, never in the job)."""
+        """A datastore holding a SAS token (stored by the workspace, never in the job); registering
+        it again replaces the token."""
         store = AzureBlobDatastore(name=name, account_name=account_name, container_name=container, endpoint=endpoint,
                                    credentials=SasTokenConfiguration(sas_token=sas_token),
-                                   description="short-lived access for one video_style_transfer job")
+                                   description="short-lived access for one video_style_transfer run")
         self.client.datastores.create_or_update(store)
         return name
+
+    def delete_datastore(self, name: str) -> None:
+        """Unregister a datastore (and the workspace's secret for its token); gone already is fine."""
+        with contextlib.suppress(ResourceNotFoundError):
+            self.client.datastores.delete(name)
 
     # ------------------------------------------------------------------ jobs
 
@@ -125,32 +139,39 @@ class AzureMLHook(BaseHook):
         """Submit a job (uploads its code); returns the service's job entity."""
         return self.client.jobs.create_or_update(job)
 
-    def get_job(self, name: str):
-        return self.client.jobs.get(name)
+    def find_job(self, name: str):
+        """The job of that name, or None when the workspace has none."""
+        try:
+            return self.client.jobs.get(name)
+        except ResourceNotFoundError:
+            return None
 
     def get_status(self, name: str) -> str:
         return self.client.jobs.get(name).status
 
     def job_error(self, name: str) -> str:
-        """The service's error for a job that ended Failed or Canceled, or '' if it gave none.
+        """The service's error for a job that ended, or '' if it gave none (a cancelled job).
 
-        ``jobs.stream`` raises the run's error for a failed job (the SDK's public way to read it);
-        for a cancelled one it raises nothing, so the run details are read the way the SDK does."""
-        sink = io.StringIO()
+        ``jobs.stream`` (the SDK's public way) prints the job's log, which lands in the task's
+        log, and raises the service's error for a failed job. Called on the worker, never in the
+        triggerer, whose stdout is shared by every deferred task."""
         try:
-            with contextlib.redirect_stdout(sink):
-                self.client.jobs.stream(name)
+            self.client.jobs.stream(name)
+        except ResourceNotFoundError:
+            raise
         except Exception as exc:  # noqa: BLE001 -- JobException carries the service's error JSON
             return _error_text(getattr(exc, "message", None) or str(exc))
-        runs = getattr(self.client.jobs, "_runs_operations", None)
-        with contextlib.suppress(Exception):
-            details = runs.get_run_details(name)
-            if details.error:
-                return _error_text(json.dumps(details.error.as_dict()))
         return ""
 
+    def preempted_nodes(self, cluster: str) -> int:
+        """How many of the cluster's nodes the service reports taken back (low priority)."""
+        return sum(1 for node in self.client.compute.list_nodes(cluster)
+                   if str(getattr(node, "node_state", "")).lower() == PREEMPTED_NODE_STATE)
+
     def cancel(self, name: str) -> None:
-        self.client.jobs.begin_cancel(name).result()
+        """Cancel the job unless it has ended already."""
+        if self.get_status(name) not in TERMINAL_STATES:
+            self.client.jobs.begin_cancel(name).result()
 
     def download_logs(self, name: str, path: str) -> None:
         self.client.jobs.download(name, download_path=path, all=False)

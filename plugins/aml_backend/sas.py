@@ -19,8 +19,10 @@ command from the local backend, which we refuse). So the honest best option is:
   logs that, and the README recommends a per-run container for exact scoping;
 * **separate tokens per direction**: the input datastore's token can only read and list;
   the output datastore's token cannot read anything outside what the mount itself needs;
-* **short expiry**: about the job's expected length plus a margin (default 2 h + 30 min),
-  re-issued on every (re)submission, so a token leaked from a finished job is dead;
+* **an expiry that covers the job, no more**: the longest a job may wait for nodes plus the
+  task's time limit, plus a margin (the operator: 6 h + 12 h + 30 min), so a low-priority job
+  that queues for hours still mounts its data; re-issued on every (re)submission, and the
+  run's datastores (which hold the tokens) are removed when the score step ends;
 * signed with a **user delegation key** when the storage connection authenticates with
   Entra ID (no account key anywhere), or with the account key when the connection holds one:
   the key signs the token locally and is never sent, logged or stored.
@@ -84,7 +86,7 @@ class Signer:
 
 
 def expiry_for(expected: timedelta = DEFAULT_EXPECTED, now: datetime | None = None) -> datetime:
-    """When a token for a job expected to take ``expected`` should stop working."""
+    """When a token for a job that may take ``expected`` (queueing included) should stop working."""
     return (now or datetime.now(UTC)) + expected + MARGIN
 
 

@@ -12,45 +12,27 @@ import shlex
 import shutil
 from pathlib import Path
 
-from azure.ai.ml import Input, MpiDistribution, Output, command
-from azure.ai.ml.entities import AmlCompute, BuildContext, CommandJob, Environment
+from azure.ai.ml import Input, MpiDistribution, Output
+from azure.ai.ml.entities import AmlCompute, BuildContext, CommandJob, Environment, JobResourceConfiguration
+
+from scoring.gpus import VM_SIZE_ENV
+
+from .cluster import ClusterConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SCORING_DIR = REPO / "scoring"
 DOCKER_CONTEXT = REPO / "docker" / "scoring"
 ENVIRONMENT_NAME = "video-style-transfer-scoring"
-TIERS = ("low_priority", "dedicated")
-# What the cluster waits before giving an idle node back: long enough that the score steps of
-# runs queued a minute apart share a node, short enough that a quiet cluster costs nothing.
-DEFAULT_IDLE_SECONDS = 120
-KEEP_WARM_IDLE_SECONDS = 1800
 
 
-def build_compute(name: str, vm_size: str = "Standard_NC6s_v3", max_nodes: int = 4, *, tier: str = "low_priority",
-                  idle_seconds: int = DEFAULT_IDLE_SECONDS, min_nodes: int = 0) -> AmlCompute:
-    """An autoscaling GPU cluster: ``min_nodes`` (0: nothing billed when idle) to ``max_nodes``,
-    low-priority by default (much cheaper, can be preempted; the operator resubmits)."""
-    if tier not in TIERS:
-        raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
-    if not 0 <= min_nodes <= max_nodes or max_nodes < 1:
-        raise ValueError(f"need 0 <= min_nodes <= max_nodes and max_nodes >= 1, got {min_nodes}..{max_nodes}")
-    return AmlCompute(name=name, size=vm_size, min_instances=min_nodes, max_instances=max_nodes, tier=tier,
-                      idle_time_before_scale_down=idle_seconds,
-                      description="video style transfer scoring (managed by the Airflow azureml plugin)")
-
-
-def keep_warm(compute: AmlCompute, idle_seconds: int = KEEP_WARM_IDLE_SECONDS, min_nodes: int | None = None) -> AmlCompute:
-    """The same cluster, kept warm while runs arrive close together: a longer idle time (and
-    optionally a floor of nodes), so that the next job skips the several minutes a node takes
-    to start. Idle nodes are billed: apply :func:`cool_down` when the queue is empty."""
-    return build_compute(compute.name, compute.size, compute.max_instances, tier=compute.tier,
-                         idle_seconds=idle_seconds, min_nodes=compute.min_instances if min_nodes is None else min_nodes)
-
-
-def cool_down(compute: AmlCompute, idle_seconds: int = DEFAULT_IDLE_SECONDS) -> AmlCompute:
-    """The cluster back to scale-to-zero with the normal idle time."""
-    return build_compute(compute.name, compute.size, compute.max_instances, tier=compute.tier,
-                         idle_seconds=idle_seconds, min_nodes=0)
+def build_compute(config: ClusterConfig) -> AmlCompute:
+    """The configured autoscaling GPU cluster: ``min_nodes`` (0: nothing billed when idle) to
+    ``max_nodes``, low-priority by default (much cheaper, can be preempted; the operator
+    resubmits); keep-warm lengthens the idle time so runs arriving close together share nodes."""
+    return AmlCompute(name=config.name, size=config.vm_size, min_instances=config.min_nodes,
+                      max_instances=config.max_nodes, tier=config.tier,
+                      idle_time_before_scale_down=config.scale_idle_seconds,
+                      description="video style transfer scoring (created by the Airflow aml_backend plugin)")
 
 
 def build_environment(context: Path = DOCKER_CONTEXT, name: str = ENVIRONMENT_NAME) -> Environment:
@@ -83,6 +65,7 @@ def score_command(score_args: list[str], model_input: bool = False, style_image_
 
 def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str], code: Path | str,
                     environment: str | Environment, compute: str, nodes: int = 1, gpus_per_node: int = 1,
+                    vm_size: str | None = None,
                     model_uri: str | None = None, style_image_uri: str | None = None,
                     output_mode: str = "rw_mount", name: str | None = None,
                     experiment_name: str = "video-style-transfer", display_name: str | None = None,
@@ -93,7 +76,8 @@ def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str]
     paths. The output is mounted read-write by default, so finished segments land in storage
     as they finish and survive a preemption; a resubmitted job sees their done markers and
     styles only the rest. ``output_mode="upload"`` writes only at the end (write-only access,
-    but a preempted job loses its work)."""
+    but a preempted job loses its work). ``vm_size`` goes to the job's environment, where the
+    scoring step's GPU check names it."""
     if nodes < 1 or gpus_per_node < 1:
         raise ValueError(f"nodes and gpus_per_node must be at least 1, got {nodes} and {gpus_per_node}")
     inputs = {"segments": Input(type="uri_folder", path=segments_uri, mode="ro_mount")}
@@ -101,7 +85,7 @@ def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str]
         inputs["model"] = Input(type="uri_file", path=model_uri, mode="download")
     if style_image_uri:
         inputs["style_image"] = Input(type="uri_file", path=style_image_uri, mode="download")
-    node = command(
+    return CommandJob(
         name=name,
         display_name=display_name,
         experiment_name=experiment_name,
@@ -109,11 +93,11 @@ def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str]
         command=score_command(score_args, model_input=bool(model_uri), style_image_input=bool(style_image_uri)),
         code=str(code),
         environment=environment,
+        environment_variables={VM_SIZE_ENV: vm_size} if vm_size else {},
         compute=compute,
         inputs=inputs,
         outputs={"styled": Output(type="uri_folder", path=styled_uri, mode=output_mode)},
         distribution=MpiDistribution(process_count_per_instance=gpus_per_node),
-        instance_count=nodes,
+        resources=JobResourceConfiguration(instance_count=nodes),
         tags=tags or {},
     )
-    return node._to_job()
