@@ -15,10 +15,12 @@ demo``'s) and by tests/test_prod.py (free ports, a temporary folder).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +47,15 @@ DEV_SECRETS = {
 }
 
 
+def postgres_folder(root: Path) -> Path:
+    """``ROOT/postgres``, or where root runs Postgres as user ``postgres`` and cannot reach ROOT
+    (pytest's temporary folders are private), a folder in /tmp named after ROOT."""
+    root = Path(root).resolve()
+    if os.geteuid() != 0 or all(os.stat(p).st_mode & 0o001 for p in [root, *root.parents] if p.exists()):
+        return root / "postgres"
+    return Path(tempfile.gettempdir()) / f"vst-postgres-{hashlib.sha256(str(root).encode()).hexdigest()[:12]}"
+
+
 class ProdStack(Stack):
     """Paths, ports and processes of the production topology on this machine."""
 
@@ -52,7 +63,7 @@ class ProdStack(Stack):
                  pg_port: int = 5433, redis_port: int = 6380):
         super().__init__(root, blob_port, api_port)
         self.pg_port, self.redis_port = pg_port, redis_port
-        self.pg_data = self.root / "postgres"
+        self.pg_data = postgres_folder(self.root)
 
     @classmethod
     def on_free_ports(cls, root: Path | str) -> ProdStack:
@@ -93,8 +104,10 @@ class ProdStack(Stack):
             self.pg_data.mkdir(parents=True, exist_ok=True)
             if as_postgres:
                 shutil.chown(self.pg_data, "postgres", "postgres")
-            subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(self.pg_data), "-U", "airflow",
-                            "--auth=trust", "-E", "UTF8", "--locale=C"], check=True, capture_output=True)
+            made = subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(self.pg_data), "-U", "airflow",
+                                   "--auth=trust", "-E", "UTF8", "--locale=C"], capture_output=True, text=True)
+            if made.returncode != 0:
+                raise RuntimeError(f"initdb failed: {made.stderr.strip()[-2000:]}")
         log = open(self.root / "postgres.log", "ab")
         process = subprocess.Popen(
             [*as_postgres, str(PG_BIN / "postgres"), "-D", str(self.pg_data), "-p", str(self.pg_port),
