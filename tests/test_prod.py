@@ -108,6 +108,11 @@ def runs(stack, dag_id: str = DAG) -> dict[str, str]:
     return {r["dag_run_id"]: r["state"] for r in answer["dag_runs"]}
 
 
+def manual_runs(stack) -> list[dict]:
+    status, answer = api(stack, "GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100")
+    return [r for r in answer["dag_runs"] if r["run_type"] == "manual"]
+
+
 def wait_for_run(stack, run_id: str, timeout: float, dag_id: str = DAG) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -181,6 +186,7 @@ def test_backfill_create_runs_the_sweep(prod, clip):
         if sweeps and all(state in ("success", "failed") for state in sweeps.values()):
             break
         time.sleep(3)
+    assert api(prod, "PATCH", "/api/v2/dags/blob_sweep", {"is_paused": True})[0] == 200
     assert list(sweeps.values()) == ["success"], sweeps
     wanted = processing_run_id("videos-in", "prod/backfill.mp4", str(props["etag"]).strip('"'))
     assert wait_for_run(prod, wanted, 300) == "success"
@@ -221,7 +227,7 @@ def test_ui_trigger_form_in_a_browser(prod, clip, browser):
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     wait.until(lambda b: "/auth/login" not in b.current_url)
 
-    before = set(runs(prod))
+    before = {r["dag_run_id"] for r in manual_runs(prod)}
     browser.get(f"{base}/dags/{DAG}")
     wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=trigger-dag-button]"))).click()
     field = wait.until(ready.element_to_be_clickable((By.NAME, "element_input_blob")))
@@ -234,11 +240,11 @@ def test_ui_trigger_form_in_a_browser(prod, clip, browser):
         (By.XPATH, "(//*[@role='dialog']//button[normalize-space()='Trigger'])[last()]"))).click()
 
     deadline = time.monotonic() + 120
-    while not (new := set(runs(prod)) - before):
+    while not (new := [r for r in manual_runs(prod) if r["dag_run_id"] not in before]):
         assert time.monotonic() < deadline, "the form started no run"
         time.sleep(2)
-    (run_id,) = new
-    status, run = api(prod, "GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}")
+    (run,) = new
+    run_id = run["dag_run_id"]
     assert run["conf"]["input_blob"] == "prod/ui.mp4" and run["conf"]["style"] == "7", run["conf"]
     assert wait_for_run(prod, run_id, 300) == "success"
 
