@@ -249,8 +249,8 @@ def test_ui_trigger_form_in_a_browser(prod, clip, browser):
     assert wait_for_run(prod, run_id, 300) == "success"
 
     status, links = api(prod, "GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/preview/links")
-    assert status == 200 and links.get("Preview"), (status, links)
-    browser.get(links["Preview"])
+    assert status == 200 and links["extra_links"].get("Preview"), (status, links)
+    browser.get(links["extra_links"]["Preview"])
     image = wait.until(ready.presence_of_element_located((By.TAG_NAME, "img")))
     assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 100
 
