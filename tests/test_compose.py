@@ -1,0 +1,79 @@
+"""docker/docker-compose.yaml agrees with the topology tests/test_prod.py runs (devstack/prod.py):
+the same services, queues, images and settings, as tests/test_docker.py does for pins."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+import yaml
+
+from devstack.prod import QUEUES, RECOVERY_SETTINGS, SCORING_SLOTS, TRIGGERERS
+
+from .helpers import REPO
+
+COMPOSE = REPO / "docker" / "docker-compose.yaml"
+AIRFLOW_PARTS = {"airflow-apiserver": "api-server", "airflow-scheduler": "scheduler",
+                 "airflow-dag-processor": "dag-processor", "airflow-triggerer": "triggerer"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def env_of(service: dict) -> dict[str, str]:
+    return {k: str(v) for k, v in service.get("environment", {}).items()}
+
+
+def test_services_are_the_tested_topology(compose):
+    services = compose["services"]
+    workers = {f"airflow-worker-{queue}" for queue in QUEUES}
+    assert set(services) == {"postgres", "redis", "airflow-init"} | set(AIRFLOW_PARTS) | workers
+    for name, command in AIRFLOW_PARTS.items():
+        assert services[name]["command"] == command
+    assert services["airflow-triggerer"]["deploy"]["replicas"] == TRIGGERERS
+    assert services["postgres"]["image"] == "postgres:15"  # Debian's postgresql, as tested
+    assert services["redis"]["image"] == "redis:7.0"  # Debian's redis-server, as tested
+    for name, service in services.items():
+        if name != "airflow-init":
+            assert "healthcheck" in service, f"{name} has no health check"
+
+
+def test_each_queue_has_a_worker_from_the_image_the_tests_ran_it_from(compose):
+    """The worker of a queue is built from the folder whose requirements built its venv."""
+    makefile = (REPO / "Makefile").read_text()
+    for name, value in re.findall(r"^(\w+) := (\S+)$", makefile, re.MULTILINE):
+        makefile = makefile.replace(f"$({name})", value)
+    for queue, (venv, image, concurrency) in QUEUES.items():
+        service = compose["services"][f"airflow-worker-{queue}"]
+        args = shlex.split(service["command"])
+        assert args[:2] == ["celery", "worker"]
+        assert args[args.index("--queues") + 1] == queue
+        assert int(args[args.index("--concurrency") + 1]) == concurrency
+        assert service["build"]["dockerfile"] == f"docker/{image}/Dockerfile"
+        assert f"{venv.name}/bin/python -m pip install -q -r docker/{image}/requirements.txt" in makefile
+        assert f"docker/{image}/requirements.txt" in (REPO / "docker" / image / "Dockerfile").read_text()
+        volumes = [v.split(":")[1] for v in service["volumes"]]
+        assert "/opt/airflow/scratch" in volumes  # a scratch folder of its own, as in the tests
+
+
+def test_settings_are_the_tested_ones(compose):
+    services = compose["services"]
+    for name in [*AIRFLOW_PARTS, *(f"airflow-worker-{q}" for q in QUEUES), "airflow-init"]:
+        env = env_of(services[name])
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
+        assert env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == "default"
+        for key, value in RECOVERY_SETTINGS.items():
+            assert env.get(key) == value, f"{name}: {key}={env.get(key)}, the tests run {value}"
+        for conn in ("AIRFLOW_CONN_WASB_DATA", "AIRFLOW_CONN_WASB_SYSTEM", "AIRFLOW__SECRETS__BACKEND"):
+            assert conn in env, f"{name} takes no {conn} from the environment"
+
+
+def test_init_migrates_and_creates_the_pool(compose):
+    script = " ".join(compose["services"]["airflow-init"]["command"])
+    assert "airflow db migrate" in script
+    assert re.search(rf"airflow pools set scoring {SCORING_SLOTS}\b", script)

@@ -1,0 +1,302 @@
+"""The production topology (devstack/prod.py), as users use it: Postgres, Redis, Celery workers
+on queues `default` and `scoring`, each Airflow part its own process, every Airflow process run
+from the venv of the image it stands for. One stack for the whole module.
+
+The ways in: an upload (automatic run), the UI trigger form in a real browser, `airflow dags
+trigger -c`, `airflow backfill create`. What counts is what a user sees: a video in videos-out.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from devstack import REPO
+from devstack.prod import AIRFLOW_VENV, PG_BIN, QUEUES, SCORING_VENV, ProdStack
+
+sys.path.insert(0, str(REPO / "plugins"))
+from style_pipeline import default_output_name, run_key  # noqa: E402
+
+MISSING = [what for what, there in (
+    (".venv-airflow (make prod-setup)", (AIRFLOW_VENV / "bin" / "airflow").exists()),
+    (".venv-scoring (make prod-setup)", (SCORING_VENV / "bin" / "airflow").exists()),
+    ("postgresql", (PG_BIN / "postgres").exists()),
+    ("redis-server", shutil.which("redis-server")),
+    ("Azurite (npm ci)", (REPO / "node_modules" / ".bin" / "azurite-blob").exists()),
+) if not there]
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not installed: {', '.join(MISSING)}")
+DAG = "video_style_transfer"
+TIMINGS: dict[str, float] = {}
+TOKENS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def prod(tmp_path_factory):
+    stack = ProdStack.on_free_ports(tmp_path_factory.mktemp("prod"))
+    stack.extra_env = {"VST_SWEEP_MINUTES": "1", "VST_WATCH_POLL_SECONDS": "2"}
+    began = time.monotonic()
+    try:
+        stack.start()
+        TIMINGS["stack start (s)"] = time.monotonic() - began
+        # the sweep's own schedule would take the uploads of test_backfill_create's window
+        assert api(stack, "PATCH", "/api/v2/dags/blob_sweep", {"is_paused": True})[0] == 200
+        yield stack
+    finally:
+        stack.stop()
+        if stack.root not in stack.pg_data.parents:
+            shutil.rmtree(stack.pg_data, ignore_errors=True)
+        for name, seconds in TIMINGS.items():
+            print(f"prod topology: {name}: {seconds:.0f}")
+
+
+@pytest.fixture(scope="module")
+def clip(clip_factory):
+    return clip_factory(seconds=1.0, fps="10", size=(96, 64))
+
+
+def upload(stack, name: str, path: Path) -> dict:
+    return stack.blob_client().get_blob_client("videos-in", name).upload_blob(path.read_bytes(), overwrite=True)
+
+
+def wait_for_output(stack, name: str, after: datetime, timeout: float) -> float:
+    """Seconds until videos-out/NAME was written after ``after``; fails with the runs' states."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    blob, began = stack.blob_client().get_blob_client("videos-out", name), time.monotonic()
+    while time.monotonic() - began < timeout:
+        try:
+            if blob.get_blob_properties().last_modified >= after:
+                return time.monotonic() - began
+        except ResourceNotFoundError:
+            pass
+        time.sleep(2)
+    raise AssertionError(f"no videos-out/{name} after {timeout:.0f} s; runs: {runs(stack)}")
+
+
+def api(stack, method: str, path: str, body: dict | None = None, user: str = "admin"):
+    """(status, JSON answer) of a call to the API server as ``user`` (cheaper than a CLI call)."""
+    import urllib.error
+    import urllib.request
+
+    def call(path, body, headers):
+        request = urllib.request.Request(f"http://127.0.0.1:{stack.api_port}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"} | headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    if user not in TOKENS:
+        method_was, method = method, "POST"
+        status, answer = call("/auth/token", {"username": user, "password": stack.password(user)}, {})
+        assert status in (200, 201), (status, answer)
+        TOKENS[user], method = answer["access_token"], method_was
+    return call(path, body, {"Authorization": f"Bearer {TOKENS[user]}"})
+
+
+def runs(stack, dag_id: str = DAG) -> dict[str, str]:
+    status, answer = api(stack, "GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")
+    assert status == 200, (status, answer)
+    return {r["dag_run_id"]: r["state"] for r in answer["dag_runs"]}
+
+
+def manual_runs(stack) -> list[dict]:
+    status, answer = api(stack, "GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100")
+    return [r for r in answer["dag_runs"] if r["run_type"] == "manual"]
+
+
+def wait_for_run(stack, run_id: str, timeout: float, dag_id: str = DAG) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = runs(stack, dag_id).get(run_id)
+        if state in ("success", "failed"):
+            return state
+        time.sleep(3)
+    raise AssertionError(f"run {run_id} of {dag_id} did not finish in {timeout:.0f} s: {runs(stack, dag_id)}")
+
+
+def test_an_upload_gives_a_video(prod, clip):
+    props = upload(prod, "prod/upload.mp4", clip)
+    took = wait_for_output(prod, default_output_name("prod/upload.mp4", "19", None), props["last_modified"], 300)
+    TIMINGS["upload -> video, 1 s clip 96x64 (s)"] = took
+
+
+def test_the_run_went_through_postgres_and_both_queues(prod):
+    """The upload's run: its rows in Postgres, its tasks executed by the Celery worker of the
+    queue they were routed to, each worker from its image's venv (the default one has no torch)."""
+    import subprocess
+
+    rows = subprocess.run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(prod.pg_port), "-U", "airflow",
+                           "-d", "airflow", "-tAc", f"select task_id, queue, state from task_instance where dag_id = '{DAG}'"],
+                          capture_output=True, text=True, check=True).stdout
+    done = {tuple(line.split("|")) for line in rows.splitlines() if line.endswith("|success")}
+    assert {("probe", "default", "success"), ("split", "default", "success"), ("score_local", "scoring", "success"),
+            ("preview", "scoring", "success"), ("stitch_and_publish", "default", "success")} <= done, rows
+    for queue in QUEUES:
+        log = (prod.root / f"worker-{queue}.log").read_text(errors="replace")
+        ran = {task for task, q, _ in done if q == queue}
+        assert all(f"task_id='{task}'" in log for task in ran), (queue, ran)
+        assert f"task_id='{'probe' if queue == 'scoring' else 'score_local'}'" not in log
+    assert not list((AIRFLOW_VENV / "lib").glob("python3*/site-packages/torch"))
+    assert list((SCORING_VENV / "lib").glob("python3*/site-packages/torch"))
+
+
+def pause_watcher(prod) -> None:
+    """From here on each test starts its runs itself: the watcher would add a second run per
+    upload, and two cores have none to spare."""
+    api(prod, "PATCH", "/api/v2/dags/blob_watcher", {"is_paused": True})
+
+
+def test_cli_trigger_with_conf(prod, clip):
+    pause_watcher(prod)
+    upload(prod, "prod/cli.mp4", clip)
+    began = datetime.now(timezone.utc)
+    run_id = "cli__prod-cli"
+    prod.airflow("dags", "trigger", DAG, "-r", run_id, "-c",
+                 json.dumps({"input_blob": "prod/cli.mp4", "style": "3", "output_name": "prod/cli-style-3.mp4"}))
+    assert wait_for_run(prod, run_id, 300) == "success"
+    wait_for_output(prod, "prod/cli-style-3.mp4", began, 10)
+
+
+def test_backfill_create_runs_the_sweep(prod, clip):
+    """An upload nobody watched (watcher and sweep paused): a backfill of the sweep over its
+    window starts its run, and the video comes."""
+    from blob_watch import processing_run_id
+
+    pause_watcher(prod)
+    props = upload(prod, "prod/backfill.mp4", clip)
+    window_end = props["last_modified"].replace(second=0, microsecond=0) + timedelta(minutes=1)
+    while datetime.now(timezone.utc) < window_end + timedelta(seconds=2):
+        time.sleep(1)
+    prod.airflow("backfill", "create", "--dag-id", "blob_sweep", "--from-date", window_end.isoformat(),
+                 "--to-date", window_end.isoformat())
+    assert api(prod, "PATCH", "/api/v2/dags/blob_sweep", {"is_paused": False})[0] == 200
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status, answer = api(prod, "GET", "/api/v2/dags/blob_sweep/dagRuns?limit=100")
+        sweeps = {r["dag_run_id"]: r["state"] for r in answer["dag_runs"] if r["run_type"] == "backfill"}
+        if sweeps and all(state in ("success", "failed") for state in sweeps.values()):
+            break
+        time.sleep(3)
+    assert api(prod, "PATCH", "/api/v2/dags/blob_sweep", {"is_paused": True})[0] == 200
+    assert list(sweeps.values()) == ["success"], sweeps
+    wanted = processing_run_id("videos-in", "prod/backfill.mp4", str(props["etag"]).strip('"'))
+    assert wait_for_run(prod, wanted, 300) == "success"
+    wait_for_output(prod, default_output_name("prod/backfill.mp4", "19", None), props["last_modified"], 10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("not installed: chromium, chromium-driver (make prod-setup)")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.binary_location = chromium
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver))
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def test_ui_trigger_form_in_a_browser(prod, clip, browser):
+    """Log in, fill Input video and Style on the trigger form, trigger; the run succeeds and
+    its Preview link shows the picture."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    upload(prod, "prod/ui.mp4", clip)
+    wait = WebDriverWait(browser, 180)
+    base = f"http://127.0.0.1:{prod.api_port}"
+    browser.get(f"{base}/auth/login/")
+    wait.until(ready.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys(prod.password("admin"))
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait.until(lambda b: "/auth/login" not in b.current_url)
+
+    before = {r["dag_run_id"] for r in manual_runs(prod)}
+    browser.get(f"{base}/dags/{DAG}")
+    wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=trigger-dag-button]"))).click()
+    field = wait.until(ready.element_to_be_clickable((By.NAME, "element_input_blob")))
+    field.send_keys("prod/ui.mp4")
+    style = browser.find_element(By.NAME, "element_style")
+    style.send_keys(*["\b"] * len(style.get_attribute("value")), "7")
+    output = browser.find_element(By.NAME, "element_output_name")
+    output.send_keys("prod/ui-style-7.mp4")
+    wait.until(ready.element_to_be_clickable(
+        (By.XPATH, "(//*[@role='dialog']//button[normalize-space()='Trigger'])[last()]"))).click()
+
+    deadline = time.monotonic() + 120
+    while not (new := [r for r in manual_runs(prod) if r["dag_run_id"] not in before]):
+        assert time.monotonic() < deadline, "the form started no run"
+        time.sleep(2)
+    (run,) = new
+    run_id = run["dag_run_id"]
+    assert run["conf"]["input_blob"] == "prod/ui.mp4" and run["conf"]["style"] == "7", run["conf"]
+    assert wait_for_run(prod, run_id, 300) == "success"
+
+    status, links = api(prod, "GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/preview/links")
+    assert status == 200 and links["extra_links"].get("Preview"), (status, links)
+    browser.get(links["extra_links"]["Preview"])
+    image = wait.until(ready.presence_of_element_located((By.TAG_NAME, "img")))
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 100
+
+
+def test_a_scoring_worker_lost_mid_score(prod, clip_factory):
+    """Kill the scoring worker's whole process tree while score_local runs; start it again: the
+    run finishes, and the retry skips every segment that was done, redoing at most the ones
+    that were in flight (one per rank)."""
+    import contextlib
+    import signal
+
+    import psutil
+
+    longer = clip_factory(seconds=6.0, fps="10", size=(640, 360))
+    upload(prod, "prod/lost.mp4", longer)
+    run_id, ranks = "cli__prod-lost-worker", 2
+    prod.airflow("dags", "trigger", DAG, "-r", run_id, "-c", json.dumps(
+        {"input_blob": "prod/lost.mp4", "segment_frames": 6, "ranks": ranks, "output_name": "prod/lost.mp4"}))
+    segments = 10
+
+    def done_markers() -> int:
+        return len(list((prod.root / "scratch-scoring" / run_key(run_id) / "styled").glob("*.done")))
+
+    deadline = time.monotonic() + 300
+    while not 1 <= done_markers() < segments:
+        assert time.monotonic() < deadline, f"score_local never got under way: {runs(prod)}"
+        time.sleep(0.1)
+    worker = psutil.Process(int((prod.root / "worker-scoring.pid").read_text()))
+    tree = [worker, *worker.children(recursive=True)]
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    psutil.wait_procs(tree, timeout=30)
+    done_at_kill = done_markers()
+    (prod.root / "worker-scoring.pid").unlink()
+    prod.start_worker("scoring")
+    assert wait_for_run(prod, run_id, 600) == "success"
+    TIMINGS["lost scoring worker: kill -> run success (s)"] = time.monotonic() - killed_at
+
+    status, tries = api(prod, "GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/score_local")
+    assert tries["try_number"] >= 2, tries
+    status, scored = api(prod, "GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/score_local/xcomEntries/return_value")
+    summary = scored["value"] if isinstance(scored["value"], dict) else json.loads(scored["value"])
+    redone = summary["scored"]
+    TIMINGS[f"lost scoring worker: {done_at_kill} of {segments} segments done at the kill; segments scored again"] = redone
+    assert summary["segments"] == segments and summary["skipped"] >= done_at_kill
+    assert redone <= segments - done_at_kill  # never a finished segment again
+    assert done_at_kill + redone == segments
