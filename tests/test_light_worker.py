@@ -55,7 +55,7 @@ def test_the_blocker_blocks(no_torch_env):
 def test_plugins_and_dags_load_without_torch(no_torch_env):
     code = ("import sys, importlib\n"
             "for name in ('style_pipeline', 'storage', 'blob_watch', 'notifications', 'preview',"
-            " 'azureml.operators', 'azureml_plugin', 'scoring.cli', 'scoring.media', 'scoring.split',"
+            " 'aml_backend.operators', 'aml_backend.trigger', 'aml_backend_plugin', 'run_settings', 'leftovers', 'scoring.cli', 'scoring.media', 'scoring.split',"
             " 'scoring.stitch', 'scoring.pictures', 'scoring.launch', 'scoring.segments'):\n"
             "    importlib.import_module(name)\n"
             "from airflow.dag_processing.dagbag import DagBag\n"
