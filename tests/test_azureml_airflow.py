@@ -93,7 +93,7 @@ def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_fake, clip_fa
     clip = clip_factory(seconds=1, fps="25", size=(96, 64))
     runs = {}
     for key in ("marked_failed", "retried"):
-        upload(stack, "videos-in", f"aml/{key}.mp4", clip.read_bytes())
+        upload(stack, "accepted", f"aml/{key}.mp4", clip.read_bytes())  # as the watcher leaves it
         status, answer = api.trigger({"input_blob": f"aml/{key}.mp4", "backend": "azureml", "azureml_nodes": 1,
                                       "segment_frames": 8})
         assert status in (200, 201), answer
