@@ -136,12 +136,19 @@ def test_the_run_went_through_postgres_and_both_queues(prod):
     queue they were routed to, each worker from its image's venv (the default one has no torch)."""
     import subprocess
 
-    rows = subprocess.run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(prod.pg_port), "-U", "airflow",
-                           "-d", "airflow", "-tAc", f"select task_id, queue, state from task_instance where dag_id = '{DAG}'"],
-                          capture_output=True, text=True, check=True).stdout
-    done = {tuple(line.split("|")) for line in rows.splitlines() if line.endswith("|success")}
-    assert {("probe", "default", "success"), ("split", "default", "success"), ("score_local", "scoring", "success"),
-            ("preview", "scoring", "success"), ("stitch_and_publish", "default", "success")} <= done, rows
+    wanted = {("probe", "default", "success"), ("split", "default", "success"), ("score_local", "scoring", "success"),
+              ("preview", "scoring", "success"), ("stitch_and_publish", "default", "success")}
+    deadline = time.monotonic() + 120  # the video is out; the strip and manifest follow it in the same task
+    while True:
+        rows = subprocess.run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(prod.pg_port), "-U", "airflow",
+                               "-d", "airflow", "-tAc",
+                               f"select task_id, queue, state from task_instance where dag_id = '{DAG}'"],
+                              capture_output=True, text=True, check=True).stdout
+        done = {tuple(line.split("|")) for line in rows.splitlines() if line.endswith("|success")}
+        if wanted <= done or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert wanted <= done, rows
     for queue in QUEUES:
         log = (prod.root / f"worker-{queue}.log").read_text(errors="replace")
         ran = {task for task, q, _ in done if q == queue}
