@@ -277,7 +277,10 @@ def test_watcher_starts_one_run_per_blob_version(stack, clip_factory):
     def inbox():
         return set(blobs(stack, "videos-in"))
 
-    stack.airflow("dags", "test", "blob_watcher", check=False)  # takes in whatever earlier tests left
+    # `airflow dags test` runs a trigger until it fires: with an empty inbox it would wait for
+    # ever (the idle give-up is the scheduler's, shown on the running stack in test_uploads.py)
+    if inbox():
+        stack.airflow("dags", "test", "blob_watcher", check=False)  # takes in whatever earlier tests left
     baseline = _upload_runs(stack)
 
     clip = clip_factory(seconds=1, fps="25", size=(96, 64))
@@ -287,8 +290,7 @@ def test_watcher_starts_one_run_per_blob_version(stack, clip_factory):
     assert runs - baseline == {processing_run_id("videos-in", "watched/a.mp4", first)}
     assert inbox() == set() and blobs(stack, "accepted")["watched/a.mp4"] == clip.read_bytes()  # claimed
 
-    assert dags_test(stack, "blob_watcher") == "success"  # nothing new: the sensor gives up, skipped
-    assert "Skipping due to soft_fail" in stack.last_output and _upload_runs(stack) == runs
+    assert _upload_runs(stack) == runs  # nothing pending: nothing more is started
 
     second = upload(stack, "watched/a.mp4", clip_factory(seconds=1.5, fps="25", size=(96, 64)), "videos-in")
     assert second != first
