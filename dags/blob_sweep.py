@@ -38,8 +38,10 @@ def blob_sweep():
         run = context["dag_run"]
         defaults = check_defaults(Variable.get(DEFAULTS_VARIABLE, default=None, deserialize_json=True))
         backfill_of = run.run_id if run.run_type == "backfill" else None
-        return sweep(RunStarter(context["ti"]), context["data_interval_start"], context["data_interval_end"],
-                     defaults, run.conf, backfill_of)
+        # a run triggered by hand has no data interval: it sweeps the MINUTES before it was asked for
+        end = context.get("data_interval_end") or run.run_after
+        start = context.get("data_interval_start") or end - timedelta(minutes=MINUTES)
+        return sweep(RunStarter(context["ti"]), start, end, defaults, run.conf, backfill_of)
 
     start_processing()
 
