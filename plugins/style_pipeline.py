@@ -118,9 +118,12 @@ def probe(params: dict, run_id: str) -> dict:
                                                               params.get("style_image"), params.get("style_strength"))
     try:
         storage.check_blob_name(output)
+        bad_output = None
     except storage.InvalidBlobName as exc:
-        raise BadInput(f"output_name: {exc}") from None
-    done_by = published_by(data, output, name, blob.etag, params, style_etag, model_etag)
+        bad_output = f"output_name: {exc}"
+    if bad_output and params.get("output_name"):  # the parameter's problem: the input is not quarantined
+        raise BadInput(bad_output)
+    done_by = None if bad_output else published_by(data, output, name, blob.etag, params, style_etag, model_etag)
     if done_by:  # before a byte of the input is downloaded
         raise AlreadyDone(f"{OUTPUTS}/{output} already holds {name} (this version, these settings), "
                           f"published by run {done_by}: nothing to do")
@@ -134,6 +137,8 @@ def probe(params: dict, run_id: str) -> dict:
         info = scoring("probe", str(local), *_limit_args(params))
         if info["kind"] != "video":
             raise BadInput(f"{PurePosixPath(name).name} is a still image; this pipeline takes videos")
+    if bad_output:  # a name so long its result's name would be too: said once the upload itself was checked
+        raise BadInput(bad_output)
     work_in, work_out = storage.run_containers(run_id)
     system = BlobStore(SYSTEM_CONN)
     system.ensure_container(work_in)

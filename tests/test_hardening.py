@@ -65,6 +65,17 @@ def test_a_playlist_upload_is_quarantined_in_one_line_input_kept(stack, clip_fac
     assert data.read_text(ACCEPTED, "evil/list.m3u8") == playlist.decode()
 
 
+def test_a_name_too_long_for_its_result_is_still_checked_and_quarantined(stack):
+    """Looking for a published result first must not skip the checks of the upload itself:
+    a not-a-video whose name leaves no room for the result's suffix is quarantined for what
+    it is (a name near 1024 characters, as in the reliability suite)."""
+    name = "long/" + "x" * 1010 + ".mp4"
+    _upload(stack, ACCEPTED, name, b"not a video\n")
+    with pytest.raises(style_pipeline.BadInput, match="is not a video or image we can read"):
+        style_pipeline.probe(PARAMS | {"input_blob": name}, "manual__long-name")
+    assert BlobStore(DATA_CONN).read_text(QUARANTINE, name) == "not a video\n"
+
+
 def test_an_oversized_model_is_refused_before_download(stack, monkeypatch, tmp_path):
     monkeypatch.setattr(style_pipeline, "MAX_MODEL_BYTES", 1024**2)
     _upload(stack, STYLES, "big.pth", b"\0" * (1024**2 + 1))

@@ -288,7 +288,9 @@ def test_twenty_uploads_at_once_each_processed_once_within_the_pool(load, busy):
     assert len(videos) == len(good) == GOOD_UPLOADS + len(load["odd"])
     for run_id, name in good_runs.items():
         manifest = json.loads(out[str(Path(name).with_suffix("")) + ".style-19.mp4.manifest.json"])
-        assert manifest["run_id"] == run_id and manifest["input"]["etag"] == good[name]
+        accepted = busy.blob_client().get_blob_client("accepted", name).get_blob_properties()
+        assert manifest["run_id"] == run_id and accepted.metadata["upload_etag"] == good[name]  # the upload's version
+        assert manifest["input"]["etag"] == str(accepted.etag).strip('"')  # read from its accepted copy
         assert manifest["output"]["frames"] == manifest["input"]["frames"]
         ti = busy.api.tasks(run_id)["score_local"]
         assert ti["try_number"] == 1 and ti["pool"] == "scoring"
