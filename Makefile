@@ -74,7 +74,7 @@ demo-cli: $(STAMP)
 	$(PY) -m scoring probe out/sample-styled.mp4
 
 test: prod-setup $(BENCH_STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 clean: stop
 	rm -rf out .demo .demo-prod $(VENV) $(AIRFLOW_VENV) $(SCORING_VENV) node_modules *.egg-info

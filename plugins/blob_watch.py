@@ -26,6 +26,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from airflow.providers.microsoft.azure.sensors.wasb import WasbPrefixSensor
 
@@ -49,6 +50,11 @@ class InboxSensor(WasbPrefixSensor):
                  batch: int = INBOX_BATCH, **kwargs):
         kwargs.setdefault("deferrable", True)
         kwargs.setdefault("soft_fail", True)  # the idle timeout: a skipped run, and the next one waits on
+        # Airflow 3.3 can fail a deferred task whose trigger fires within seconds of the deferral
+        # (the executor's late "success" for the deferring process meets the resumed, queued try:
+        # apache/airflow#67287). Taking in is idempotent, so a retry simply takes the uploads in.
+        kwargs.setdefault("retries", 3)
+        kwargs.setdefault("retry_delay", timedelta(seconds=2))
         super().__init__(container_name=container_name, prefix=prefix, wasb_conn_id=wasb_conn_id, **kwargs)
         self.batch = batch
 
@@ -97,7 +103,7 @@ def take_in(runs: RunStarter, defaults: dict, batch: int = INBOX_BATCH) -> dict:
 
 def take_in_one(data, runs: RunStarter, upload: Upload, defaults: dict, has_run: bool) -> str:
     """One upload: claimed, its run started (or passed over), gone from the inbox. Says which."""
-    from azure.core.exceptions import ResourceModifiedError
+    from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
     from run_settings import InvalidSettings, resolve
     from storage import INPUTS, InvalidBlobName, check_blob_name
     from style_pipeline import quarantine
@@ -110,8 +116,8 @@ def take_in_one(data, runs: RunStarter, upload: Upload, defaults: dict, has_run:
     except (InvalidBlobName, InvalidSettings) as exc:
         try:
             quarantine(data, INPUTS, upload.name, str(exc), None, etag=upload.etag)
-        except ResourceModifiedError:
-            return "changed_meanwhile"  # a new upload of that name: the next pending work
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return "changed_meanwhile"  # uploaded again (the next pending work) or deleted
         data.delete(INPUTS, upload.name, etag=upload.etag)
         print(f"quarantined {upload.name}: {exc}")
         return "quarantined"
@@ -122,8 +128,8 @@ def take_in_one(data, runs: RunStarter, upload: Upload, defaults: dict, has_run:
             data.delete(INPUTS, upload.name, etag=upload.etag)
             return "passed_over"
         snapshot = claim(data, upload, settings, sources)
-    except ResourceModifiedError:
-        return "changed_meanwhile"
+    except (ResourceModifiedError, ResourceNotFoundError):
+        return "changed_meanwhile"  # uploaded again (the next pending work) or deleted
     conf = {"input_blob": upload.name, "input_version": snapshot, **settings, "settings_from": sources}
     started = runs.start(upload.run_id, conf)
     data.delete(INPUTS, upload.name, etag=upload.etag)

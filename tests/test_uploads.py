@@ -213,6 +213,24 @@ def test_a_burst_drains_one_run_per_version(stack):
            f"inbox drained in {drained:.0f} s ({BURST / drained:.1f} uploads/s)")
 
 
+def test_an_upload_deleted_while_being_taken_in_is_passed_over(stack, monkeypatch):
+    """Listed, then deleted by its owner before the claim: no run, no copy, and the watcher goes
+    on with the rest instead of failing."""
+    from blob_watch import Upload, take_in_one
+    from storage import DATA_CONN, BlobStore
+
+    class NoRuns:
+        def start(self, run_id, conf):
+            raise AssertionError(f"a run was started for a deleted upload: {run_id}")
+
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_DATA", stack.env()["AIRFLOW_CONN_WASB_DATA"])
+    data = BlobStore(DATA_CONN)
+    gone = Upload("gone/deleted meanwhile.mp4", '0x8DE2A0000000000', 5, {})
+    assert take_in_one(data, NoRuns(), gone, {}, has_run=False) == "changed_meanwhile"
+    assert take_in_one(data, NoRuns(), gone, {}, has_run=True) == "changed_meanwhile"
+    assert "gone/deleted meanwhile.mp4" not in names(stack, "accepted")
+
+
 def test_the_processed_archive_is_not_listed(stack):
     """What a poll costs does not grow with what was processed: the sensor's trigger lists only
     the inbox, and processed uploads are in accepted."""
