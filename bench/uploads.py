@@ -27,7 +27,7 @@ from blob_watch import processing_run_id  # noqa: E402
 from devstack import Stack, airflow_json, free_port  # noqa: E402
 
 
-def poll_seconds(polls: int) -> float:
+def poll_seconds(polls: int, container: str = "videos-in") -> float:
     from airflow.providers.microsoft.azure.hooks.wasb import WasbAsyncHook
 
     async def measure():
@@ -35,7 +35,7 @@ def poll_seconds(polls: int) -> float:
         async with await hook.get_async_conn():
             started = time.perf_counter()
             for _ in range(polls):
-                await hook.check_for_prefix_async(container_name="videos-in", prefix="")
+                await hook.check_for_prefix_async(container_name=container, prefix="")
             return (time.perf_counter() - started) / polls
 
     return asyncio.run(measure())
@@ -89,10 +89,13 @@ def main() -> int:
         stack.airflow("dags", "pause", "blob_watcher")
         accepted = service.get_container_client("accepted")
         have = sum(1 for _ in accepted.list_blobs())
-        upload_many(accepted, [f"archive/{i:05d}.mp4" for i in range(max(0, args.archive - have))], threads=16)
+        upload_many(accepted, [f"archive/{i:05d}.mp4" for i in range(max(0, args.archive - have))], threads=10)
         full = poll_seconds(args.polls)
+        service.create_container("bench-empty")  # not the watcher's: what any listing costs in this account
+        other = poll_seconds(args.polls, "bench-empty")
         print(f"poll cost (mean of {args.polls}): {empty * 1000:.1f} ms with nothing processed, {full * 1000:.1f} ms "
-              f"with {max(have, args.archive)} processed uploads in accepted ({full / empty:.2f}x)", flush=True)
+              f"with {max(have, args.archive)} processed uploads in accepted ({full / empty:.2f}x); "
+              f"listing another empty container of the account then: {other * 1000:.1f} ms", flush=True)
     finally:
         stack.stop()
     return 0
