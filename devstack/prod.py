@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import REPO, Stack, free_port, wait_for_port
+from . import REPO, Stack, airflow_json, free_port, wait_for_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 AIRFLOW_VENV, SCORING_VENV = REPO / ".venv-airflow", REPO / ".venv-scoring"
@@ -40,6 +40,10 @@ RECOVERY_SETTINGS = {
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
     "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "300",
 }
+# Who may do what: Airflow's production auth manager (FAB), one user per role, each with a
+# password of its own in AIRFLOW_HOME/passwords.json (docs/deploying.md: Entra ID instead).
+AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+USERS = {"admin": "Admin", "op": "Op", "user": "User", "viewer": "Viewer"}
 # Shared by every Airflow process (a real deployment takes them from its secrets backend).
 DEV_SECRETS = {
     "AIRFLOW__API_AUTH__JWT_SECRET": "devstack-prod-jwt-secret-not-for-real-use",
@@ -82,6 +86,7 @@ class ProdStack(Stack):
             "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://airflow@127.0.0.1:{self.pg_port}/airflow",
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
+            "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
         } | RECOVERY_SETTINGS | DEV_SECRETS
         return env | self.extra_env
 
@@ -139,10 +144,31 @@ class ProdStack(Stack):
         return process
 
     def prepare_airflow(self, scoring_slots: int = SCORING_SLOTS) -> None:
-        """What the compose file's ``airflow-init`` does: migrate, create the pool."""
+        """What the compose file's ``airflow-init`` does: migrate, create the pool and the users."""
         self.airflow_home.mkdir(parents=True, exist_ok=True)
         self.airflow("db", "migrate")
         self.airflow("pools", "set", "scoring", str(scoring_slots), "Runs that score at once (MPI jobs)")
+        self.create_users()
+
+    def create_users(self) -> None:
+        """One FAB user per role; a stack started again keeps its users and their passwords."""
+        import json
+        import secrets
+
+        path = self.airflow_home / "passwords.json"
+        passwords = json.loads(path.read_text()) if path.exists() else {}
+        existing = {u["username"] for u in airflow_json(self.airflow("users", "list", "-o", "json"))}
+        for name, role in USERS.items():
+            if name in existing and name in passwords:
+                continue
+            passwords[name] = secrets.token_urlsafe(12)
+            if name in existing:
+                self.airflow("users", "reset-password", "--username", name, "--password", passwords[name])
+            else:
+                self.airflow("users", "create", "--username", name, "--role", role, "--firstname", name,
+                             "--lastname", role, "--email", f"{name}@example.invalid", "--password", passwords[name])
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(passwords))
 
     def start_part(self, name: str, *args: str, venv: Path = AIRFLOW_VENV, env: dict | None = None) -> subprocess.Popen:
         """One Airflow process (``airflow ARGS``) in its own process group, logging to NAME.log."""

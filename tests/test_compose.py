@@ -9,7 +9,7 @@ import shlex
 import pytest
 import yaml
 
-from devstack.prod import QUEUES, RECOVERY_SETTINGS, SCORING_SLOTS, TRIGGERERS
+from devstack.prod import AUTH_MANAGER, QUEUES, RECOVERY_SETTINGS, SCORING_SLOTS, TRIGGERERS
 
 from .helpers import REPO
 
@@ -67,6 +67,7 @@ def test_settings_are_the_tested_ones(compose):
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
         assert env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == "default"
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"] == AUTH_MANAGER  # the one the production tests sign in to
         for key, value in RECOVERY_SETTINGS.items():
             assert env.get(key) == value, f"{name}: {key}={env.get(key)}, the tests run {value}"
         for conn in ("AIRFLOW_CONN_WASB_DATA", "AIRFLOW_CONN_WASB_SYSTEM", "AIRFLOW__SECRETS__BACKEND"):
@@ -77,3 +78,13 @@ def test_init_migrates_and_creates_the_pool(compose):
     script = " ".join(compose["services"]["airflow-init"]["command"])
     assert "airflow db migrate" in script
     assert re.search(rf"airflow pools set scoring {SCORING_SLOTS}\b", script)
+    assert "airflow users create --role Admin" in script  # the FAB auth manager's first user
+
+
+def test_every_variable_the_compose_file_uses_is_in_the_example_env():
+    """`cp docker/compose.env.example docker/.env` gives a team every variable to fill in."""
+    text = (REPO / "docker" / "docker-compose.yaml").read_text()
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z_]+)", text))
+    example = {line.split("=", 1)[0] for line in (REPO / "docker" / "compose.env.example").read_text().splitlines()
+               if line and not line.startswith("#")}
+    assert used and used <= example, sorted(used - example)

@@ -232,7 +232,7 @@ def test_ui_trigger_form_in_a_browser(prod, clip, browser):
     browser.get(f"{base}/auth/login/")
     wait.until(ready.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
     browser.find_element(By.NAME, "password").send_keys(prod.password("admin"))
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    browser.find_element(By.CSS_SELECTOR, "[type=submit]").click()  # FAB's sign-in form
     wait.until(lambda b: "/auth/login" not in b.current_url)
 
     before = {r["dag_run_id"] for r in manual_runs(prod)}
@@ -261,6 +261,41 @@ def test_ui_trigger_form_in_a_browser(prod, clip, browser):
     browser.get(links["extra_links"]["Preview"])
     image = wait.until(ready.presence_of_element_located((By.TAG_NAME, "img")))
     assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 100
+
+
+def test_who_may_do_what_on_the_fab_auth_manager(prod):
+    """Airflow's production auth manager (FAB), a user per role: a Viewer reads runs and opens a
+    run's Preview but cannot trigger, pause or read connections; a User may pause, not read
+    connections; an Op may; without a token, nothing."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    from devstack.prod import AUTH_MANAGER
+
+    assert prod.env()["AIRFLOW__CORE__AUTH_MANAGER"] == AUTH_MANAGER
+    runs_path, sweep = f"/api/v2/dags/{DAG}/dagRuns", "/api/v2/dags/blob_sweep"
+    paused = api(prod, "GET", sweep)[1]["is_paused"]
+    assert api(prod, "GET", runs_path, user="viewer")[0] == 200
+    assert api(prod, "POST", runs_path, {"logical_date": None, "conf": {"input_blob": "x.mp4"}}, user="viewer")[0] == 403
+    assert api(prod, "PATCH", sweep, {"is_paused": paused}, user="viewer")[0] == 403
+    assert api(prod, "PATCH", sweep, {"is_paused": paused}, user="user")[0] == 200
+    assert api(prod, "GET", "/api/v2/connections", user="viewer")[0] == 403
+    assert api(prod, "GET", "/api/v2/connections", user="user")[0] == 403
+    assert api(prod, "GET", "/api/v2/connections", user="op")[0] == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{prod.api_port}{runs_path}", timeout=60)
+    assert refused.value.code == 401
+
+    done = [r for r, state in runs(prod).items() if state == "success" and r.startswith("upload__")]
+    assert done, runs(prod)
+    status, links = api(prod, "GET", f"{runs_path}/{quote(done[0], safe='')}/taskInstances/preview/links",
+                        user="viewer")
+    assert status == 200 and links["extra_links"].get("Preview"), (status, links)
+    viewer = {"Authorization": f"Bearer {TOKENS['viewer']}"}
+    with urllib.request.urlopen(urllib.request.Request(links["extra_links"]["Preview"], headers=viewer),
+                                timeout=60) as page:
+        assert page.headers["Content-Type"] == "image/jpeg" and page.read(3) == b"\xff\xd8\xff"
 
 
 def test_a_scoring_worker_lost_mid_score(prod, clip_factory):
