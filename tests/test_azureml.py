@@ -378,6 +378,7 @@ def test_cluster_taken_away_cancels_the_job_and_the_node_state_confirms_preempti
 
 def test_service_restart_of_the_same_job_resumes_without_a_resubmission(service, tmp_path):
     service.script("preempt-requeue")
+    service.queue_seconds = 1  # queued long enough for the trigger's polls to see it (real queues: minutes)
     result = _run_to_the_end(_operator(logs_container=""), {"ti": TaskInstance()})
     (run,) = service.runs.values()
     assert result["resubmits"] == 0 and result["cost"]["jobs"][0]["restarts"] == 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import resource
-
 import numpy as np
 import pytest
 import torch
@@ -184,13 +182,26 @@ def test_frames_after_the_first_reuse_memory_instead_of_faulting_it_in():
     """Stylizer makes the process keep freed activations (stylizer.keep_freed_memory): once the
     heap has grown to its peak (two frames), a frame page-faults almost nothing. Without it
     every 384x384 frame in fp32 faults in its activations afresh: ~35,000 pages of 4 KiB,
-    each zeroed by the kernel."""
-    stylizer = Stylizer(load_model("7"), device="cpu", precision="fp32")
-    frame = data.astronaut()[None, :384, :384]
-    stylizer(frame)
-    stylizer(frame)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        stylizer(frame)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
-    assert faults < 500, f"{faults:.0f} page faults per frame"
+    each zeroed by the kernel. Counted in a process of its own (threads other tests leave in
+    this one would add theirs); on a busy machine up to ~1,600 per frame were seen (torch's
+    threads landing on fresh malloc arenas), so the bound sits well between that and 35,000."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource\n"
+        "from skimage import data\n"
+        "from scoring.models import load_model\n"
+        "from scoring.stylizer import Stylizer\n"
+        "stylizer = Stylizer(load_model('7'), device='cpu', precision='fp32')\n"
+        "frame = data.astronaut()[None, :384, :384]\n"
+        "stylizer(frame); stylizer(frame)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(3):\n"
+        "    stylizer(frame)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    faults = float(result.stdout.split()[-1])
+    assert faults < 5000, f"{faults:.0f} page faults per frame"
