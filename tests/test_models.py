@@ -182,9 +182,8 @@ def test_frames_after_the_first_reuse_memory_instead_of_faulting_it_in():
     """Stylizer makes the process keep freed activations (stylizer.keep_freed_memory): once the
     heap has grown to its peak (two frames), a frame page-faults almost nothing. Without it
     every 384x384 frame in fp32 faults in its activations afresh: ~35,000 pages of 4 KiB,
-    each zeroed by the kernel. Counted in a process of its own (threads other tests leave in
-    this one would add theirs); on a busy machine up to ~1,600 per frame were seen (torch's
-    threads landing on fresh malloc arenas), so the bound sits well between that and 35,000."""
+    each zeroed by the kernel. Counted in a process of its own: threads other tests leave in
+    this one would add theirs (the test failed that way when run after test_azureml)."""
     import subprocess
     import sys
 
@@ -204,4 +203,4 @@ def test_frames_after_the_first_reuse_memory_instead_of_faulting_it_in():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     faults = float(result.stdout.split()[-1])
-    assert faults < 5000, f"{faults:.0f} page faults per frame"
+    assert faults < 500, f"{faults:.0f} page faults per frame"
