@@ -53,7 +53,7 @@ def test_each_queue_has_a_worker_from_the_image_the_tests_ran_it_from(compose):
         assert args[args.index("--queues") + 1] == queue
         assert int(args[args.index("--concurrency") + 1]) == concurrency
         assert service["build"]["dockerfile"] == f"docker/{image}/Dockerfile"
-        assert f"{venv.name}/bin/python -m pip install -q -r docker/{image}/requirements.txt" in makefile
+        assert f"$(UV_INSTALL) {venv.name}/bin/python -r docker/{image}/requirements.txt" in makefile
         assert f"docker/{image}/requirements.txt" in (REPO / "docker" / image / "Dockerfile").read_text()
         volumes = [v.split(":")[1] for v in service["volumes"]]
         assert "/opt/airflow/scratch" in volumes  # a scratch folder of its own, as in the tests
