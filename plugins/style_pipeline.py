@@ -27,6 +27,7 @@ from storage import ACCEPTED, DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SY
 
 from scoring.launch import child_env, scoring_command
 from scoring.media import Limits
+from scoring.segments import Plan
 
 MAX_INPUT_BYTES = Limits().max_bytes
 MAX_STYLE_IMAGE_BYTES = 100 * 1024**2  # a style picture is read at 256x256: more is never needed
@@ -257,9 +258,10 @@ def score_local(params: dict, probed: dict) -> dict:
     if params.get("style_image") and not (local / STYLE_IMAGE).is_file():  # the run's copy, from split
         system.download(probed["work_in"], STYLE_IMAGE, local / STYLE_IMAGE)
     resumed = system.sync_down(probed["work_out"], "styled/", local / "styled")
+    ranks = Plan.load(local / "segments").useful_ranks(int(params["ranks"]))
     try:
         summary = scoring("score", "--segments", str(local / "segments"), "--out", str(local / "styled"),
-                          *model_args(params, local, probed.get("model_etag")), ranks=int(params["ranks"]))
+                          *model_args(params, local, probed.get("model_etag")), ranks=ranks)
     finally:  # what finished is kept in storage even if this attempt fails
         system.sync_up(local / "styled", probed["work_out"], "styled/", suffixes=(".done",))
     return {k: summary.get(k) for k in ("segments", "scored", "skipped", "frames_scored", "ranks")} | {

@@ -96,8 +96,9 @@ def cmd_stylize(args) -> dict:
     # keyed by split, model and smoothing, so a rerun of the same command resumes and a new style starts clean
     work_id = f"{plan.fingerprint} {model_id}{work_tag(check_strength(args.temporal))}"
     styled = work / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
-    if args.ranks > 1:
-        run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], args.ranks)
+    ranks = plan.useful_ranks(args.ranks)
+    if ranks > 1:
+        run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], ranks)
     else:
         score(work / "segments", styled, stylizer, model_id, Encoding(args.batch, args.crf, args.preset, args.temporal))
     result = stitch(work / "segments", styled, output)

@@ -65,6 +65,11 @@ class Plan:
         data["segments"] = [Segment(**s) for s in data["segments"]]
         return cls(**data)
 
+    def useful_ranks(self, ranks: int) -> int:
+        """At most one rank per segment: a rank with no share would still start (torch, the
+        network: seconds of CPU) and keep its half of the cores from the one that works."""
+        return max(1, min(ranks, len(self.segments)))
+
 
 def segment_lengths(total_frames: int, segment_frames: int) -> list[int]:
     """Cut ``total_frames`` into runs of ``segment_frames``; the last one takes the rest."""

@@ -97,3 +97,13 @@ def test_real_clip_from_shared_media(tmp_path):
     before, after = media.probe(source), media.probe(output)
     assert after.frames == before.frames and after.has_audio == before.has_audio
     assert abs(after.duration - before.duration) <= 1 / Fraction(before.frame_rate)
+
+
+def test_no_more_ranks_than_segments(clip_factory, tmp_path):
+    """A rank with no segment would only pay torch's start and hold half the cores: 10 frames
+    in 2 segments on --ranks 4 run on 2 ranks (each prints its progress as [rank r/size])."""
+    source = clip_factory(seconds=1, fps="10", size=(64, 36))
+    result = run_scoring("stylize", source, tmp_path / "out.mp4", "--style", "7", "--segment-frames", "5",
+                         "--ranks", "4", check=True)
+    sizes = {line.split("]")[0].split("/")[1] for line in result.stderr.splitlines() if line.startswith("[rank ")}
+    assert sizes == {"2"}, result.stderr
