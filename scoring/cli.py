@@ -84,6 +84,7 @@ def cmd_stylize(args) -> dict:
         from .images import stylize_image
 
         return stylize_image(source, output, stylizer, args.max_side, limits_from(args))
+    from .launch import auto_ranks
     from .score import Encoding, run_ranks, score
     from .split import split
     from .stitch import check_output_path, stitch
@@ -96,7 +97,7 @@ def cmd_stylize(args) -> dict:
     # keyed by split, model and smoothing, so a rerun of the same command resumes and a new style starts clean
     work_id = f"{plan.fingerprint} {model_id}{work_tag(check_strength(args.temporal))}"
     styled = work / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
-    ranks = plan.useful_ranks(args.ranks)
+    ranks = auto_ranks(stylizer.device, plan) if args.ranks == "auto" else plan.useful_ranks(args.ranks)
     if ranks > 1:
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], ranks)
     else:
@@ -167,6 +168,10 @@ def model_args(args) -> list[str]:
 
 def limits_from(args) -> media.Limits:
     return media.Limits(max_pixels=args.max_pixels, max_duration=args.max_duration, max_frames=args.max_frames)
+
+
+def ranks_arg(text: str) -> int | str:
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def positive_int(text: str) -> int:
@@ -240,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "or a still image. Rerunning after a crash resumes from finished segments.")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path, help="video: .mp4 .m4v .mov .mkv; image: .png .jpg .webp ...")
-    p.add_argument("--ranks", type=positive_int, default=1, help="MPI ranks; above 1 runs mpiexec (default: 1)")
+    p.add_argument("--ranks", type=ranks_arg, default="auto", help="MPI ranks; above 1 runs mpiexec, never more than "
+                   "the video has segments (default: auto: one per GPU on CUDA; on a CPU one per core when the "
+                   "segments share out evenly, else one rank using every core)")
     p.add_argument("--work-dir", type=Path, help="where segments go (default: .OUTPUT.work beside the output)")
     p.add_argument("--keep-work", action="store_true", help="keep the segments after a successful run")
     p.set_defaults(run=cmd_stylize)

@@ -49,3 +49,36 @@ def test_atomic_path_publishes_only_on_success(tmp_path):
         raise RuntimeError("killed")
     assert target.read_bytes() == b"complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def _plan(total: int, segment_frames: int = 48):
+    from scoring.segments import Plan, Segment
+
+    lengths = segment_lengths(total, segment_frames)
+    segments = [Segment(i, sum(lengths[:i]), n) for i, n in enumerate(lengths)]
+    return Plan(source={}, width=64, height=36, frame_rate="25", frames=total, segment_frames=segment_frames,
+                segments=segments, audio=None, fingerprint="x")
+
+
+@pytest.mark.parametrize("frames, cores, expected", [
+    (180, 2, 2),    # 4 segments: shares of 96 and 84 frames (measured: 56.2 s on 2 ranks, 60.0 on 1)
+    (120, 2, 1),    # 3 segments: 96 and 24 (measured: 69.0 s on 2 ranks, 55.2 on 1)
+    (96, 2, 2),     # 48 and 48
+    (40, 2, 1),     # one segment: no second rank
+    (377, 4, 4),    # 8 segments: 2 each
+    (240, 4, 1),    # 5 segments on 4 cores: 96 frames against a mean of 60; 3 or 2 ranks no better
+    (192, 16, 4),   # no more ranks than segments
+])
+def test_auto_ranks_on_a_cpu_only_where_the_shares_are_even(monkeypatch, frames, cores, expected):
+    import torch
+
+    from scoring import launch
+
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert launch.auto_ranks(torch.device("cpu"), _plan(frames)) == expected
+    monkeypatch.setattr(launch, "mpiexec_path", lambda: None)
+    assert launch.auto_ranks(torch.device("cpu"), _plan(frames)) == 1  # nothing to start ranks with
+
+
+def test_useful_ranks_is_at_most_one_per_segment():
+    assert [_plan(100).useful_ranks(r) for r in (1, 2, 3, 8)] == [1, 2, 3, 3]
