@@ -78,12 +78,14 @@ def default_output_name(input_blob: str, style: str | None, model_blob: str | No
     return str(path.with_name(f"{path.stem}.{tag}.mp4"))
 
 
-def scoring(*args: str, ranks: int = 1) -> dict:
-    """Run ``python -m scoring ARGS`` (under ``mpiexec -n ranks`` when ranks > 1) and return
-    its JSON answer; a user error becomes BadInput, anything else stays a bug. The step
-    parses untrusted files, so it sees none of the worker's credentials (``child_env``)."""
+def scoring(*args: str, ranks: int = 1, threads: int | None = None) -> dict:
+    """Run ``python -m scoring ARGS`` (under ``mpiexec -n ranks`` when ranks > 1, on ``threads``
+    threads where given) and return its JSON answer; a user error becomes BadInput, anything
+    else stays a bug. The step parses untrusted files, so it sees none of the worker's
+    credentials (``child_env``)."""
+    env = child_env() | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     result = subprocess.run(scoring_command(list(args), ranks), capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, env=child_env())
+                            stdin=subprocess.DEVNULL, env=env)
     if result.stderr:
         print(result.stderr[-4000:], file=sys.stderr)
     if result.returncode == 2:  # under mpiexec every rank says it, and the lines can run together
@@ -216,7 +218,9 @@ def preview(params: dict, probed: dict, run_id: str) -> dict:
                 *model_args(params, local, probed.get("model_etag")), *_limit_args(params)]
         if params.get("max_side"):
             args += ["--max-side", str(params["max_side"])]
-        scoring(*args)
+        # one thread: it runs beside split and score, and torch's threads spin-wait for each
+        # other when the cores are taken (measured: docs/performance.md#the-demo-end-to-end)
+        scoring(*args, threads=1)
         data.upload(image, OUTPUTS, name, content_type="image/jpeg")
     except Exception as exc:  # noqa: BLE001 - see the docstring; the log keeps the traceback
         log.warning("no preview for %s: %s", probed["input_blob"], exc, exc_info=not isinstance(exc, BadInput))
