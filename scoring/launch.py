@@ -33,12 +33,16 @@ def mpiexec_path() -> str | None:
     return shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 
+# --ranks auto starts a rank per core only if no rank's share is more than this over the mean
+EVEN_SHARES = 1.1
+
+
 def auto_ranks(device, plan: Plan) -> int:
     """``--ranks auto``: one rank per GPU on a CUDA device. On a CPU, one rank per core when
-    the segments share out evenly among them (no rank more than 10% over the mean: ranks
-    take contiguous shares), else one rank whose threads take every core. Measured on 2
-    cores (docs/performance.md#ranks-and-threads): 2 ranks 56.2 vs 60.0 s on 180 frames in
-    shares of 96 and 84, but 69.0 vs 55.2 s on 120 frames in shares of 96 and 24."""
+    the segments share out evenly among them (ranks take contiguous shares: ``EVEN_SHARES``),
+    else one rank whose threads take every core: two single-thread ranks were a little
+    faster than one rank on two threads with even shares, and much slower where one rank got
+    most of the frames and the other waited (docs/performance.md#ranks-and-threads)."""
     if not mpiexec_path():
         return 1
     if device.type == "cuda":
@@ -47,7 +51,7 @@ def auto_ranks(device, plan: Plan) -> int:
         return max(1, torch.cuda.device_count())
     for ranks in range(min(len(os.sched_getaffinity(0)), len(plan.segments)), 1, -1):
         frames = [sum(plan.segments[i].frames for i in share(len(plan.segments), ranks, r)) for r in range(ranks)]
-        if max(frames) <= 1.1 * plan.frames / ranks:
+        if max(frames) <= EVEN_SHARES * plan.frames / ranks:
             return ranks
     return 1
 
