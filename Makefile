@@ -16,10 +16,11 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 # Every venv is filled by uv from the same pins pip would take (constraints.txt): the four
 # installs take about 40 s instead of pip's 11 minutes on a fresh 2-core machine. uv does not
-# read pip's configuration, so a wheel folder pip is pointed at (PIP_FIND_LINKS: where this
-# machine kind keeps its CPU build of torch) is handed to it.
+# read pip's configuration, so a wheel folder pip is pointed at (PIP_FIND_LINKS or pip's
+# config files: where this machine kind keeps its CPU build of torch) is handed to it.
 UV := $(VENV)/bin/uv
-UV_INSTALL = $(UV) pip install -q $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -c constraints.txt -p
+FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_INSTALL = $(UV) pip install -q $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -c constraints.txt -p
 
 # Each worker image's requirements alone, in its own venv: what a venv lacks, its image lacks.
 AIRFLOW_VENV := .venv-airflow
