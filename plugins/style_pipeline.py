@@ -219,7 +219,7 @@ def preview(params: dict, probed: dict, run_id: str) -> dict:
         if params.get("max_side"):
             args += ["--max-side", str(params["max_side"])]
         # one thread: it runs beside split and score, and torch's threads spin-wait for each
-        # other when the cores are taken (measured: docs/performance.md#the-demo-end-to-end)
+        # other when the cores are taken (measured: docs/performance.md#upload-to-video)
         scoring(*args, threads=1)
         data.upload(image, OUTPUTS, name, content_type="image/jpeg")
     except Exception as exc:  # noqa: BLE001 - see the docstring; the log keeps the traceback

@@ -48,7 +48,7 @@ def auto_ranks(device, plan: Plan) -> int:
     if device.type == "cuda":
         import torch
 
-        return max(1, torch.cuda.device_count())
+        return plan.useful_ranks(torch.cuda.device_count())
     for ranks in range(min(len(os.sched_getaffinity(0)), len(plan.segments)), 1, -1):
         frames = [sum(plan.segments[i].frames for i in share(len(plan.segments), ranks, r)) for r in range(ranks)]
         if max(frames) <= EVEN_SHARES * plan.frames / ranks:

@@ -82,3 +82,14 @@ def test_auto_ranks_on_a_cpu_only_where_the_shares_are_even(monkeypatch, frames,
 
 def test_useful_ranks_is_at_most_one_per_segment():
     assert [_plan(100).useful_ranks(r) for r in (1, 2, 3, 8)] == [1, 2, 3, 3]
+
+
+def test_auto_ranks_on_cuda_is_one_per_gpu_but_never_more_than_segments(monkeypatch):
+    import torch
+
+    from scoring import launch
+
+    monkeypatch.setattr(launch, "mpiexec_path", lambda: "/usr/bin/mpiexec")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cuda = torch.device("cuda")
+    assert [launch.auto_ranks(cuda, _plan(frames)) for frames in (40, 100, 377)] == [1, 3, 4]
