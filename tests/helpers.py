@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -41,3 +45,62 @@ def read_frames(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+class Api:
+    """A running stack's REST API as one user (an `airflow` CLI process per question costs seconds
+    of CPU, which a test that polls would take from the stack it waits on)."""
+
+    PAGE = 100  # the API server's default [api] maximum_page_limit
+
+    def __init__(self, stack, user: str = "admin"):
+        self.base = f"http://127.0.0.1:{stack.api_port}"
+        self.stack, self.user, self._token = stack, user, None
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+        if self._token is None and path != "/auth/token":
+            status, answer = self.call("POST", "/auth/token",
+                                       {"username": self.user, "password": self.stack.password(self.user)})
+            assert status in (200, 201), (status, answer)
+            self._token = answer["access_token"]
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {self._token}"}
+                                                          if self._token else {})
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, method=method, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def runs(self, dag_id: str = "video_style_transfer") -> dict[str, dict]:
+        """Every run of the DAG, page by page."""
+        found: dict[str, dict] = {}
+        while True:
+            status, answer = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit={self.PAGE}&offset={len(found)}"
+                                              "&order_by=id")
+            assert status == 200, answer
+            found |= {r["dag_run_id"]: r for r in answer["dag_runs"]}
+            if len(answer["dag_runs"]) < self.PAGE:
+                return found
+
+    def tasks(self, run_id: str, dag_id: str = "video_style_transfer") -> dict[str, dict]:
+        status, answer = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")
+        assert status == 200, answer
+        return {t["task_id"]: t for t in answer["task_instances"]}
+
+    def trigger(self, conf: dict, run_id: str | None = None, dag_id: str = "video_style_transfer"
+                ) -> tuple[int, object]:
+        return self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns",
+                         {"logical_date": None, "conf": conf} | ({"dag_run_id": run_id} if run_id else {}))
+
+    def pause(self, dag_id: str, paused: bool = True) -> None:
+        status, answer = self.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
+        assert status == 200, answer
+
+    def has_dag(self, dag_id: str) -> bool:
+        return self.call("GET", f"/api/v2/dags/{dag_id}")[0] == 200
+
+    def healthy(self) -> bool:
+        status, answer = self.call("GET", "/api/v2/monitor/health")
+        return status == 200 and answer["scheduler"]["status"] == "healthy"

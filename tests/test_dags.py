@@ -24,6 +24,8 @@ sys.path.insert(0, str(REPO / "plugins"))
 from blob_watch import processing_run_id  # noqa: E402
 from notifications import SIGNATURE_HEADER, verify_signature  # noqa: E402
 
+from .helpers import Api  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")
 SECRET = "test-webhook-secret"
@@ -319,45 +321,42 @@ def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
     stack.start_azurite()
     try:
         stack.create_containers()
-        stack.prepare_airflow()
-        stack.start_airflow()
+        # uploaded before Airflow starts, so that their minute passes while it does
         clip = clip_factory(seconds=1, fps="25", size=(96, 64))
         etags = {name: upload(stack, name, clip) for name in ("missed/one.mp4", "missed/two.mp4", "done.mp4")}
         stack.blob_client().get_blob_client("accepted", "done.mp4").set_blob_metadata(  # as the watcher leaves it
             {"upload_etag": "0x1", "settings": json.dumps({"style": "3", "ranks": 1}), "settings_from": json.dumps(
                 {"style": "metadata", "ranks": "variable"})})
         window_end = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        stack.prepare_airflow()
+        stack.start_airflow()
+        api = Api(stack)
+        _wait_for(lambda: api.has_dag("blob_sweep") and api.has_dag("video_style_transfer"), 120)
         done_run = processing_run_id("videos-in", "done.mp4", etags["done.mp4"])
-        stack.airflow("dags", "trigger", "video_style_transfer", "-r", done_run, "-c",
-                      json.dumps({"input_blob": "done.mp4"}))
+        assert api.trigger({"input_blob": "done.mp4"}, run_id=done_run)[0] == 200
         # the window must be over, and so must the next one: the sweep's own schedule (which
         # starts on unpause) then covers a later minute, and only the backfill sees the uploads
         while datetime.now(timezone.utc) < window_end + timedelta(seconds=62):
             time.sleep(1)
-        _wait_for(lambda: "blob_sweep" in stack.airflow("dags", "list", "-o", "json").stdout, 120)
         etags_later = upload(stack, "later.mp4", clip)  # accepted after the window
         stack.airflow("backfill", "create", "--dag-id", "blob_sweep", "--from-date", window_end.isoformat(),
                       "--to-date", window_end.isoformat(), "--dag-run-conf", json.dumps({"temporal": 0.5}))
-        stack.airflow("dags", "unpause", "blob_sweep")  # video_style_transfer stays paused: runs only queue
+        api.pause("blob_sweep", False)  # video_style_transfer stays paused: runs only queue
 
         def sweep_done():
-            runs = airflow_json(stack.airflow("dags", "list-runs", "blob_sweep", "-o", "json"))
-            return any(r["run_id"].startswith("backfill__") and r["state"] in ("success", "failed") for r in runs)
+            runs = api.runs("blob_sweep").values()
+            return any(r["run_type"] == "backfill" and r["state"] in ("success", "failed") for r in runs)
 
         _wait_for(sweep_done, 180)
-        runs = airflow_json(stack.airflow("dags", "list-runs", "blob_sweep", "-o", "json"))
-        assert [r["state"] for r in runs if r["run_id"].startswith("backfill__")] == ["success"]
+        runs = api.runs("blob_sweep").values()
+        assert [r["state"] for r in runs if r["run_type"] == "backfill"] == ["success"]
         # the upload runs are left alone; the sweep's own schedule (its latest minute) may start
         # the watcher's run for later.mp4, which had none: the safety net, not the backfill
-        assert _upload_runs(stack) - {processing_run_id("videos-in", "later.mp4", etags_later)} == {done_run}
-        started = {r["run_id"]: r for r in airflow_json(stack.airflow("dags", "list-runs", "video_style_transfer",
-                                                                      "-o", "json")) if r["run_id"].startswith("reprocess__")}
+        upload_runs = {r for r in api.runs() if r.startswith("upload__")}
+        assert upload_runs - {processing_run_id("videos-in", "later.mp4", etags_later)} == {done_run}
+        started = {r: run for r, run in api.runs().items() if r.startswith("reprocess__")}
         assert len(started) == 3
-        admin = _token(stack, "admin")
-        confs = {}
-        for run_id in started:
-            status, run = _api(stack, "GET", f"/api/v2/dags/video_style_transfer/dagRuns/{run_id}", admin)
-            confs[run["conf"]["input_blob"]] = run["conf"]
+        confs = {run["conf"]["input_blob"]: run["conf"] for run in started.values()}
         assert set(confs) == set(etags)  # later.mp4 was accepted after the window
         assert {name: (c["temporal"], c["settings_from"]["temporal"]) for name, c in confs.items()} == {
             name: (0.5, "backfill") for name in etags}

@@ -29,6 +29,7 @@ from devstack import REPO, Stack, free_port
 from scoring import media
 from scoring.samples import make_clip
 
+from .helpers import Api
 from .test_dags import SECRET, Webhooks
 
 sys.path.insert(0, str(REPO / "plugins"))
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-b
 
 SCORING_SLOTS = 2  # the `scoring` pool of this stack (devstack's default is 1; 2 makes the bound visible)
 GOOD_UPLOADS = 20
-FIGURES: list[str] = []  # printed now and again in the terminal summary (conftest hook)
+FIGURES: list[str] = []  # printed now and again in the terminal summary (conftest.py)
 
 
 def report(line: str) -> None:
@@ -56,50 +57,6 @@ def _ffmpeg(*args) -> None:
 
 
 # --------------------------------------------------------------------------- the stack and its API
-
-
-class Api:
-    """The standalone's REST API as admin (cheaper than an `airflow` CLI process per question)."""
-
-    def __init__(self, stack: Stack):
-        self.base = f"http://127.0.0.1:{stack.api_port}"
-        self.stack, self._token = stack, None
-
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-        if self._token is None and path != "/auth/token":
-            status, answer = self.call("POST", "/auth/token",
-                                       {"username": "admin", "password": self.stack.password("admin")})
-            assert status in (200, 201), (status, answer)
-            self._token = answer["access_token"]
-        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {self._token}"}
-                                                          if self._token else {})
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, method=method, data=data, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    def runs(self, dag_id: str = "video_style_transfer") -> dict[str, dict]:
-        status, answer = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=1000")
-        assert status == 200, answer
-        return {r["dag_run_id"]: r for r in answer["dag_runs"]}
-
-    def tasks(self, run_id: str, dag_id: str = "video_style_transfer") -> dict[str, dict]:
-        from urllib.parse import quote
-
-        status, answer = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances")
-        assert status == 200, answer
-        return {t["task_id"]: t for t in answer["task_instances"]}
-
-    def trigger(self, conf: dict, run_id: str | None = None) -> tuple[int, object]:
-        return self.call("POST", "/api/v2/dags/video_style_transfer/dagRuns",
-                         {"logical_date": None, "conf": conf} | ({"dag_run_id": run_id} if run_id else {}))
-
-    def healthy(self) -> bool:
-        status, answer = self.call("GET", "/api/v2/monitor/health")
-        return status == 200 and answer["scheduler"]["status"] == "healthy"
 
 
 def wait_for(condition, timeout: float, every: float = 2.0, what: str = "condition"):
@@ -273,6 +230,7 @@ def load(busy, tmp_path_factory):
     return busy.load
 
 
+@pytest.mark.timeout(1200)  # the standalone's start and the 33 runs included: 6-7 minutes alone, more beside a test
 def test_twenty_uploads_at_once_each_processed_once_within_the_pool(load, busy):
     uploads, runs = load["uploads"], load["runs"]
     good = {name: uploads[name] for name in load["good"]}

@@ -15,10 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from devstack import REPO, Stack, airflow_json, free_port
+from devstack import REPO, Stack, free_port
 
 sys.path.insert(0, str(REPO / "plugins"))
 from blob_watch import processing_run_id  # noqa: E402
+
+from .helpers import Api  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")
@@ -42,7 +44,8 @@ def stack(tmp_path_factory):
         stack.create_containers()
         stack.prepare_airflow()
         stack.start_airflow()
-        wait_for(lambda: "blob_watcher" in stack.airflow("dags", "list", "-o", "json").stdout, 180, "the DAGs")
+        stack.api = Api(stack)
+        wait_for(lambda: stack.api.has_dag("blob_watcher"), 180, "the DAGs")
         yield stack
     finally:
         stack.stop()
@@ -57,17 +60,13 @@ def wait_for(condition, timeout: float, what: str, every: float = 1.0):
 
 
 def runs(stack, dag_id: str = "video_style_transfer") -> dict[str, dict]:
-    listed = airflow_json(stack.airflow("dags", "list-runs", dag_id, "-o", "json", check=False))
-    return {r["run_id"]: r for r in listed}
+    return stack.api.runs(dag_id)
 
 
 def run_conf(stack, run_id: str) -> dict:
     from urllib.parse import quote
 
-    from .test_dags import _api, _token
-
-    status, run = _api(stack, "GET", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}",
-                       _token(stack, "admin"))
+    status, run = stack.api.call("GET", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}")
     assert status == 200, status
     return run["conf"]
 
@@ -92,14 +91,11 @@ def stop_watcher(stack) -> None:
     """Pause the watcher and end its waiting run (a paused DAG's running run would wait on)."""
     from urllib.parse import quote
 
-    from .test_dags import _api, _token
-
-    stack.airflow("dags", "pause", "blob_watcher")
-    token = _token(stack, "admin")
+    stack.api.pause("blob_watcher")
     for run_id, run in runs(stack, "blob_watcher").items():
         if run["state"] in ("running", "queued"):
-            status, _ = _api(stack, "PATCH", f"/api/v2/dags/blob_watcher/dagRuns/{quote(run_id, safe='')}", token,
-                             {"state": "success"})
+            status, _ = stack.api.call("PATCH", f"/api/v2/dags/blob_watcher/dagRuns/{quote(run_id, safe='')}",
+                                       {"state": "success"})
             assert status == 200, status
 
 
@@ -115,7 +111,7 @@ def names(stack, container: str) -> set[str]:
 
 def test_settings_come_from_metadata_then_the_variable_then_the_form(stack, clip_factory):
     stack.airflow("variables", "set", "video_style_transfer_defaults", json.dumps({"ranks": 1, "temporal": 0.3}))
-    stack.airflow("dags", "unpause", "blob_watcher")
+    stack.api.pause("blob_watcher", False)
     clip = clip_factory(seconds=1, fps="25", size=(96, 64)).read_bytes()
     etag = upload(stack, "meta/seven.mp4", clip, {"style": "7", "temporal": "0.7"})
     aml = upload(stack, "meta/cloud.mp4", clip, {"backend": "azureml", "azureml_nodes": "3"})
@@ -162,18 +158,17 @@ def test_never_stuck_lost_state_existing_run_and_a_concurrent_sweep(stack, clip_
     started at the same moment: each version has one run, the inbox empties, and over the next
     60 s the watcher starts at most 2 runs."""
     stop_watcher(stack)
-    stack.airflow("variables", "delete", "blob_watcher_state", check=False)  # the old watermark: gone for good
+    stack.api.call("DELETE", "/api/v2/variables/blob_watcher_state")  # the old watermark: gone for good
     clip = clip_factory(seconds=1, fps="25", size=(96, 64)).read_bytes()
     has_run = upload(stack, "stuck/has-run.mp4", clip)
     fresh = upload(stack, "stuck/fresh.mp4", clip + b"\x00")
     made = processing_run_id("videos-in", "stuck/has-run.mp4", has_run)
     expected = {made, processing_run_id("videos-in", "stuck/fresh.mp4", fresh)}
-    stack.airflow("dags", "trigger", "video_style_transfer", "-r", made, "-c",
-                  json.dumps({"input_blob": "stuck/has-run.mp4"}))
+    assert stack.api.trigger({"input_blob": "stuck/has-run.mp4"}, run_id=made)[0] == 200
     before = set(runs(stack))
-    stack.airflow("dags", "unpause", "blob_sweep")
-    stack.airflow("dags", "trigger", "blob_sweep")
-    stack.airflow("dags", "unpause", "blob_watcher")
+    stack.api.pause("blob_sweep", False)
+    assert stack.api.trigger({}, dag_id="blob_sweep")[0] == 200
+    stack.api.pause("blob_watcher", False)
     wait_for(lambda: not names(stack, "videos-in"), 120, "the inbox to empty")
     assert set(runs(stack)) - before == expected - {made}
     watcher_before = set(runs(stack, "blob_watcher"))
@@ -186,7 +181,7 @@ def test_never_stuck_lost_state_existing_run_and_a_concurrent_sweep(stack, clip_
     sweeps = wait_for(lambda: (found := runs(stack, "blob_sweep")) and all(
         r["state"] in ("success", "failed") for r in found.values()) and found, 180, "the sweeps to finish")
     assert all(r["state"] == "success" for r in sweeps.values()), sweeps
-    stack.airflow("dags", "pause", "blob_sweep")
+    stack.api.pause("blob_sweep")
     report(f"never stuck: state deleted, a run made by hand, a sweep at the same moment -> one run per version, "
            f"inbox empty; {len(new)} watcher run(s) started in the following 60 s")
 
@@ -285,7 +280,7 @@ def test_style_from_metadata_reaches_the_output_name_from_the_pinned_version(sta
     from .test_dags import dags_test
 
     run_id, conf, clip = stack.seven
-    stack.airflow("dags", "unpause", "blob_watcher")
+    stack.api.pause("blob_watcher", False)
     again = upload(stack, "meta/seven.mp4", clip_factory(seconds=2, fps="25", size=(96, 64)).read_bytes())
     wait_for(lambda: processing_run_id("videos-in", "meta/seven.mp4", again) in runs(stack), 120, "the re-upload")
     assert stack.blob_client().get_blob_client("accepted", "meta/seven.mp4").download_blob().readall() != clip
