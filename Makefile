@@ -81,8 +81,11 @@ demo-cli: $(STAMP)
 	$(PY) -m scoring stylize out/sample.mp4 out/sample-styled.mp4 --style 19 --ranks 2
 	$(PY) -m scoring probe out/sample-styled.mp4
 
+# Two workers, each taking whole test modules (one stack each; tests/conftest.py orders them).
+TEST_WORKERS ?= 2
+
 test: prod-setup $(BENCH_STAMP)
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile
 
 clean: stop
 	rm -rf out .demo .demo-prod $(VENV) $(AIRFLOW_VENV) $(SCORING_VENV) node_modules *.egg-info
