@@ -111,7 +111,11 @@ class Stylizer:
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.asarray(frames)).to(self.device, non_blocking=True)
-        x = original = x.permute(0, 3, 1, 2).float().div_(255.0)
+        # on a CPU the network's layers want plain NCHW: left in the frames' channels-last order,
+        # every convolution answers in it too and each instance norm first copies it back
+        # (docs/performance.md#on-a-cpu-without-bf16); the GPU path is left as it was measured
+        layout = torch.contiguous_format if self.device.type == "cpu" else torch.preserve_format
+        x = original = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=layout).div_(255.0)
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % 4, -width % 4  # the networks downsample by 4
         if pad_h or pad_w:
