@@ -86,6 +86,9 @@ def _fold(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
     return torch.stack((before, centre + after) if phase == 0 else (before + centre, after), dim)
 
 
+FP32_COLUMNS_FROM = 8  # input channels from which the k x 1 form pays in fp32 on a CPU
+
+
 def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias)`` (stride 1, ``x`` already padded) in a faster form for the
     wide-kernel layers at the ends of a style network: a 9x9 kernel with 3 or 4 channels on
@@ -99,10 +102,14 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
       rows and columns (``9 * cin`` channels) and convolved with a (k/3) x (k/3) kernel
       dilated by 3, so that tap ``(3a + i, 3b + j)`` reads shift ``(i, j)`` at ``(3a, 3b)``.
 
-    Other shapes go to ``F.conv2d`` unchanged.
+    Other shapes go to ``F.conv2d`` unchanged, and so do those that oneDNN's fp32 convolution
+    on a CPU already runs well: there only many input channels into few output channels take
+    the first form (docs/performance.md#on-a-cpu-without-bf16).
     """
     cout, cin, k, _ = weight.shape
     if k < 5 or weight.shape[3] != k:
+        return F.conv2d(x, weight, bias)
+    if x.dtype == torch.float32 and x.device.type == "cpu" and cin < FP32_COLUMNS_FROM:
         return F.conv2d(x, weight, bias)
     height, width = x.shape[-2] - k + 1, x.shape[-1] - k + 1
     if cout <= 4:

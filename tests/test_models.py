@@ -87,6 +87,34 @@ def test_wide_convolutions_rewritten_give_the_same_result(cin, cout, kernel, dty
     assert (got.float() - expected).abs().max() < tolerance * expected.abs().max()
 
 
+@pytest.mark.parametrize("cin, cout, rewritten", [(3, 32, False), (4, 3, False), (32, 3, True)])
+def test_fp32_on_a_cpu_rewrites_only_many_channels_into_few(cin, cout, rewritten):
+    """oneDNN's fp32 convolution runs few input channels well (docs/performance.md#on-a-cpu-without-bf16):
+    in fp32 on a CPU those layers are ``F.conv2d`` as written; many channels into few still take
+    the column form (a k x 1 kernel)."""
+    from unittest import mock
+
+    x, weight = torch.randn(1, cin, 29, 41), torch.randn(cout, cin, 9, 9)
+    with mock.patch("torch.nn.functional.conv2d", wraps=torch.nn.functional.conv2d) as conv:
+        wide_conv(x, weight)
+    kernels = [tuple(call.args[1].shape) for call in conv.call_args_list]
+    assert kernels == ([(9 * cout, cin, 9, 1)] if rewritten else [(cout, cin, 9, 9)])
+
+
+def test_the_network_gets_plain_nchw_frames_on_a_cpu():
+    """Frames arrive channels-last (H, W, 3); handed on in that order, every convolution would
+    answer in it and every instance norm copy it back first."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.is_contiguous())
+            return x
+
+    Stylizer(Probe(), "cpu", "fp32")(np.zeros((2, 36, 48, 3), np.uint8))
+    assert seen == [True]
+
+
 def test_style_spec_parsing():
     assert torch.allclose(parse_style("3:1,12:3"), parse_style("12:0.75,3:0.25"))
     assert parse_style("5")[5] == 1.0
