@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from .sqlite import SQLITE_SETTINGS
+
 REPO = Path(__file__).resolve().parents[1]
 # Azurite's published development key (not a secret); the second account uses it too.
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -85,7 +87,7 @@ class Stack:
             "AIRFLOW_CONN_WASB_SYSTEM": conn(SYSTEM_ACCOUNT),
             "VST_SCRATCH": str(self.scratch),
             "PYTHONPATH": str(REPO),
-        } | self.extra_env
+        } | SQLITE_SETTINGS | self.extra_env
 
     # ----------------------------------------------------------------------- Azurite
 
@@ -136,7 +138,7 @@ class Stack:
                 break
             time.sleep(2 + attempt)
         if check and result.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+            raise RuntimeError(f"airflow {shown(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         return result
 
     def prepare_airflow(self, scoring_slots: int = 1) -> None:
@@ -180,6 +182,11 @@ class Stack:
             pid_file.unlink()
             stopped.append(pid_file.stem)
         return stopped
+
+
+def shown(args) -> str:
+    """A command's arguments for an error message, a password among them masked."""
+    return " ".join("--password=***" if arg.startswith("--password=") else arg for arg in args)
 
 
 def airflow_json(result: subprocess.CompletedProcess):

@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import REPO, Stack, airflow_json, free_port, wait_for_port
+from . import REPO, Stack, airflow_json, free_port, shown, wait_for_port
+from .sqlite import SQLITE_SETTINGS
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 AIRFLOW_VENV, SCORING_VENV = REPO / ".venv-airflow", REPO / ".venv-scoring"
@@ -78,7 +79,8 @@ class ProdStack(Stack):
         return f"postgresql+psycopg2://airflow@127.0.0.1:{self.pg_port}/airflow"
 
     def env(self, venv: Path = AIRFLOW_VENV) -> dict[str, str]:
-        env = super().env() | {
+        sqlite_only = set(SQLITE_SETTINGS)
+        env = {k: v for k, v in super().env().items() if k not in sqlite_only} | {
             "PATH": str(venv / "bin") + os.pathsep + os.environ.get("PATH", ""),
             "VIRTUAL_ENV": str(venv),
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
@@ -95,7 +97,7 @@ class ProdStack(Stack):
         result = subprocess.run([str(AIRFLOW_VENV / "bin" / "airflow"), *args], env=self.env(), capture_output=True,
                                 text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+            raise RuntimeError(f"airflow {shown(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         return result
 
     # ----------------------------------------------------------------------- the services
@@ -163,10 +165,10 @@ class ProdStack(Stack):
                 continue
             passwords[name] = secrets.token_urlsafe(12)
             if name in existing:
-                self.airflow("users", "reset-password", "--username", name, "--password", passwords[name])
+                self.airflow("users", "reset-password", "--username", name, f"--password={passwords[name]}")
             else:
                 self.airflow("users", "create", "--username", name, "--role", role, "--firstname", name,
-                             "--lastname", role, "--email", f"{name}@example.invalid", "--password", passwords[name])
+                             "--lastname", role, "--email", f"{name}@example.invalid", f"--password={passwords[name]}")
         path.touch(mode=0o600)
         path.write_text(json.dumps(passwords))
 
