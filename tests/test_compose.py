@@ -79,6 +79,8 @@ def test_init_migrates_and_creates_the_pool(compose):
     assert "airflow db migrate" in script
     assert re.search(rf"airflow pools set scoring {SCORING_SLOTS}\b", script)
     assert "airflow users create --role Admin" in script  # the FAB auth manager's first user
+    # one argument whatever the password's first character (`--password -x` reads -x as an option)
+    assert '--password="$${AIRFLOW_ADMIN_PASSWORD}"' in script
 
 
 def test_every_variable_the_compose_file_uses_is_in_the_example_env():
