@@ -17,10 +17,12 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # Every venv is filled by uv from the same pins pip would take (constraints.txt): the four
 # installs take about 40 s instead of pip's 11 minutes on a fresh 2-core machine. uv does not
 # read pip's configuration, so a wheel folder pip is pointed at (PIP_FIND_LINKS or pip's
-# config files: where this machine kind keeps its CPU build of torch) is handed to it.
+# config files: where this machine kind keeps its CPU build of torch) is handed to it. Unlike
+# pip, uv leaves the byte code to the first import, and where PYTHONDONTWRITEBYTECODE is set
+# (this machine kind sets it) every process would compile Airflow and torch again: compiled here.
 UV := $(VENV)/bin/uv
 FIND_LINKS := $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
-UV_INSTALL = $(UV) pip install -q $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -c constraints.txt -p
+UV_INSTALL = $(UV) pip install -q --compile-bytecode $(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -c constraints.txt -p
 
 # Each worker image's requirements alone, in its own venv: what a venv lacks, its image lacks.
 AIRFLOW_VENV := .venv-airflow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 
 import pytest
 import yaml
@@ -90,3 +91,16 @@ def test_every_variable_the_compose_file_uses_is_in_the_example_env():
     example = {line.split("=", 1)[0] for line in (REPO / "docker" / "compose.env.example").read_text().splitlines()
                if line and not line.startswith("#")}
     assert used and used <= example, sorted(used - example)
+
+
+@pytest.mark.parametrize("venv, packages", [(".venv", ["airflow", "torch"]), (".venv-airflow", ["airflow"]),
+                                            (".venv-scoring", ["airflow", "torch"])])
+def test_venvs_hold_compiled_byte_code(venv, packages):
+    """Each Airflow task and scoring process imports Airflow or torch: from source, where
+    PYTHONDONTWRITEBYTECODE keeps Python from caching what it compiled, that is seconds of CPU
+    per process. make compiles the venvs when it fills them."""
+    site = REPO / venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    if not site.exists():
+        pytest.skip(f"{venv} is not built (make prod-setup builds it)")
+    for package in packages:
+        assert list((site / package / "__pycache__").glob("__init__.cpython-*.pyc")), f"{venv}: {package} not compiled"
