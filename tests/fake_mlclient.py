@@ -96,6 +96,7 @@ class FakeAzureML:
         self.queue_delay, self.queue_seconds = queue_delay, queue_seconds
         self.nodes: dict[str, list] = {}  # cluster -> its nodes (node_state), as list_nodes reports them
         self.outage = 0  # status reads that fail (the service unreachable) before reads work again
+        self.reads: dict[str, int] = {}  # status reads per job (a trigger polling it reads it)
         self.deleted_datastores: list[str] = []
         self.registered_tokens: list[str] = []
         self.outcomes: deque[str] = deque()
@@ -416,6 +417,7 @@ class _Jobs:
         return self.get(name)
 
     def get(self, name):
+        self.service.reads[name] = self.service.reads.get(name, 0) + 1
         if self.service.outage > 0:
             self.service.outage -= 1
             raise ServiceRequestError("fake service: connection reset")

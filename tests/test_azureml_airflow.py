@@ -105,6 +105,10 @@ def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_fake, clip_fa
     # 1. the run is marked failed while its job is queued: the triggerer's on_kill cancels the job
     killed = _job_of(service, runs["marked_failed"])
     assert killed.status == "Queued"
+    # its trigger polling it in the triggerer: a run marked failed before the triggerer picks the
+    # trigger up leaves no trigger to cancel the job (seen once on a loaded machine)
+    polled = service.reads.get(killed.name, 0)
+    wait_for(lambda: service.reads.get(killed.name, 0) > polled, 120, every=0.5, what="the trigger polling the job")
     status, answer = api.call("PATCH", f"/api/v2/dags/video_style_transfer/dagRuns/"
                               f"{quote(runs['marked_failed'], safe='')}", {"state": "failed"})
     assert status == 200, answer

@@ -521,14 +521,16 @@ def test_scheduler_and_task_killed_mid_score_the_run_completes(load, busy, clip_
     the mpiexec ranks) while score_local runs; standalone started again: the new scheduler finds
     the dead one's running task, resets it, runs it again (finished segments are skipped), and
     the run publishes."""
-    clip = clip_factory(seconds=4, fps="25", size=(160, 90), audio=False)
+    # frames large enough that scoring outlasts the preview (which runs beside split and score):
+    # at 160x90 a score_local once finished before the preview was out, and the kill met no score
+    clip = clip_factory(seconds=4, fps="25", size=(640, 360), audio=False)
     name = "faults/scheduler-killed.mp4"
     run_id = processing_run_id("videos-in", name, upload(busy, "videos-in", name, clip.read_bytes()))
     sampler = ScoringSampler(busy.scratch)
-    # killed as soon as the ranks are up: waiting for more (the preview, once) let a fast
-    # score_local report success first, and the kill then met no running score at all
-    wait_for(lambda: _task_running(busy.api, run_id, "score_local") and sampler.snapshot()[0] > 0, 240,
-             every=0.3, what="score_local's ranks to run")
+    preview = str(Path(name).with_suffix("")) + ".style-19.mp4.preview.jpg"
+    wait_for(lambda: _task_running(busy.api, run_id, "score_local") and sampler.snapshot()[0] > 0
+             and preview in blob_map(busy, "videos-out"), 240,  # the kill is meant for score_local alone: a
+             every=0.3, what="score_local's ranks to run, its preview out")  # killed preview is not retried
     pid = int((busy.root / "airflow.pid").read_text())
     # the task runner has a process group of its own: kill the whole tree, as a crash would
     tree = psutil.Process(pid).children(recursive=True)
