@@ -14,8 +14,8 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: setup demo demo-cli demo-prod prod-setup stop test clean
 
-# Every venv is filled by uv from the same pins pip would take (constraints.txt): the four
-# installs take about 40 s instead of pip's 11 minutes on a fresh 2-core machine. uv does not
+# Every venv is filled by uv from the same pins pip would take (constraints.txt): all of
+# make test's set-up takes under 3 minutes on a fresh 2-core machine, pip's 11. uv does not
 # read pip's configuration, so a wheel folder pip is pointed at (PIP_FIND_LINKS or pip's
 # config files: where this machine kind keeps its CPU build of torch) is handed to it. Unlike
 # pip, uv leaves the byte code to the first import, and where PYTHONDONTWRITEBYTECODE is set
