@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-from .sqlite import SQLITE_SETTINGS
 
 REPO = Path(__file__).resolve().parents[1]
 # Azurite's published development key (not a secret); the second account uses it too.
@@ -87,7 +86,7 @@ class Stack:
             "AIRFLOW_CONN_WASB_SYSTEM": conn(SYSTEM_ACCOUNT),
             "VST_SCRATCH": str(self.scratch),
             "PYTHONPATH": str(REPO),
-        } | SQLITE_SETTINGS | self.extra_env
+        } | self.extra_env
 
     # ----------------------------------------------------------------------- Azurite
 

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 from . import REPO, Stack, airflow_json, free_port, shown, wait_for_port
-from .sqlite import SQLITE_SETTINGS
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 AIRFLOW_VENV, SCORING_VENV = REPO / ".venv-airflow", REPO / ".venv-scoring"
@@ -79,8 +78,7 @@ class ProdStack(Stack):
         return f"postgresql+psycopg2://airflow@127.0.0.1:{self.pg_port}/airflow"
 
     def env(self, venv: Path = AIRFLOW_VENV) -> dict[str, str]:
-        sqlite_only = set(SQLITE_SETTINGS)
-        env = {k: v for k, v in super().env().items() if k not in sqlite_only} | {
+        env = super().env() | {
             "PATH": str(venv / "bin") + os.pathsep + os.environ.get("PATH", ""),
             "VIRTUAL_ENV": str(venv),
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -58,6 +59,17 @@ class Api:
         self.stack, self.user, self._token = stack, user, None
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
+        """(status, JSON answer). A statement that met SQLite's write lock (the standalone's
+        database, development only) fails whole with HTTP 500 "Database error": asked again."""
+        for attempt in range(3):
+            status, answer = self._call(method, path, body)
+            detail = answer.get("detail") if isinstance(answer, dict) else None
+            if status != 500 or not isinstance(detail, dict) or detail.get("reason") != "Database error":
+                return status, answer
+            time.sleep(2 + attempt)
+        return status, answer
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
         if self._token is None and path != "/auth/token":
             status, answer = self.call("POST", "/auth/token",
                                        {"username": self.user, "password": self.stack.password(self.user)})
