@@ -121,7 +121,7 @@ class Stylizer:
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         if self.cast is not None:
-            x = x.to(self.cast, memory_format=torch.contiguous_format)
+            x = x.to(self.cast)  # already plain NCHW: a CPU is where the cast applies
         with self._autocast():
             y = self.forward(x)
         y = y[..., :height, :width].float()
