@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .models import double_then_conv3, wide_conv
+from .models import double_then_conv3, instance_norm, wide_conv
 from .pictures import STYLE_SIZE, load_style_image  # noqa: F401 (the style picture is media-side)
 
 STYLE_DIM = 100
@@ -51,7 +51,7 @@ class StyleNorm(nn.Module):
         self.beta = nn.Conv2d(STYLE_DIM, channels, 1)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x, eps=1e-5) * self.gamma(style) + self.beta(style)
+        return instance_norm(x) * self.gamma(style) + self.beta(style)
 
 
 class ReflectConv(nn.Conv2d):

@@ -50,6 +50,7 @@ def cmd_score(args) -> dict | None:
     world = score.World()
     score.exit_on_sigterm()
     score.set_threads(world)
+    from .stylizer import resolve_batch
     from .temporal import check_strength
 
     if args.device in ("auto", "cuda"):  # one rank per GPU; a GPU torch cannot run fails here, in one line
@@ -60,7 +61,7 @@ def cmd_score(args) -> dict | None:
     stylizer, model_id = stylizer_from(args), model_id_from(args)
     check_strength(args.temporal)
     try:
-        encoding = score.Encoding(args.batch, args.crf, args.preset, args.temporal)
+        encoding = score.Encoding(resolve_batch(args.batch, str(stylizer.device)), args.crf, args.preset, args.temporal)
         result = score.score(args.segments, args.out, stylizer, model_id, encoding, world)
     except UserError as exc:
         if world.size > 1:  # a failure in one rank's share: the others would wait for it forever
@@ -88,6 +89,7 @@ def cmd_stylize(args) -> dict:
     from .score import Encoding, run_ranks, score
     from .split import split
     from .stitch import check_output_path, stitch
+    from .stylizer import resolve_batch
     from .temporal import check_strength, work_tag
 
     check_output_path(output)
@@ -101,7 +103,8 @@ def cmd_stylize(args) -> dict:
     if ranks > 1:
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], ranks)
     else:
-        score(work / "segments", styled, stylizer, model_id, Encoding(args.batch, args.crf, args.preset, args.temporal))
+        encoding = Encoding(resolve_batch(args.batch, str(stylizer.device)), args.crf, args.preset, args.temporal)
+        score(work / "segments", styled, stylizer, model_id, encoding)
     result = stitch(work / "segments", styled, output)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
@@ -170,7 +173,7 @@ def limits_from(args) -> media.Limits:
     return media.Limits(max_pixels=args.max_pixels, max_duration=args.max_duration, max_frames=args.max_frames)
 
 
-def ranks_arg(text: str) -> int | str:
+def auto_or_positive(text: str) -> int | str:
     return "auto" if text == "auto" else positive_int(text)
 
 
@@ -217,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "fp16 needs CUDA (default: %(default)s)")
     group.add_argument("--compile", action="store_true", help="torch.compile the network: faster per frame "
                        "after a first call of about half a minute per process (per rank): for long clips")
-    group.add_argument("--batch", type=positive_int, default=1, help="frames per forward pass; 1 is fastest on a "
-                       "CPU (bench/run.py), a GPU may like 8 (default: %(default)s)")
+    group.add_argument("--batch", type=auto_or_positive, default="auto", help="frames per forward pass; auto: 1 on "
+                       "a CPU, 4 on a GPU (bench/run.py, bench/gpu.py; default: %(default)s)")
     group.add_argument("--crf", type=int, default=media.STYLED_CRF, help="x264 quality of the output, lower is "
                        "better (default: %(default)s)")
     group.add_argument("--preset", default=media.STYLED_PRESET, help="x264 speed preset of the output "
@@ -245,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "or a still image. Rerunning after a crash resumes from finished segments.")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path, help="video: .mp4 .m4v .mov .mkv; image: .png .jpg .webp ...")
-    p.add_argument("--ranks", type=ranks_arg, default="auto", help="MPI ranks; above 1 runs mpiexec, never more than "
+    p.add_argument("--ranks", type=auto_or_positive, default="auto", help="MPI ranks; above 1 runs mpiexec, never more than "
                    "the video has segments (default: auto: one per GPU on CUDA; on a CPU one per core when the "
                    "segments share out evenly, else one rank using every core)")
     p.add_argument("--work-dir", type=Path, help="where segments go (default: .OUTPUT.work beside the output)")

@@ -129,6 +129,40 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     return F.conv2d(x, weight, bias)
 
 
+def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                  eps: float = 1e-5) -> torch.Tensor:
+    """``F.instance_norm`` without running statistics, as every norm of these networks is.
+
+    On CUDA it is computed as one reduction (``var_mean``, accumulated in fp32) and one
+    multiply-add: torch runs an instance norm there as a batch norm over ``N * C`` channels,
+    with one thread block per channel for the statistics, so at 32 channels most of a GPU
+    waits and the norms took most of a frame's time (docs/performance.md#on-a-cuda-gpu).
+    Elsewhere ``F.instance_norm`` as it is.
+    """
+    if x.device.type != "cuda":
+        return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
+    return instance_norm_by_moments(x, weight, bias, eps)
+
+
+def instance_norm_by_moments(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                             eps: float) -> torch.Tensor:
+    var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
+    scale = torch.rsqrt(var.float() + eps)
+    if weight is not None:
+        scale = scale * weight.float()[:, None, None]
+    shift = -mean.float() * scale
+    if bias is not None:
+        shift = shift + bias.float()[:, None, None]
+    return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+
+
+class InstanceNorm(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (same parameters, same state dict) computed by ``instance_norm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return instance_norm(x, self.weight, self.bias, self.eps)
+
+
 # --------------------------------------------------------------------------- built-in 26 styles
 
 
@@ -150,7 +184,7 @@ class ConditionalInstanceNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(num_styles, channels))
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x, weight=style @ self.gamma, bias=style @ self.beta, eps=1e-5)
+        return instance_norm(x, style @ self.gamma, style @ self.beta)
 
 
 class StyledConv(nn.Module):
@@ -256,9 +290,9 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv1 = ConvLayer(channels, channels, 3)
-        self.in1 = nn.InstanceNorm2d(channels, affine=True)
+        self.in1 = InstanceNorm(channels, affine=True)
         self.conv2 = ConvLayer(channels, channels, 3)
-        self.in2 = nn.InstanceNorm2d(channels, affine=True)
+        self.in2 = InstanceNorm(channels, affine=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.in2(self.conv2(F.relu(self.in1(self.conv1(x)))))
@@ -284,16 +318,16 @@ class TransformerNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv1 = ConvLayer(3, 32, 9)
-        self.in1 = nn.InstanceNorm2d(32, affine=True)
+        self.in1 = InstanceNorm(32, affine=True)
         self.conv2 = ConvLayer(32, 64, 3, 2)
-        self.in2 = nn.InstanceNorm2d(64, affine=True)
+        self.in2 = InstanceNorm(64, affine=True)
         self.conv3 = ConvLayer(64, 128, 3, 2)
-        self.in3 = nn.InstanceNorm2d(128, affine=True)
+        self.in3 = InstanceNorm(128, affine=True)
         self.res1, self.res2, self.res3, self.res4, self.res5 = (ResidualBlock(128) for _ in range(5))
         self.deconv1 = UpsampleConvLayer(128, 64, 3, upsample=2)
-        self.in4 = nn.InstanceNorm2d(64, affine=True)
+        self.in4 = InstanceNorm(64, affine=True)
         self.deconv2 = UpsampleConvLayer(64, 32, 3, upsample=2)
-        self.in5 = nn.InstanceNorm2d(32, affine=True)
+        self.in5 = InstanceNorm(32, affine=True)
         self.deconv3 = ConvLayer(32, 3, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

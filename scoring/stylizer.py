@@ -56,6 +56,17 @@ def resolve_precision(precision: str, device: str = "auto") -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+# frames per forward pass for ``--batch auto``: on a CPU one frame keeps the activations in the
+# caches; on a GPU a frame at a time leaves it waiting for Python to launch the next kernel
+# (docs/performance.md#on-a-cuda-gpu)
+AUTO_BATCH = {"cpu": 1, "cuda": 4}
+
+
+def resolve_batch(batch: int | str, device: str = "auto") -> int:
+    """``auto`` -> the batch for this device; a number passes through."""
+    return AUTO_BATCH[resolve_device(device).type] if batch == "auto" else int(batch)
+
+
 def check_strength(strength: float) -> float:
     strength = float(strength)
     if not 0.0 <= strength <= 1.0:  # NaN fails too

@@ -11,7 +11,9 @@ from scoring.errors import UserError
 from scoring.models import (
     MultiStyleNet,
     TransformerNet,
+    InstanceNorm,
     double_then_conv3,
+    instance_norm_by_moments,
     load_model,
     model_id,
     parse_style,
@@ -115,6 +117,49 @@ def test_the_network_gets_plain_nchw_frames_on_a_cpu():
     assert seen == [True]
 
 
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_instance_norm_by_moments_is_torchs_instance_norm(affine, dtype):
+    """The CUDA form of the norm (one var_mean, one multiply-add) computes ``F.instance_norm``:
+    fp32 to rounding, a 16-bit type as close as the type itself gets (checked on a CPU; the
+    CUDA path runs the same torch ops)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 27, 45) * 3 + 5  # a mean well away from 0, as after a ReLU
+    weight, bias = (torch.randn(32), torch.randn(32)) if affine else (None, None)
+    expected = torch.nn.functional.instance_norm(x.double(), weight=None if weight is None else weight.double(),
+                                                 bias=None if bias is None else bias.double(), eps=1e-5)
+    got = instance_norm_by_moments(x.to(dtype), weight, bias, 1e-5)
+    assert got.dtype == dtype and got.shape == x.shape
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    assert ((got.double() - expected).norm() / expected.norm()).item() < tolerance
+
+
+@pytest.mark.parametrize("spec", ["7", "pth"])
+def test_both_networks_give_the_same_frame_with_the_cuda_norm(spec, monkeypatch):
+    """Each network's norms go through ``models.instance_norm``: computed the CUDA way, the
+    whole network gives the same frame as with torch's instance norm."""
+    from scoring import models
+
+    torch.manual_seed(0)
+    net = (load_model(spec) if spec != "pth" else TransformerNet().eval())
+    x = torch.rand(1, 3, 36, 64) * (255 if spec == "pth" else 1)
+    with torch.inference_mode():
+        expected = net(x)
+        monkeypatch.setattr(models, "instance_norm", lambda x, weight=None, bias=None, eps=1e-5:
+                            instance_norm_by_moments(x, weight, bias, eps))
+        got = net(x)
+    assert not torch.equal(got, expected)  # the other path ran: not bit-identical
+    assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+def test_transformer_net_norms_keep_the_published_state_dict():
+    """``InstanceNorm`` replaces ``nn.InstanceNorm2d`` in TransformerNet without changing what a
+    .pth holds."""
+    norm = InstanceNorm(32, affine=True)
+    assert isinstance(norm, torch.nn.InstanceNorm2d)
+    assert set(norm.state_dict()) == set(torch.nn.InstanceNorm2d(32, affine=True).state_dict()) == {"weight", "bias"}
+
+
 def test_style_spec_parsing():
     assert torch.allclose(parse_style("3:1,12:3"), parse_style("12:0.75,3:0.25"))
     assert parse_style("5")[5] == 1.0
@@ -185,6 +230,25 @@ def test_fp16_needs_cuda():
         pytest.skip("this machine has CUDA")
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
         Stylizer(load_model("0"), "cpu", "fp16")
+
+
+def test_batch_auto_is_one_frame_on_a_cpu_and_four_on_a_gpu():
+    """``--batch auto`` (the default): a CPU is fastest a frame at a time, a GPU with four
+    (docs/performance.md#on-a-cuda-gpu); ranks started by ``stylize`` get the same choice."""
+    from scoring.cli import build_parser, model_args
+    from scoring.stylizer import AUTO_BATCH, resolve_batch
+
+    assert AUTO_BATCH == {"cpu": 1, "cuda": 4}
+    assert resolve_batch("auto", "cpu") == 1 and resolve_batch(3, "cpu") == 3
+    assert resolve_batch("auto") == AUTO_BATCH["cuda" if torch.cuda.is_available() else "cpu"]
+    parser = build_parser()
+    args = parser.parse_args(["stylize", "in.mp4", "out.mp4"])
+    assert args.batch == "auto"
+    ranks = parser.parse_args(["score", "--segments", "s", "--out", "o", *model_args(args)])
+    assert ranks.batch == "auto"
+    assert parser.parse_args(["stylize", "in.mp4", "out.mp4", "--batch", "2"]).batch == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["stylize", "in.mp4", "out.mp4", "--batch", "0"])
 
 
 def test_default_precision_stays_close_to_fp32(tmp_path, photos):

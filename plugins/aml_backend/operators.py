@@ -72,7 +72,7 @@ class AzureMLScoreOperator(BaseOperator):
     :param model: a TransformerNet ``.pth`` blob (``container/path`` or ``azureml://``) instead.
     :param style_image: a picture blob (same forms) to use as the style instead.
     :param style_strength: 0..1, blend the styled frames toward the originals (default 1: fully styled).
-    :param precision: ``fp16`` (default, GPUs), ``bf16`` or ``fp32``. :param batch: frames per pass.
+    :param precision: ``fp16`` (default, GPUs), ``bf16`` or ``fp32``. :param batch: frames per pass (``auto``: the node's choice).
     :param temporal: steadier video, ``--temporal STRENGTH`` (0, the default, is off; see scoring/temporal.py).
     :param extra_score_args: more ``python -m scoring score`` options (``--crf``, ``--preset``).
     :param nodes: nodes of the configured cluster for this run (at most its ``max_nodes``).
@@ -89,7 +89,7 @@ class AzureMLScoreOperator(BaseOperator):
 
     def __init__(self, *, segments: str, styled: str, style: str | None = "0", model: str | None = None,
                  style_image: str | None = None, style_strength: float | str = 1.0, precision: str = "fp16",
-                 batch: int | str = 8, temporal: float | str = 0, extra_score_args: Sequence[str] = (),
+                 batch: int | str = "auto", temporal: float | str = 0, extra_score_args: Sequence[str] = (),
                  nodes: int | str = 1, output_mode: str = "rw_mount",
                  azureml_conn_id: str = "azureml_default", storage_conn_id: str = "wasb_system",
                  logs_container: str = "logs", max_queued: timedelta = timedelta(hours=6),
