@@ -21,6 +21,9 @@ our defaults unless --ranks/--precision/--ours-arg say otherwise, start-up inclu
    FLOP/s (fp32 and bf16), and the share of fp32 peak each end-to-end run achieved.
 5. network: the 26-style network alone on 20 decoded frames, our Stylizer against OpenVINO
    with the bf16 precision hint (bench/requirements.txt), s/frame on all cores.
+6. cuda: on a machine with a CUDA GPU, both networks at 1920x1080, our Stylizer at its
+   defaults against plain torch fp32, with the share of the GPU's measured fp16 matmul rate
+   (bench/gpu.py, which also runs alone); without one the table says it is unmeasured.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import reference  # noqa: E402  (bench/reference.py)
+from nets import conv_flops, psnr, random_weights  # noqa: E402  (bench/nets.py)
 
 from scoring import media  # noqa: E402
 from scoring.launch import mpiexec_path  # noqa: E402
@@ -93,18 +97,8 @@ def first_frames(clip: Path, info, frames: int, work: Path, name: str) -> tuple[
 
 
 def make_weights(path: Path) -> Path:
-    """TransformerNet with random weights (seed 0), saved as a pytorch/examples .pth.
-
-    A freshly initialised net answers about 0 +- 0.3 on the 0..255 scale, so nearly every
-    pixel would clamp to black and PSNR would measure nothing; the last layer is scaled so
-    the output spans 0..255 like a trained network's (mean ~128, std ~50).
-    """
-    torch.manual_seed(0)
-    net = TransformerNet()
-    with torch.no_grad():
-        net.deconv3.conv2d.weight.mul_(160.0)
-        net.deconv3.conv2d.bias.fill_(127.5)
-    torch.save(net.state_dict(), path)
+    """TransformerNet with random weights (``nets.random_weights``), saved as a pytorch/examples .pth."""
+    torch.save(random_weights(), path)
     return path
 
 
@@ -140,11 +134,6 @@ def frames_at(path: Path, indices: list[int], size: tuple[int, int]) -> np.ndarr
     with media.FrameReader(path, size) as reader:
         frames = np.concatenate(list(reader.batches(32)))
     return frames[indices]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 # --------------------------------------------------------------------------- rows
@@ -194,6 +183,8 @@ def missing(rows: list[str]) -> str | None:
         except ImportError:
             return "the network row needs OpenVINO: make bench installs it " \
                    "(or pip install -r bench/requirements.txt -c constraints.txt)"
+    if "cuda" in rows and not torch.cuda.is_available():
+        return "the CUDA row needs a CUDA GPU, and torch sees none on this machine"
     if "scaling" in rows and not mpiexec_path():
         return "the 2-rank row needs mpiexec: pip install mpich (requirements.txt has it)"
     return None
@@ -277,34 +268,6 @@ def row_network(clip: Path, info, work: Path, args) -> dict:
             "psnr_openvino_db": min(psnr(a, b) for a, b in zip(theirs, truth))}
 
 
-def conv_flops(model: torch.nn.Module, height: int, width: int) -> int:
-    """Multiply-adds x 2 of every convolution as the network defines it, counted from the
-    layers' output shapes. (An upsampling layer computes its doubling folded into the
-    convolution, with 16/36 of these multiplications, and a wide 9x9 layer runs rewritten by
-    ``models.wide_conv``; the count is the network's, the same for the reference approach and
-    ours.)"""
-    from scoring.models import ConvLayer, StyledConv, UpsampleConvLayer
-
-    total = 0
-
-    def hook(module, _inputs, output):
-        nonlocal total
-        weight = {torch.nn.Conv2d: lambda m: m.weight, UpsampleConvLayer: lambda m: m.conv2d.weight,
-                  ConvLayer: lambda m: m.conv2d.weight, StyledConv: lambda m: m.w}[type(module)](module)
-        cout, cin, kh, kw = weight.shape
-        total += 2 * output.shape[0] * cout * output.shape[2] * output.shape[3] * cin * kh * kw
-
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, StyledConv, UpsampleConvLayer, ConvLayer))]
-    # layers that may compute without calling their Conv2d (folded or rewritten) count for it
-    inner = {m.conv2d for m in layers if isinstance(m, (UpsampleConvLayer, ConvLayer))}
-    handles = [m.register_forward_hook(hook) for m in layers if m not in inner]
-    with torch.inference_mode():
-        model(torch.zeros(1, 3, height + (-height % 4), width + (-width % 4)))
-    for h in handles:
-        h.remove()
-    return total
-
-
 def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> float:
     """Best FLOP/s of an n x n matrix multiply on all of this machine's cores."""
     threads = torch.get_num_threads()
@@ -379,6 +342,12 @@ def table(results: dict) -> str:
                      f"{n['openvino']} ({n['openvino_precision']}) {n['openvino_s_per_frame']:.3f} s/frame | "
                      f"{n['ours_s_per_frame']:.3f} s/frame ({n['precision']}) | {n['ratio']:.2f}x | PSNR vs fp32: "
                      f"ours {n['psnr_ours_db']:.1f} dB, OpenVINO {n['psnr_openvino_db']:.1f} dB |")
+    if "cuda" in results:
+        import gpu  # bench/gpu.py
+
+        lines += gpu.table(results["cuda"])
+    else:
+        lines.append("| 6 CUDA 1920x1080 | unmeasured: no CUDA GPU on this machine | | | bench/gpu.py |")
     return "\n".join(lines)
 
 
@@ -397,8 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", help="--precision for our runs (default: none given, our default)")
     parser.add_argument("--ours-arg", action="append", default=[], help="extra option for our runs, repeatable "
                         "(e.g. --ours-arg=--compile)")
-    parser.add_argument("--only", action="append", choices=["reference", "peer", "network", "scaling"],
-                        help="run only this row (repeatable; the limit row always runs)")
+    parser.add_argument("--only", action="append", choices=["reference", "peer", "network", "scaling", "cuda"],
+                        help="run only this row (repeatable; the limit row always runs, the CUDA row wherever "
+                        "there is a GPU)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (outputs) and print it")
     args = parser.parse_args(argv)
@@ -425,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
             results[name] = row(clip, info, work, args)
+        if torch.cuda.is_available() and (not args.only or "cuda" in args.only):
+            import gpu  # bench/gpu.py
+
+            print("bench: cuda ...", file=sys.stderr, flush=True)
+            results["cuda"] = gpu.row_cuda(args.style)
         results["limit"] = row_limit(info, results)
         results["clip"]["load_after"] = f"{os.getloadavg()[0]:.2f}"
         print(table(results))

