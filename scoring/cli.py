@@ -248,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "or a still image. Rerunning after a crash resumes from finished segments.")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path, help="video: .mp4 .m4v .mov .mkv; image: .png .jpg .webp ...")
-    p.add_argument("--ranks", type=auto_or_positive, default="auto", help="MPI ranks; above 1 runs mpiexec, never more than "
-                   "the video has segments (default: auto: one per GPU on CUDA; on a CPU one per core when the "
-                   "segments share out evenly, else one rank using every core)")
+    p.add_argument("--ranks", type=auto_or_positive, default="auto",
+                   help="MPI ranks; above 1 runs mpiexec, never more than the video has segments (default: auto: one "
+                   "per GPU on CUDA; on a CPU one per core when the segments share out evenly, else one rank using "
+                   "every core)")
     p.add_argument("--work-dir", type=Path, help="where segments go (default: .OUTPUT.work beside the output)")
     p.add_argument("--keep-work", action="store_true", help="keep the segments after a successful run")
     p.set_defaults(run=cmd_stylize)
