@@ -1,10 +1,13 @@
-"""housekeeping: once a day, remove work that outlived its run and say what went.
+"""housekeeping: every hour, remove work that outlived its run and say what went.
 
 Each video_style_transfer run removes its own work containers and scratch folder when it
 ends; this catches what a crash or a lost worker left: ``run-*`` containers in the system
 account and scratch folders on the worker that runs it, last written more than
-``max_age_hours`` ago (keep it above the longest a run can take, retries included). What it
-removed is in the task log and its return value.
+``max_age_hours`` ago (keep it above the longest a run can take, retries included). And,
+where an Azure ML connection is set up, the Azure ML jobs whose score task no longer waits for
+them (marked failed or cleared before a triggerer picked its trigger up): cancelled, so that
+they do not take nodes and bill (plugins/aml_backend/orphans.py). What went is in the task
+logs and their return values.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+AZUREML_CONN_ID = "azureml_default"  # the connection the score_azureml task uses
 
-@dag(dag_id="housekeeping", schedule="@daily", start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1,
+
+@dag(dag_id="housekeeping", schedule="@hourly", start_date=datetime(2026, 1, 1), catchup=False, max_active_runs=1,
      params={"max_age_hours": Param(72, type="number", minimum=1, title="Remove work older than (hours)",
                                     description="Run containers and scratch folders last written longer ago "
                                     "than this are removed; keep it above the longest run")},
@@ -33,7 +38,27 @@ def housekeeping():
         print(leftovers.report(removed, max_age))
         return removed
 
+    @task
+    def cancel_orphaned_azureml_jobs() -> list:
+        from aml_backend.hook import AzureMLHook
+        from aml_backend.orphans import cancel_orphaned_jobs, has_connection
+
+        if not has_connection(AZUREML_CONN_ID):
+            print(f"no connection {AZUREML_CONN_ID}: no Azure ML jobs to look at")
+            return []
+        ti = get_current_context()["ti"]
+
+        def task_state(dag_id: str, run_id: str, task_id: str) -> str | None:
+            return ti.get_task_states(dag_id=dag_id, task_ids=[task_id], run_ids=[run_id]).get(run_id, {}).get(task_id)
+
+        cancelled = cancel_orphaned_jobs(AzureMLHook(AZUREML_CONN_ID), task_state)
+        for job in cancelled:
+            print(f"cancelled Azure ML job {job['job']}: task {job['task']} is {job['task_state'] or 'gone'}")
+        print(f"cancelled {len(cancelled)} Azure ML job(s) that no task waits for")
+        return cancelled
+
     remove_old_work()
+    cancel_orphaned_azureml_jobs()
 
 
 housekeeping()

@@ -143,6 +143,17 @@ class FakeAzureML:
 
     # ------------------------------------------------------------------ the job's life
 
+    def left_queued(self, name: str, tags: dict, experiment_name: str = "video-style-transfer") -> FakeRun:
+        """A job submitted earlier whose submitter is gone: it waits in the queue (for
+        ``queue_seconds``) like any other until someone cancels it."""
+        job = SimpleNamespace(display_name=name, experiment_name=experiment_name, compute="gpu-cluster", tags=tags)
+        run = FakeRun(name, job, "fail")  # should it ever leave the queue: failed, it has no command
+        run.history.append("NotStarted")
+        self.runs[name] = run
+        run.thread = threading.Thread(target=self._drive, args=(run,), daemon=True)
+        run.thread.start()
+        return run
+
     def _set(self, run: FakeRun, status: str) -> None:
         with self.lock:
             run.status = status
@@ -387,6 +398,9 @@ class _Datastores:
         self.service.registered_tokens.append(datastore.credentials.sas_token)
         return datastore
 
+    def list(self, include_secrets=False):
+        return list(self.service.datastores.values())
+
     def delete(self, name):
         if self.service.datastores.pop(name, None) is None:
             raise ResourceNotFoundError(f"datastore {name} not found")
@@ -416,14 +430,21 @@ class _Jobs:
         run.thread.start()
         return self.get(name)
 
+    def list(self, parent_job_name=None, **kwargs):
+        """The workspace's jobs (the SDK pages through them; here one list)."""
+        return [self._entity(name) for name in list(self.service.runs)]
+
     def get(self, name):
         self.service.reads[name] = self.service.reads.get(name, 0) + 1
         if self.service.outage > 0:
             self.service.outage -= 1
             raise ServiceRequestError("fake service: connection reset")
-        run = self.service.runs.get(name)
-        if run is None:
+        if name not in self.service.runs:
             raise ResourceNotFoundError(f"job {name} not found")
+        return self._entity(name)
+
+    def _entity(self, name):
+        run = self.service.runs[name]
         return SimpleNamespace(name=name, status=run.status, display_name=run.job.display_name,
                                experiment_name=run.job.experiment_name, compute=run.job.compute, tags=run.job.tags,
                                studio_url=f"https://ml.azure.com/runs/{name}?wsid=/fake")

@@ -445,6 +445,37 @@ def test_killing_the_deferred_task_cancels_the_job_through_the_trigger(service):
     assert service.wait(operator.job_name) == "Canceled" and service.datastores == {}
 
 
+def test_housekeeping_cancels_a_queued_job_whose_task_no_longer_waits(service):
+    """The window the triggerer's on_kill leaves (a task marked failed before any triggerer
+    picked its trigger up): the job stays queued until housekeeping asks Airflow for its task's
+    state and, finding none that leads back to it, cancels the job and removes the run's
+    datastores. While the task may still come back to the job, nothing is touched."""
+    from aml_backend.orphans import LIVE_TASK_STATES, cancel_orphaned_jobs
+
+    service.queue_seconds = 30
+    operator, ti = _operator(logs_container=""), TaskInstance()
+    _deferred(operator, {"ti": ti})  # submitted and deferred; no trigger ever runs
+    job = operator.job_name
+    stores = sorted(service.datastores)
+    assert len(stores) == 2
+    asked = []
+
+    def answering(state):
+        return lambda *task: asked.append(task) or state
+
+    for state in sorted(LIVE_TASK_STATES):
+        assert cancel_orphaned_jobs(operator.hook, answering(state)) == []
+    assert service.runs[job].status in ("NotStarted", "Queued") and sorted(service.datastores) == stores
+    assert set(asked) == {(ti.dag_id, ti.run_id, ti.task_id)}
+
+    cancelled = cancel_orphaned_jobs(operator.hook, answering("failed"))
+    assert cancelled == [{"job": job, "task": f"{ti.dag_id}/{ti.run_id}/{ti.task_id}", "task_state": "failed",
+                          "datastores": stores}]
+    assert service.wait(job) == "Canceled" and service.datastores == {}
+    assert cancel_orphaned_jobs(operator.hook, answering(None)) == []  # an ended job is not looked at again
+    assert cancel_orphaned_jobs(operator.hook, answering(None), experiment="another") == []
+
+
 def test_the_time_limit_cancels_the_job(service):
     from airflow.providers.common.compat.sdk import AirflowException
 

@@ -134,3 +134,44 @@ def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_fake, clip_fa
     assert service.cancel_requests == [killed.name]  # the studio's cancel went around Airflow
     assert not [name for name in service.datastores if name.startswith("vst_")]  # both runs cleaned up
     print(f"azureml via airflow: jobs {sorted(service.runs)}", file=sys.stderr)
+
+
+@pytest.mark.timeout(900)
+def test_housekeeping_cancels_only_the_jobs_no_task_waits_for(airflow_with_fake, clip_factory):
+    """The window the trigger's on_kill leaves: a job whose task stopped waiting before any
+    triggerer picked its trigger up stays queued. Housekeeping asks Airflow for each unfinished
+    job's task (the Task SDK's task states): a job whose task is gone or done is cancelled, the
+    job of a task deferred on it stays."""
+    stack, api, service = airflow_with_fake
+    clip = clip_factory(seconds=1, fps="25", size=(96, 64))
+    upload(stack, "accepted", "aml/waited-for.mp4", clip.read_bytes())
+    status, answer = api.trigger({"input_blob": "aml/waited-for.mp4", "backend": "azureml", "azureml_nodes": 1,
+                                  "segment_frames": 8})
+    assert status in (200, 201), answer
+    run_id = answer["dag_run_id"]
+    wait_for(lambda: _score_task(api, run_id).get("state") == "deferred" and _job_of(service, run_id), 420,
+             what="score_azureml deferred on a queued job")
+    waited_for = _job_of(service, run_id)
+    probe_state = _answers(lambda: api.tasks(run_id)["probe"]["state"])
+    assert probe_state == "success"
+    done_task = service.left_queued("vst-left-by-a-done-task", {"airflow_run": f"video_style_transfer/{run_id}/probe"})
+    no_task = service.left_queued("vst-left-by-a-deleted-run",
+                                  {"airflow_run": "video_style_transfer/manual__deleted/score_azureml"})
+    other = service.left_queued("not-ours", {"airflow_run": "video_style_transfer/manual__deleted/score_azureml"},
+                                experiment_name="someone-else")
+
+    status, answer = api.trigger({}, run_id="manual__housekeeping-orphans", dag_id="housekeeping")
+    assert status in (200, 201), answer
+    wait_for(lambda: _answers(lambda: api.runs("housekeeping")["manual__housekeeping-orphans"]["state"])
+             in ("success", "failed"), 300, what="the housekeeping run")
+    assert api.runs("housekeeping")["manual__housekeeping-orphans"]["state"] == "success"
+    wait_for(lambda: done_task.status == no_task.status == "Canceled", 60, every=0.5, what="the two jobs cancelled")
+    assert waited_for.status == "Queued" and other.status == "Queued"
+    assert waited_for.name not in service.cancel_requests and other.name not in service.cancel_requests
+    assert _score_task(api, run_id).get("state") == "deferred"
+
+    status, answer = api.call("PATCH", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}",
+                              {"state": "failed"})  # done with it: its trigger cancels the job
+    assert status == 200, answer
+    wait_for(lambda: waited_for.status == "Canceled", 120, every=0.5, what="the waited-for job cancelled")
+    service.studio_cancel(other.name)

@@ -431,10 +431,13 @@ def test_housekeeping_removes_only_old_run_work_and_says_what(stack, tmp_path):
     assert line.startswith(f"removed {len(removed['containers'])} run container(s) and ")
 
 
-def test_the_housekeeping_dag_runs_daily_with_a_configurable_age():
+def test_the_housekeeping_dag_runs_hourly_with_a_configurable_age():
+    """Hourly: a queued Azure ML job that no task waits for any more is cancelled within the
+    hour rather than waiting a day for nodes (and billing once it gets them)."""
     dag = _dag("housekeeping.py", "housekeeping")
-    assert dag.params["max_age_hours"] == 72 and "remove_old_work" in dag.task_ids
-    assert dag.schedule == "@daily"
+    assert dag.params["max_age_hours"] == 72
+    assert {"remove_old_work", "cancel_orphaned_azureml_jobs"} <= set(dag.task_ids)
+    assert dag.schedule == "@hourly"
 
 
 # --------------------------------------------------------------------------- truth in the text

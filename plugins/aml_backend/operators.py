@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
 from .links import JOB_NAME_KEY, STUDIO_URL_KEY, AzureMLJobLink, studio_url
+from .orphans import RUN_TAG, datastore_prefix
 from .trigger import AzureMLJobTrigger
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ class AzureMLScoreOperator(BaseOperator):
                 compute=cluster["name"], nodes=int(self.nodes), gpus_per_node=cluster["gpus"],
                 vm_size=cluster["vm_size"], output_mode=self.output_mode, name=name,
                 experiment_name=self.experiment_name, display_name=f"{self.task_id} {run_tag}",
-                tags={"airflow_run": run_tag, "resubmission": str(carry["resubmits"])})
+                tags={RUN_TAG: run_tag, "resubmission": str(carry["resubmits"])})
             submitted = self.hook.submit(job)  # uploads the code snapshot
         self.job_name = submitted.name
         self.log.info("submitted Azure ML job %s (%s x %s GPUs, %s %s)", submitted.name, self.nodes, cluster["gpus"],
@@ -251,13 +252,13 @@ class AzureMLScoreOperator(BaseOperator):
         locations = {"segments": (self.segments, "in"), "styled": (self.styled, "out"),
                      "model": (self.model, "in") if self.model else None,
                      "style_image": (self.style_image, "in") if self.style_image else None}
-        tag, stores = hashlib.sha256(_run_tag(context).encode()).hexdigest()[:12], {}
+        run_stores, stores = datastore_prefix(_run_tag(context)), {}
         for key, loc in locations.items():
             if loc is None or loc[0].startswith("azureml://"):
                 stores[key] = (None, loc and (loc[0], None, None))
                 continue
             container, _, prefix = loc[0].strip("/").partition("/")
-            stores[key] = (f"vst_{tag}_{re.sub(r'[^a-z0-9]', '_', container.lower())}_{loc[1]}",
+            stores[key] = (f"{run_stores}{re.sub(r'[^a-z0-9]', '_', container.lower())}_{loc[1]}",
                            (container, prefix, loc[1]))
         return stores
 
