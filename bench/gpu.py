@@ -139,10 +139,8 @@ def row_cuda(style: str = "7", count: int = 24, device: str = "cuda") -> dict:
                 "plain_peak_share": flops / plain_s / peak, "ours_peak_share": flops / ours_s / peak,
                 "psnr_ours_db": min(psnr(plain[i], ours[i]) for i in truth_picks)}
 
-    multistyle = MultiStyleNet.from_onnx()
-    flops26 = conv_flops(models.BuiltinStyle(multistyle, parse_style(style)).eval(), SIZE[1], SIZE[0])
-    out["multistyle"] = compare("26-style", models.BuiltinStyle(MultiStyleNet.from_onnx(), parse_style(style)),
-                                load_model(style), flops26)
+    multistyle = models.BuiltinStyle(MultiStyleNet.from_onnx(), parse_style(style)).eval()
+    out["multistyle"] = compare("26-style", multistyle, load_model(style), conv_flops(multistyle, SIZE[1], SIZE[0]))
     state = random_weights()
     published, ours = reference.TransformerNet(), models.TransformerNet()
     published.load_state_dict(state)
