@@ -50,7 +50,6 @@ def cmd_score(args) -> dict | None:
     world = score.World()
     score.exit_on_sigterm()
     score.set_threads(world)
-    from .stylizer import resolve_batch
     from .temporal import check_strength
 
     if args.device in ("auto", "cuda"):  # one rank per GPU; a GPU torch cannot run fails here, in one line
@@ -61,8 +60,7 @@ def cmd_score(args) -> dict | None:
     stylizer, model_id = stylizer_from(args), model_id_from(args)
     check_strength(args.temporal)
     try:
-        encoding = score.Encoding(resolve_batch(args.batch, str(stylizer.device)), args.crf, args.preset, args.temporal)
-        result = score.score(args.segments, args.out, stylizer, model_id, encoding, world)
+        result = score.score(args.segments, args.out, stylizer, model_id, encoding_from(args, stylizer), world)
     except UserError as exc:
         if world.size > 1:  # a failure in one rank's share: the others would wait for it forever
             print(f"error: [rank {world.rank}] {exc}", file=sys.stderr, flush=True)
@@ -86,10 +84,9 @@ def cmd_stylize(args) -> dict:
 
         return stylize_image(source, output, stylizer, args.max_side, limits_from(args))
     from .launch import auto_ranks
-    from .score import Encoding, run_ranks, score
+    from .score import run_ranks, score
     from .split import split
     from .stitch import check_output_path, stitch
-    from .stylizer import resolve_batch
     from .temporal import check_strength, work_tag
 
     check_output_path(output)
@@ -103,8 +100,7 @@ def cmd_stylize(args) -> dict:
     if ranks > 1:
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], ranks)
     else:
-        encoding = Encoding(resolve_batch(args.batch, str(stylizer.device)), args.crf, args.preset, args.temporal)
-        score(work / "segments", styled, stylizer, model_id, encoding)
+        score(work / "segments", styled, stylizer, model_id, encoding_from(args, stylizer))
     result = stitch(work / "segments", styled, output)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
@@ -147,6 +143,14 @@ def stylizer_from(args):
 
     return Stylizer(load_model(args.style, args.model, args.style_image), args.device, args.precision, args.compile,
                     args.style_strength)
+
+
+def encoding_from(args, stylizer):
+    """Batching (``auto`` resolved for the stylizer's device), x264 settings and smoothing."""
+    from .score import Encoding
+    from .stylizer import resolve_batch
+
+    return Encoding(resolve_batch(args.batch, str(stylizer.device)), args.crf, args.preset, args.temporal)
 
 
 def model_id_from(args) -> str:

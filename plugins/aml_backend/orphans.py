@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-TERMINAL_STATES = ("Completed", "Failed", "Canceled")  # hook.TERMINAL_STATES, without importing the SDK
+from .trigger import TERMINAL_STATES  # the trigger's copy: this module is imported at DAG parse time, the SDK is not
+
 # task states in which the task still runs, waits for its job, or will come back to it (a retry re-attaches)
 LIVE_TASK_STATES = frozenset({"running", "deferred", "queued", "scheduled", "up_for_retry", "up_for_reschedule",
                               "restarting"})
@@ -45,7 +46,7 @@ def cancel_orphaned_jobs(hook, task_state: Callable[[str, str, str], str | None]
     ``task_state(dag_id, run_id, task_id)`` answers the task's state (None: no such task, e.g.
     the run was deleted). Returns what was cancelled: ``{"job", "task", "task_state",
     "datastores"}`` each."""
-    cancelled = []
+    cancelled, store_names = [], None
     for job in hook.client.jobs.list():
         tag = (getattr(job, "tags", None) or {}).get(RUN_TAG)
         if getattr(job, "experiment_name", None) != experiment or job.status in TERMINAL_STATES or not tag:
@@ -56,8 +57,9 @@ def cancel_orphaned_jobs(hook, task_state: Callable[[str, str, str], str | None]
             continue
         hook.log.info("cancelling Azure ML job %s: its task %s is %s", job.name, tag, state or "gone")
         hook.cancel(job.name)
-        prefix = datastore_prefix(tag)
-        stores = sorted(store.name for store in hook.client.datastores.list() if store.name.startswith(prefix))
+        if store_names is None:  # listed once, and only when a job is cancelled
+            store_names = [store.name for store in hook.client.datastores.list()]
+        stores = sorted(name for name in store_names if name.startswith(datastore_prefix(tag)))
         for store in stores:
             hook.delete_datastore(store)
         cancelled.append({"job": job.name, "task": tag, "task_state": state, "datastores": stores})
