@@ -137,11 +137,17 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: tor
     multiply-add: torch runs an instance norm there as a batch norm over ``N * C`` channels,
     with one thread block per channel for the statistics, so at 32 channels most of a GPU
     waits and the norms took most of a frame's time (docs/performance.md#on-a-cuda-gpu).
+
+    On a CPU it is a group norm with one group per channel, the same statistics per sample
+    and channel: torch's CPU instance norm, run as a batch norm over ``N * C`` channels, takes
+    several times as long over the same activations (docs/performance.md#on-a-cpu-without-bf16).
     Elsewhere ``F.instance_norm`` as it is.
     """
-    if x.device.type != "cuda":
-        return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
-    return instance_norm_by_moments(x, weight, bias, eps)
+    if x.device.type == "cuda":
+        return instance_norm_by_moments(x, weight, bias, eps)
+    if x.device.type == "cpu":
+        return F.group_norm(x, x.shape[1], weight, bias, eps)
+    return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
 
 
 def instance_norm_by_moments(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,

@@ -13,6 +13,7 @@ from scoring.models import (
     TransformerNet,
     InstanceNorm,
     double_then_conv3,
+    instance_norm,
     instance_norm_by_moments,
     load_model,
     model_id,
@@ -132,6 +133,28 @@ def test_instance_norm_by_moments_is_torchs_instance_norm(affine, dtype):
     assert got.dtype == dtype and got.shape == x.shape
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2
     assert ((got.double() - expected).norm() / expected.norm()).item() < tolerance
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cpu_norm_is_torchs_instance_norm_without_its_batch_norm(affine, dtype):
+    """On a CPU ``instance_norm`` gives torch's instance norm (per sample and channel, a batch
+    of two here), and does not run it as torch does, as a batch norm over N x C channels: the
+    slow form there (docs/performance.md#on-a-cpu-without-bf16)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 32, 27, 45) * 3 + 5
+    x[1] *= 4  # the second sample's own statistics
+    weight, bias = (torch.randn(32), torch.randn(32)) if affine else (None, None)
+    expected = torch.nn.functional.instance_norm(x.double(), weight=None if weight is None else weight.double(),
+                                                 bias=None if bias is None else bias.double(), eps=1e-5)
+    with torch.profiler.profile() as profile:
+        got = instance_norm(x.to(dtype), None if weight is None else weight.to(dtype),
+                            None if bias is None else bias.to(dtype))
+    assert got.dtype == dtype and got.shape == x.shape
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    assert ((got.double() - expected).norm() / expected.norm()).item() < tolerance
+    ops = {event.name for event in profile.events()}
+    assert "aten::native_group_norm" in ops and not any("batch_norm" in op for op in ops), sorted(ops)
 
 
 @pytest.mark.parametrize("spec", ["7", "pth"])
