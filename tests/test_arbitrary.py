@@ -11,10 +11,17 @@ import torch
 from PIL import Image
 from skimage import data
 
-from scoring.arbitrary import ArbitraryStyle, ArbitraryStyleNet, load_style_image, model_path, style_vector
+from scoring.arbitrary import (
+    ArbitraryStyle,
+    ArbitraryStyleNet,
+    StyleNorm,
+    load_style_image,
+    model_path,
+    style_vector,
+)
 from scoring.cli import build_parser, model_args
 from scoring.errors import UserError
-from scoring.models import load_model, model_id
+from scoring.models import instance_norm, load_model, model_id
 from scoring.stylizer import Stylizer
 
 from .helpers import psnr, run_scoring, sha256
@@ -80,6 +87,23 @@ def test_port_matches_onnxruntime_at_384(content, style_picture, model):
     with torch.inference_mode():
         got = model(torch.from_numpy(content.copy()).permute(2, 0, 1)[None].float() / 255.0)[0].permute(1, 2, 0)
     assert np.abs(got.numpy() - expected).max() < 1e-4
+
+
+def test_one_style_is_scaled_and_shifted_inside_the_norm():
+    """A run has one style vector: its scale and shift go into the norm itself (one pass over
+    the activations, not two more after it); a batch of styles is still one per sample."""
+    torch.manual_seed(0)
+    norm = StyleNorm(16).eval()
+    x = torch.randn(2, 16, 20, 28) * 3 + 2
+    one, two = torch.randn(1, 100, 1, 1), torch.randn(2, 100, 1, 1)
+    with torch.inference_mode():
+        with torch.profiler.profile() as profile:
+            got = norm(x, one)
+        assert not [e.name for e in profile.events() if e.name in ("aten::mul", "aten::add")]
+        assert torch.allclose(got, instance_norm(x) * norm.gamma(one) + norm.beta(one), atol=1e-5)
+        each = norm(x, two)
+        for i in range(2):
+            assert torch.allclose(each[i:i + 1], norm(x[i:i + 1], two[i:i + 1]), atol=1e-5)
 
 
 def test_any_size_and_the_style_picture_is_read_like_the_package(model, style_picture):
