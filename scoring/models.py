@@ -86,9 +86,6 @@ def _fold(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
     return torch.stack((before, centre + after) if phase == 0 else (before + centre, after), dim)
 
 
-FP32_COLUMNS_FROM = 8  # input channels from which the k x 1 form pays in fp32 on a CPU
-
-
 def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias)`` (stride 1, ``x`` already padded) in a faster form for the
     wide-kernel layers at the ends of a style network: a 9x9 kernel with 3 or 4 channels on
@@ -102,14 +99,11 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
       rows and columns (``9 * cin`` channels) and convolved with a (k/3) x (k/3) kernel
       dilated by 3, so that tap ``(3a + i, 3b + j)`` reads shift ``(i, j)`` at ``(3a, 3b)``.
 
-    Other shapes go to ``F.conv2d`` unchanged, and so do those that oneDNN's fp32 convolution
-    on a CPU already runs well: there only many input channels into few output channels take
-    the first form (docs/performance.md#on-a-cpu-without-bf16).
+    Other shapes go to ``F.conv2d`` unchanged, and so, in fp32 on a CPU, do few input
+    channels: oneDNN's fp32 convolution runs those well (docs/performance.md#on-a-cpu-without-bf16).
     """
     cout, cin, k, _ = weight.shape
     if k < 5 or weight.shape[3] != k:
-        return F.conv2d(x, weight, bias)
-    if x.dtype == torch.float32 and x.device.type == "cpu" and cin < FP32_COLUMNS_FROM:
         return F.conv2d(x, weight, bias)
     height, width = x.shape[-2] - k + 1, x.shape[-1] - k + 1
     if cout <= 4:
@@ -120,7 +114,7 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
             y += parts[:, offset, ..., offset:offset + width]
         y = y if bias is None else y + bias.float()[:, None, None]
         return y.to(x.dtype)
-    if cin <= 4 and k % 3 == 0:
+    if cin <= 4 and k % 3 == 0 and not (x.dtype == torch.float32 and x.device.type == "cpu"):
         shifts = torch.cat([x[:, c:c + 1, i:i + height + k - 3, j:j + width + k - 3]
                             for c in range(cin) for i in range(3) for j in range(3)], 1)
         coarse = weight.unflatten(2, (k // 3, 3)).unflatten(4, (k // 3, 3))  # o, c, a, i, b, j
