@@ -49,12 +49,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Api:
-    """A running stack's REST API as one user (an `airflow` CLI process per question costs seconds
-    of CPU, which a test that polls would take from the stack it waits on)."""
+    """A running stack's REST API as one user, or as nobody (``user=None``: no token). An
+    `airflow` CLI process per question costs seconds of CPU, which a test that polls would take
+    from the stack it waits on."""
 
     PAGE = 100  # the API server's default [api] maximum_page_limit
 
-    def __init__(self, stack, user: str = "admin"):
+    def __init__(self, stack, user: str | None = "admin"):
         self.base = f"http://127.0.0.1:{stack.api_port}"
         self.stack, self.user, self._token = stack, user, None
 
@@ -70,7 +71,7 @@ class Api:
         return status, answer
 
     def _call(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-        if self._token is None and path != "/auth/token":
+        if self._token is None and self.user is not None and path != "/auth/token":
             status, answer = self.call("POST", "/auth/token",
                                        {"username": self.user, "password": self.stack.password(self.user)})
             assert status in (200, 201), (status, answer)

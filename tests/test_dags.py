@@ -368,40 +368,15 @@ def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
         stack.stop()
 
 
-def _api(stack, method: str, path: str, token: str | None = None, body: dict | None = None):
-    """(status, JSON answer) of a call to the stack's API server."""
-    import urllib.error
-    import urllib.request
-
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://127.0.0.1:{stack.api_port}{path}", method=method, data=data,
-                                     headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-
-
-def _token(stack, user: str) -> str:
-    status, answer = _api(stack, "POST", "/auth/token", body={"username": user, "password": stack.password(user)})
-    assert status in (200, 201), status
-    return answer["access_token"]
-
-
 def _check_viewer_cannot_change_anything(stack) -> None:
     """The API server's auth manager: a Viewer sees runs, cannot trigger or pause; an Admin can."""
-    def call(method: str, path: str, token: str | None = None, body: dict | None = None):
-        return _api(stack, method, path, token, body)
-
-    viewer, admin = _token(stack, "viewer"), _token(stack, "admin")
+    viewer, admin, nobody = Api(stack, "viewer"), Api(stack, "admin"), Api(stack, user=None)
     runs, run = "/api/v2/dags/video_style_transfer/dagRuns", {"logical_date": None, "conf": {"input_blob": "done.mp4"}}
-    assert call("GET", runs, viewer)[0] == 200
-    assert call("POST", runs, viewer, run)[0] == 403
-    assert call("PATCH", "/api/v2/dags/blob_sweep", viewer, {"is_paused": True})[0] == 403
-    assert call("GET", runs)[0] == 401  # no token, no access
-    assert call("POST", runs, admin, run)[0] == 200
+    assert viewer.call("GET", runs)[0] == 200
+    assert viewer.call("POST", runs, run)[0] == 403
+    assert viewer.call("PATCH", "/api/v2/dags/blob_sweep", {"is_paused": True})[0] == 403
+    assert nobody.call("GET", runs)[0] == 401  # no token, no access
+    assert admin.call("POST", runs, run)[0] == 200
 
 
 def _wait_for(condition, timeout: float) -> None:
