@@ -118,43 +118,35 @@ def test_the_network_gets_plain_nchw_frames_on_a_cpu():
     assert seen == [True]
 
 
+@pytest.mark.parametrize("form", ["cpu", "cuda"])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_instance_norm_by_moments_is_torchs_instance_norm(affine, dtype):
-    """The CUDA form of the norm (one var_mean, one multiply-add) computes ``F.instance_norm``:
-    fp32 to rounding, a 16-bit type as close as the type itself gets (checked on a CPU; the
-    CUDA path runs the same torch ops)."""
+def test_each_form_of_the_norm_is_torchs_instance_norm(form, affine, dtype):
+    """Per sample and channel (a batch of two with different statistics), fp32 to rounding, a
+    16-bit type as close as the type itself gets:
+
+    * cpu: ``instance_norm`` on a CPU, and not run as torch runs it, as a batch norm over
+      N x C channels, the slow form there (docs/performance.md#on-a-cpu-without-bf16);
+    * cuda: the CUDA form (one var_mean, one multiply-add), checked on a CPU: the CUDA path
+      runs the same torch ops."""
     torch.manual_seed(0)
     x = torch.randn(2, 32, 27, 45) * 3 + 5  # a mean well away from 0, as after a ReLU
-    weight, bias = (torch.randn(32), torch.randn(32)) if affine else (None, None)
-    expected = torch.nn.functional.instance_norm(x.double(), weight=None if weight is None else weight.double(),
-                                                 bias=None if bias is None else bias.double(), eps=1e-5)
-    got = instance_norm_by_moments(x.to(dtype), weight, bias, 1e-5)
-    assert got.dtype == dtype and got.shape == x.shape
-    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
-    assert ((got.double() - expected).norm() / expected.norm()).item() < tolerance
-
-
-@pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_cpu_norm_is_torchs_instance_norm_without_its_batch_norm(affine, dtype):
-    """On a CPU ``instance_norm`` gives torch's instance norm (per sample and channel, a batch
-    of two here), and does not run it as torch does, as a batch norm over N x C channels: the
-    slow form there (docs/performance.md#on-a-cpu-without-bf16)."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 32, 27, 45) * 3 + 5
     x[1] *= 4  # the second sample's own statistics
     weight, bias = (torch.randn(32), torch.randn(32)) if affine else (None, None)
     expected = torch.nn.functional.instance_norm(x.double(), weight=None if weight is None else weight.double(),
                                                  bias=None if bias is None else bias.double(), eps=1e-5)
     with torch.profiler.profile() as profile:
-        got = instance_norm(x.to(dtype), None if weight is None else weight.to(dtype),
-                            None if bias is None else bias.to(dtype))
+        if form == "cpu":
+            got = instance_norm(x.to(dtype), None if weight is None else weight.to(dtype),
+                                None if bias is None else bias.to(dtype))
+        else:
+            got = instance_norm_by_moments(x.to(dtype), weight, bias, 1e-5)
     assert got.dtype == dtype and got.shape == x.shape
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2
     assert ((got.double() - expected).norm() / expected.norm()).item() < tolerance
-    ops = {event.name for event in profile.events()}
-    assert "aten::native_group_norm" in ops and not any("batch_norm" in op for op in ops), sorted(ops)
+    if form == "cpu":
+        ops = {event.name for event in profile.events()}
+        assert "aten::native_group_norm" in ops and not any("batch_norm" in op for op in ops), sorted(ops)
 
 
 @pytest.mark.parametrize("spec", ["7", "pth"])
