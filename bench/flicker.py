@@ -5,9 +5,9 @@
     python bench/flicker.py --clip my.mp4 --strength 0.8 --style 7
 
 The clip is split into segments as the pipeline does (48 frames by default), then scored by
-``scoring.score.score`` in-process, plain and temporal in turn (``--repeats`` pairs,
+``scoring.networks.score.score`` in-process, plain and temporal in turn (``--repeats`` pairs,
 interleaved, so that a busy machine slows both alike); the styled segments are decoded
-(after x264, as a viewer sees them) and measured with ``scoring.flicker``:
+(after x264, as a viewer sees them) and measured with ``scoring.networks.flicker``:
 
 - flicker index (mean |change| between consecutive styled frames where the input stood
   still), plain and temporal, and the reduction;
@@ -19,7 +19,7 @@ interleaved, so that a busy machine slows both alike); the styled segments are d
 - the seam: how far a segment's first frames are from a one-pass run over the whole clip,
   for several warm-up lengths (why ``temporal.WARMUP_FRAMES`` is what it is).
 
-Without the shared clip a generated clip is used (``scoring.samples``); it pans all the
+Without the shared clip a generated clip is used (``scoring.media.samples``); it pans all the
 time, so it has few still pixels and says little about flicker.
 """
 
@@ -39,13 +39,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scoring import flicker, media, temporal  # noqa: E402
-from scoring.models import load_model, model_id  # noqa: E402
-from scoring.samples import make_clip  # noqa: E402
-from scoring.score import Encoding, score  # noqa: E402
-from scoring.segments import DEFAULT_SEGMENT_FRAMES, Plan  # noqa: E402
-from scoring.split import split  # noqa: E402
-from scoring.stylizer import Stylizer  # noqa: E402
+from scoring.media import ffmpeg  # noqa: E402
+from scoring.media.samples import make_clip  # noqa: E402
+from scoring.media.segments import DEFAULT_SEGMENT_FRAMES, Plan  # noqa: E402
+from scoring.media.split import split  # noqa: E402
+from scoring.networks import flicker, temporal  # noqa: E402
+from scoring.networks.models import load_model, model_id  # noqa: E402
+from scoring.networks.score import Encoding, score  # noqa: E402
+from scoring.networks.stylizer import Stylizer  # noqa: E402
 
 SHARED_CLIP = REPO.parent / "shared" / "media" / "car-detection.mp4"
 WARMUP_CHOICES = (0, 1, 2, 3, 4, 6)
@@ -61,8 +62,8 @@ def prepare_clip(work: Path, clip: Path | None, frames: int | None) -> Path:
     if not frames:
         return clip
     cut = work / "cut.mp4"
-    media._run_ffmpeg(["-i", media.file_arg(clip), "-frames:v", str(frames), "-an", "-c:v", "libx264",
-                       "-crf", "12", "-preset", "veryfast", media.file_arg(cut)], "cut the clip")
+    ffmpeg._run_ffmpeg(["-i", ffmpeg.file_arg(clip), "-frames:v", str(frames), "-an", "-c:v", "libx264",
+                       "-crf", "12", "-preset", "veryfast", ffmpeg.file_arg(cut)], "cut the clip")
     return cut
 
 
@@ -70,7 +71,7 @@ def decode_segments(folder: Path, plan: Plan) -> np.ndarray:
     """All frames of a folder's segments, in plan order: uint8 [N, H, W, 3]."""
     frames = []
     for segment in plan.segments:
-        with media.FrameReader(folder / segment.name, (plan.width, plan.height), input_format="h264") as reader:
+        with ffmpeg.FrameReader(folder / segment.name, (plan.width, plan.height), input_format="h264") as reader:
             frames.extend(reader.batches(64))
     return np.concatenate(frames)
 
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"| SSIM vs per-frame, moving regions | 1 | {r['ssim_moving']:.3f} | |")
     print(f"| throughput (median of {args.repeats}) | {r['fps_plain']:.2f} fps | {r['fps_temporal']:.2f} fps "
           f"| cost {r['cost']:.1%} (pairs: {', '.join(f'{c:.1%}' for c in r['cost_per_pair'])}) |")
-    print(f"| output size (x264 {media.STYLED_PRESET}, crf {media.STYLED_CRF}) | {r['output_bytes']['plain'] / 1e6:.2f} MB | "
+    print(f"| output size (x264 {ffmpeg.STYLED_PRESET}, crf {ffmpeg.STYLED_CRF}) | {r['output_bytes']['plain'] / 1e6:.2f} MB | "
           f"{r['output_bytes']['temporal'] / 1e6:.2f} MB | {r['output_bytes']['temporal'] / r['output_bytes']['plain'] - 1:+.0%} |")
     print(f"\nparts alone (median per frame): network {r['network_ms_per_frame']:.1f} ms, blend "
           f"{r['blend_ms_per_frame']:.1f} ms ({r['blend_share_of_network']:.1%} of the network); warm-up styles "

@@ -3,7 +3,7 @@
     python bench/gpu.py                  # on a machine with a CUDA GPU (bench/run.py runs it there)
     python bench/gpu.py --explore        # also the variants the CUDA path was chosen from
 
-Both sides get the same frames: the sample photos (scoring/samples.py) at 1920x1080 as uint8
+Both sides get the same frames: the sample photos (scoring/media/samples.py) at 1920x1080 as uint8
 in host memory, as the ffmpeg pipe hands them over, and give uint8 frames back in host
 memory, after warm-up:
 
@@ -43,9 +43,10 @@ sys.path.insert(0, str(REPO / "bench"))
 import reference  # noqa: E402  (bench/reference.py)
 from nets import conv_flops, psnr, random_weights  # noqa: E402  (bench/nets.py)
 
-from scoring import models, samples  # noqa: E402
-from scoring.models import MultiStyleNet, load_model, parse_style  # noqa: E402
-from scoring.stylizer import Stylizer, resolve_batch  # noqa: E402
+from scoring.media import samples  # noqa: E402
+from scoring.networks import models  # noqa: E402
+from scoring.networks.models import MultiStyleNet, load_model, parse_style  # noqa: E402
+from scoring.networks.stylizer import Stylizer, resolve_batch  # noqa: E402
 
 SIZE = (1920, 1080)
 

@@ -13,7 +13,7 @@ def conv_flops(model: torch.nn.Module, height: int, width: int) -> int:
     convolution, with 16/36 of these multiplications, and a wide 9x9 layer runs rewritten by
     ``models.wide_conv``; the count is the network's, the same for the reference approach and
     ours.)"""
-    from scoring.models import ConvLayer, StyledConv, UpsampleConvLayer
+    from scoring.networks.models import ConvLayer, StyledConv, UpsampleConvLayer
 
     total = 0
 
@@ -43,7 +43,7 @@ def random_weights() -> dict[str, torch.Tensor]:
     pixel would clamp to black and PSNR would measure nothing; the last layer is scaled so
     the output spans 0..255 like a trained network's (mean ~128, std ~50).
     """
-    from scoring.models import TransformerNet
+    from scoring.networks.models import TransformerNet
 
     torch.manual_seed(0)
     net = TransformerNet()

@@ -6,7 +6,7 @@ PIL, runs ``TransformerNet`` at batch size 1 in fp32, saves one JPEG per styled 
 ffmpeg stitches the JPEGs back at a fixed 30 fps (the source's frame rate and audio are lost).
 
 The network below is pytorch/examples' ``transformer_net.py`` (BSD-3-Clause) as published,
-so a ``.pth`` state dict loads in both it and ``scoring.models.TransformerNet``.
+so a ``.pth`` state dict loads in both it and ``scoring.networks.models.TransformerNet``.
 
     python bench/reference.py CLIP OUT.mp4 --model W.pth [--work DIR]
 """

@@ -49,10 +49,10 @@ sys.path.insert(0, str(REPO / "bench"))
 import reference  # noqa: E402  (bench/reference.py)
 from nets import conv_flops, psnr, random_weights  # noqa: E402  (bench/nets.py)
 
-from scoring import media  # noqa: E402
 from scoring.launch import mpiexec_path  # noqa: E402
-from scoring.models import NUM_STYLES, TransformerNet, builtin_weights_path, load_model, parse_style  # noqa: E402
-from scoring.stylizer import Stylizer, cpu_has_native_bf16, resolve_precision  # noqa: E402
+from scoring.media import ffmpeg  # noqa: E402
+from scoring.networks.models import NUM_STYLES, TransformerNet, builtin_weights_path, load_model, parse_style  # noqa: E402
+from scoring.networks.stylizer import Stylizer, cpu_has_native_bf16, resolve_precision  # noqa: E402
 
 SHARED_CLIP = REPO.parent / "shared" / "media" / "car-detection.mp4"
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
@@ -77,8 +77,8 @@ def prepare_clip(work: Path, source: Path | None, frames: int | None, size: str 
 
 def cut_clip(source: Path, clip: Path, frames: int | None = None, size: str | None = None) -> Path:
     """The first ``frames`` of ``source`` (scaled to ``size``), re-encoded near-losslessly."""
-    info = media.probe(source)
-    cmd = [media.ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-i", str(source)]
+    info = ffmpeg.probe(source)
+    cmd = [ffmpeg.ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-i", str(source)]
     if frames:
         cmd += ["-frames:v", str(frames), "-t", f"{float(frames / Fraction(info.frame_rate)):.6f}"]
     if size:
@@ -88,12 +88,12 @@ def cut_clip(source: Path, clip: Path, frames: int | None = None, size: str | No
     return clip
 
 
-def first_frames(clip: Path, info, frames: int, work: Path, name: str) -> tuple[Path, media.MediaInfo]:
+def first_frames(clip: Path, info, frames: int, work: Path, name: str) -> tuple[Path, ffmpeg.MediaInfo]:
     """A row's clip: the first ``frames`` of the bench clip (all of it when it is shorter)."""
     if frames >= info.frames:
         return clip, info
     cut = cut_clip(clip, work / f"{name}.mp4", frames)
-    return cut, media.probe(cut)
+    return cut, ffmpeg.probe(cut)
 
 
 def make_weights(path: Path) -> Path:
@@ -131,7 +131,7 @@ def ours_flags(args) -> list:
 
 
 def frames_at(path: Path, indices: list[int], size: tuple[int, int]) -> np.ndarray:
-    with media.FrameReader(path, size) as reader:
+    with ffmpeg.FrameReader(path, size) as reader:
         frames = np.concatenate(list(reader.batches(32)))
     return frames[indices]
 
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.clip and not args.clip.is_file():
             parser.error(f"--clip {args.clip}: no such file")
         clip = prepare_clip(work, args.clip, args.frames, args.size)
-        info = media.probe(clip)
+        info = ffmpeg.probe(clip)
         source = args.clip or (SHARED_CLIP if SHARED_CLIP.is_file() else None)
         results = {"clip": {"name": source.name + (" (cut)" if clip != source else "") if source else "generated",
                             "size": f"{info.width}x{info.height}", "frame_rate": info.frame_rate,

@@ -19,10 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
-from style_pipeline import default_output_name  # noqa: E402
+from pipeline.tasks import default_output_name  # noqa: E402
 
 from devstack import Stack  # noqa: E402
-from scoring.samples import make_clip  # noqa: E402
+from scoring.media.samples import make_clip  # noqa: E402
 
 STYLE, RANKS = "19", 2  # the DAG's defaults (run_settings.PARAMS)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
-from blob_watch import processing_run_id  # noqa: E402
+from intake.inbox import processing_run_id  # noqa: E402
 
 from devstack import Stack, airflow_json, free_port  # noqa: E402
 

@@ -31,8 +31,8 @@ def blob_sweep():
     @task
     def start_processing() -> dict:
         from airflow.sdk import Variable
-        from blob_watch import RunStarter, sweep
-        from run_settings import DEFAULTS_VARIABLE, check_defaults
+        from intake.inbox import RunStarter, sweep
+        from intake.settings import DEFAULTS_VARIABLE, check_defaults
 
         context = get_current_context()
         run = context["dag_run"]

@@ -19,7 +19,7 @@ import os
 from datetime import datetime
 
 from airflow.sdk import dag
-from blob_watch import InboxSensor
+from intake.inbox import InboxSensor
 
 POLL_SECONDS = float(os.environ.get("VST_WATCH_POLL_SECONDS", "1"))
 IDLE_SECONDS = float(os.environ.get("VST_WATCH_IDLE_SECONDS", "3600"))

@@ -27,7 +27,7 @@ AZUREML_CONN_ID = "azureml_default"  # the connection the score_azureml task use
 def housekeeping():
     @task
     def remove_old_work() -> dict:
-        import leftovers
+        from pipeline import leftovers
 
         max_age = timedelta(hours=float(get_current_context()["params"]["max_age_hours"]))
         removed = leftovers.remove_old_work(max_age)

@@ -1,6 +1,6 @@
 """video_style_transfer: one uploaded video in, the same video stylized out.
 
-Wiring only: the task bodies live in plugins/style_pipeline.py and run the scoring
+Wiring only: the task bodies live in plugins/pipeline/tasks.py and run the scoring
 commands; nothing heavy is imported when this file is parsed.
 
     probe ─┬─► split ─► choose_backend ─┬─► score_local ────┬─► stitch_and_publish ─┬─► notify
@@ -30,9 +30,9 @@ from datetime import timedelta
 from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from aml_backend.operators import AzureMLScoreOperator
-from notifications import RunNotifier
-from preview import PreviewOperator
-from run_settings import PARAMS
+from intake.settings import PARAMS
+from pipeline.notifications import RunNotifier
+from pipeline.preview import PreviewOperator
 
 WORK_IN = "{{ ti.xcom_pull(task_ids='probe')['work_in'] }}"
 WORK_OUT = "{{ ti.xcom_pull(task_ids='probe')['work_out'] }}"
@@ -46,14 +46,14 @@ STYLE_IMAGE_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/style-image'
 def _run(step):
     """Call a pipeline step with the run's params; a bad input fails at once, without retries;
     an input version already published with the same settings skips the run, saying by whom."""
-    import style_pipeline
+    from pipeline import tasks
 
     context = get_current_context()
     try:
-        return step(style_pipeline, dict(context["params"]), context["run_id"])
-    except style_pipeline.BadInput as exc:
+        return step(tasks, dict(context["params"]), context["run_id"])
+    except tasks.BadInput as exc:
         raise AirflowFailException(str(exc)) from None
-    except style_pipeline.AlreadyDone as exc:
+    except tasks.AlreadyDone as exc:
         raise AirflowSkipException(str(exc)) from None
 
 

@@ -33,9 +33,9 @@ def start(stack: Stack) -> None:
 
 
 def demo(stack: Stack, clip: Path, blob_name: str, timeout: float) -> int:
-    from blob_watch import processing_run_id
+    from intake.inbox import processing_run_id
 
-    from scoring.samples import make_clip
+    from scoring.media.samples import make_clip
 
     start(stack)
     if not clip.exists():
@@ -111,7 +111,7 @@ def written_after(blob, moment: datetime) -> bool:
 
 
 def output_name(blob_name: str) -> str:
-    from style_pipeline import default_output_name
+    from pipeline.tasks import default_output_name
 
     return default_output_name(blob_name, "19", None)
 

@@ -9,9 +9,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import media
-from .errors import UserError
-from .segments import DEFAULT_SEGMENT_FRAMES
+from .media import ffmpeg
+from .media.errors import UserError
+from .media.segments import DEFAULT_SEGMENT_FRAMES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_probe(args) -> str:
-    return media.probe(args.input, limits_from(args)).to_json()
+    return ffmpeg.probe(args.input, limits_from(args)).to_json()
 
 
 def cmd_split(args) -> dict:
-    from .split import split
+    from .media.split import split
 
     plan = split(args.input, args.out, args.max_side, args.segment_frames, limits_from(args))
     return {"segments": len(plan.segments), "frames": plan.frames, "frame_rate": plan.frame_rate,
@@ -45,15 +45,16 @@ def cmd_split(args) -> dict:
 
 
 def cmd_score(args) -> dict | None:
-    from . import score
+    from .networks import score
 
     world = score.World()
     score.exit_on_sigterm()
     score.set_threads(world)
-    from .temporal import check_strength
+    from .networks.temporal import check_strength
 
     if args.device in ("auto", "cuda"):  # one rank per GPU; a GPU torch cannot run fails here, in one line
-        from .gpus import check_node, local_rank
+        from .gpus import local_rank
+        from .networks.devices import check_node
 
         args.device = check_node(local_rank() if local_rank() is not None else world.local_rank) or args.device
     # a bad style, model or strength fails every rank alike, before any work: a plain exit 2 in each
@@ -70,24 +71,24 @@ def cmd_score(args) -> dict | None:
 
 
 def cmd_stitch(args) -> dict:
-    from .stitch import stitch
+    from .media.stitch import stitch
 
     return stitch(args.segments, args.styled, args.output)
 
 
 def cmd_stylize(args) -> dict:
     source, output = Path(args.input), Path(args.output)
-    info = media.probe(source, limits_from(args))
+    info = ffmpeg.probe(source, limits_from(args))
     stylizer = stylizer_from(args)  # a bad style or model fails here, before any work
     if info.kind == "image":
-        from .images import stylize_image
+        from .networks.images import stylize_image
 
         return stylize_image(source, output, stylizer, args.max_side, limits_from(args))
-    from .launch import auto_ranks
-    from .score import run_ranks, score
-    from .split import split
-    from .stitch import check_output_path, stitch
-    from .temporal import check_strength, work_tag
+    from .media.split import split
+    from .media.stitch import check_output_path, stitch
+    from .networks.devices import auto_ranks
+    from .networks.score import run_ranks, score
+    from .networks.temporal import check_strength, work_tag
 
     check_output_path(output)
     model_id = model_id_from(args)  # reads a .pth or picture once: its digest names it
@@ -108,7 +109,7 @@ def cmd_stylize(args) -> dict:
 
 
 def cmd_preview(args) -> dict:
-    from .preview import before_after
+    from .networks.preview import before_after
 
     stylizer = stylizer_from(args)
     return before_after(args.input, args.output, stylizer, args.frames, args.max_side, args.tile_width,
@@ -116,19 +117,19 @@ def cmd_preview(args) -> dict:
 
 
 def cmd_strip(args) -> dict:
-    from .pictures import contact_strip
+    from .media.pictures import contact_strip
 
     return contact_strip(args.video, args.output, args.frames, args.tile_width)
 
 
 def cmd_styles(args) -> dict:
-    from .images import style_sheet
+    from .networks.images import style_sheet
 
     return style_sheet(args.image, Path(args.sheet), args.device, args.tile)
 
 
 def cmd_sample(args) -> dict:
-    from .samples import make_clip
+    from .media.samples import make_clip
 
     width, _, height = args.size.partition("x")
     return make_clip(args.output, args.seconds, args.fps, (int(width), int(height)), audio=not args.no_audio)
@@ -138,8 +139,8 @@ def cmd_sample(args) -> dict:
 
 
 def stylizer_from(args):
-    from .models import load_model
-    from .stylizer import Stylizer
+    from .networks.models import load_model
+    from .networks.stylizer import Stylizer
 
     return Stylizer(load_model(args.style, args.model, args.style_image), args.device, args.precision, args.compile,
                     args.style_strength)
@@ -147,15 +148,15 @@ def stylizer_from(args):
 
 def encoding_from(args, stylizer):
     """Batching (``auto`` resolved for the stylizer's device), x264 settings and smoothing."""
-    from .score import Encoding
-    from .stylizer import resolve_batch
+    from .networks.score import Encoding
+    from .networks.stylizer import resolve_batch
 
     return Encoding(resolve_batch(args.batch, str(stylizer.device)), args.crf, args.preset, args.temporal)
 
 
 def model_id_from(args) -> str:
-    from .models import model_id
-    from .stylizer import resolve_precision
+    from .networks.models import model_id
+    from .networks.stylizer import resolve_precision
 
     chosen = model_id(args.style, args.model, args.style_image, args.style_strength)
     return f"{chosen}@{resolve_precision(args.precision, args.device)}"
@@ -173,8 +174,8 @@ def model_args(args) -> list[str]:
             "--temporal", repr(args.temporal)]
 
 
-def limits_from(args) -> media.Limits:
-    return media.Limits(max_pixels=args.max_pixels, max_duration=args.max_duration, max_frames=args.max_frames)
+def limits_from(args) -> ffmpeg.Limits:
+    return ffmpeg.Limits(max_pixels=args.max_pixels, max_duration=args.max_duration, max_frames=args.max_frames)
 
 
 def auto_or_positive(text: str) -> int | str:
@@ -189,7 +190,7 @@ def positive_int(text: str) -> int:
 
 
 def strength(text: str) -> float:
-    from .stylizer import check_strength
+    from .networks.stylizer import check_strength
 
     try:
         return check_strength(float(text))  # argparse words a ValueError itself
@@ -198,7 +199,7 @@ def strength(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = media.Limits()
+    defaults = ffmpeg.Limits()
     limits = argparse.ArgumentParser(add_help=False)
     group = limits.add_argument_group("input limits")
     group.add_argument("--max-pixels", type=positive_int, default=defaults.max_pixels,
@@ -226,9 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "after a first call of about half a minute per process (per rank): for long clips")
     group.add_argument("--batch", type=auto_or_positive, default="auto", help="frames per forward pass; auto: 1 on "
                        "a CPU, 4 on a GPU (bench/run.py, bench/gpu.py; default: %(default)s)")
-    group.add_argument("--crf", type=int, default=media.STYLED_CRF, help="x264 quality of the output, lower is "
+    group.add_argument("--crf", type=int, default=ffmpeg.STYLED_CRF, help="x264 quality of the output, lower is "
                        "better (default: %(default)s)")
-    group.add_argument("--preset", default=media.STYLED_PRESET, help="x264 speed preset of the output "
+    group.add_argument("--preset", default=ffmpeg.STYLED_PRESET, help="x264 speed preset of the output "
                        "(default: %(default)s)")
     group = model.add_argument_group("video")
     group.add_argument("--temporal", type=float, default=0.0, metavar="STRENGTH",

@@ -1,8 +1,8 @@
 """The GPU side of a scoring node: which VM sizes exist, whether torch can run on the node's
 GPU, and which GPU a rank uses.
 
-Plain data and pure functions (torch is imported only by :func:`check_node`), so the Airflow
-side can read the VM table and tests can exercise every decision on a CPU.
+Plain data and pure functions, no torch, so the Airflow side can read the VM table and tests
+can exercise every decision on a CPU; ``networks/devices.py`` applies them on the node.
 """
 
 from __future__ import annotations
@@ -86,20 +86,3 @@ def device_for(local: int | None, device_count: int) -> str:
     if device_count < 1:
         raise ValueError("no CUDA device")
     return f"cuda:{(local or 0) % device_count}"
-
-
-def check_node(local: int | None = None) -> str | None:
-    """At job start on a CUDA node: the device this rank uses (``cuda:N``), after checking that
-    torch can run on it; raises ``UserError`` in one line otherwise. None without CUDA."""
-    import torch
-
-    from .errors import UserError
-
-    if not torch.cuda.is_available():
-        return None
-    device = device_for(local_rank() if local is None else local, torch.cuda.device_count())
-    reason = unsupported_reason(os.environ.get(VM_SIZE_ENV), torch.cuda.get_device_capability(device),
-                                torch.cuda.get_arch_list())
-    if reason:
-        raise UserError(reason)
-    return device

@@ -11,9 +11,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 
-from .errors import UserError
-from .segments import Plan, share
-
+from .media.errors import UserError
 
 # What a scoring step may see of its parent's environment. It parses untrusted files, so it
 # gets no credentials: no AIRFLOW_CONN_* (account keys), no Airflow config, no cloud logins.
@@ -31,29 +29,6 @@ def child_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 def mpiexec_path() -> str | None:
     """MPICH's ``mpiexec`` from this Python's environment (pip install mpich), else from PATH."""
     return shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-
-
-# --ranks auto starts a rank per core only if no rank's share is more than this over the mean
-EVEN_SHARES = 1.1
-
-
-def auto_ranks(device, plan: Plan) -> int:
-    """``--ranks auto``: one rank per GPU on a CUDA device. On a CPU, one rank per core when
-    the segments share out evenly among them (ranks take contiguous shares: ``EVEN_SHARES``),
-    else one rank whose threads take every core: two single-thread ranks were a little
-    faster than one rank on two threads with even shares, and much slower where one rank got
-    most of the frames and the other waited (docs/performance.md#ranks-and-threads)."""
-    if not mpiexec_path():
-        return 1
-    if device.type == "cuda":
-        import torch
-
-        return plan.useful_ranks(torch.cuda.device_count())
-    for ranks in range(min(len(os.sched_getaffinity(0)), len(plan.segments)), 1, -1):
-        frames = [sum(plan.segments[i].frames for i in share(len(plan.segments), ranks, r)) for r in range(ranks)]
-        if max(frames) <= EVEN_SHARES * plan.frames / ranks:
-            return ranks
-    return 1
 
 
 def scoring_command(args: list[str], ranks: int = 1) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scoring.samples import make_clip
+from scoring.media.samples import make_clip
 
 
 @pytest.fixture(scope="session")

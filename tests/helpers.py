@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from scoring import media
+from scoring.media import ffmpeg
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = REPO.parent / "shared" / "media"
@@ -37,9 +37,9 @@ def sha256(path: Path) -> str:
 
 def read_frames(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """All frames of a video as uint8 [N, H, W, 3]."""
-    info = media.probe(path)
+    info = ffmpeg.probe(path)
     size = size or (info.width, info.height)
-    with media.FrameReader(path, size) as reader:
+    with ffmpeg.FrameReader(path, size) as reader:
         return np.concatenate(list(reader.batches(64)))
 
 

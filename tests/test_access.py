@@ -13,7 +13,7 @@ from devstack import DATA_ACCOUNT, REPO, SYSTEM_ACCOUNT, Stack, free_port
 
 sys.path.insert(0, str(REPO / "plugins"))
 from aml_backend import sas  # noqa: E402
-from storage import run_containers  # noqa: E402
+from storage.blobs import run_containers  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")

@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 from skimage import data
 
-from scoring.arbitrary import (
+from scoring.cli import build_parser, model_args
+from scoring.media.errors import UserError
+from scoring.networks.arbitrary import (
     ArbitraryStyle,
     ArbitraryStyleNet,
     StyleNorm,
@@ -19,10 +21,9 @@ from scoring.arbitrary import (
     model_path,
     style_vector,
 )
-from scoring.cli import build_parser, model_args
-from scoring.errors import UserError
-from scoring.models import instance_norm, load_model, model_id
-from scoring.stylizer import Stylizer
+from scoring.networks.layers import instance_norm
+from scoring.networks.models import load_model, model_id
+from scoring.networks.stylizer import Stylizer
 
 from .helpers import psnr, run_scoring, sha256
 

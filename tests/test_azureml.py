@@ -20,10 +20,10 @@ from .helpers import REPO, run_scoring
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 sys.path.insert(0, str(REPO / "plugins"))
 
-from azure.ai.ml import load_compute, load_environment, load_job
 from aml_backend import entities, sas
 from aml_backend.cluster import ClusterConfig
 from aml_backend.hook import AzureMLHook
+from azure.ai.ml import load_compute, load_environment, load_job
 
 from .fake_mlclient import FakeAzureML
 
@@ -294,12 +294,12 @@ def _summaries(service: FakeAzureML) -> list[dict]:
 
 
 def _check_complete_output(tmp_path, source_segments: Path, styled: Path) -> None:
-    from scoring import media
+    from scoring.media import ffmpeg
 
     assert len(list(styled.glob("*.done"))) == 13 and not list(styled.glob(".*.partial"))
     out = tmp_path / "styled.mp4"
     run_scoring("stitch", "--segments", source_segments, "--styled", styled, out, check=True)
-    assert media.count_frames(out) == 50
+    assert ffmpeg.count_frames(out) == 50
 
 
 def _deferred(operator, context):

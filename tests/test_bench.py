@@ -60,7 +60,7 @@ def test_bench_prints_every_row(tmp_path, clip_factory):
     assert limit["transformer_net_flops"] == 307_584 * 320 * 180
     assert 0 < limit["multistyle_flops"] < limit["transformer_net_flops"]
     assert 1e9 < limit["matmul_fp32_flops"] < 1e14
-    from scoring.stylizer import cpu_has_native_bf16
+    from scoring.networks.stylizer import cpu_has_native_bf16
 
     assert (limit["matmul_bf16_flops"] > 0) if cpu_has_native_bf16() else limit["matmul_bf16_flops"] is None
     assert 0 < limit["transformer_net_ours_share"] < 1.5
@@ -104,7 +104,7 @@ def test_the_cuda_rows_plain_side_runs_the_published_layers():
     sys.path.insert(0, str(REPO / "bench"))
     import gpu
 
-    from scoring import models
+    from scoring.networks import models
 
     ours = (models.double_then_conv3, models.wide_conv, models.instance_norm)
     net = models.load_model("7")

@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from devstack import DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, airflow_json, free_port
-from scoring import media
+from scoring.media import ffmpeg
 
 sys.path.insert(0, str(REPO / "plugins"))
-from blob_watch import processing_run_id  # noqa: E402
-from notifications import SIGNATURE_HEADER, verify_signature  # noqa: E402
+from intake.inbox import processing_run_id  # noqa: E402
+from pipeline.notifications import SIGNATURE_HEADER, verify_signature  # noqa: E402
 
 from .helpers import Api  # noqa: E402
 
@@ -125,7 +125,7 @@ def test_dag_files_import_fast_without_heavy_modules(tmp_path):
         f"bag = DagBag({str(REPO / 'dags')!r})\n"
         "print(json.dumps({'seconds': time.perf_counter() - t, 'dags': sorted(bag.dag_ids),\n"
         "                  'errors': {k: str(v) for k, v in bag.import_errors.items()},\n"
-        "                  'heavy': [m for m in ('torch', 'azure.ai.ml', 'scoring.models') if m in sys.modules]}))\n"
+        "                  'heavy': [m for m in ('torch', 'azure.ai.ml', 'scoring.networks.models') if m in sys.modules]}))\n"
     )
     env = Stack(tmp_path).env()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -151,7 +151,7 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert set(out) == {video_name, *(video_name + suffix for suffix in (".manifest.json", ".preview.jpg",
                                                                          ".strip.jpg"))}
     (tmp_path / "out.mp4").write_bytes(out[video_name])
-    before, after = media.probe(clip), media.probe(tmp_path / "out.mp4")
+    before, after = ffmpeg.probe(clip), ffmpeg.probe(tmp_path / "out.mp4")
     assert after.frames == before.frames == 60 and after.has_audio and after.frame_rate == "179/6"
     manifest = json.loads(out[video_name + ".manifest.json"])
     assert manifest["input"]["etag"] == etag and manifest["output"]["frames"] == 60
@@ -246,9 +246,9 @@ def test_own_model_is_a_new_result_when_uploaded_again(stack, clip_factory):
     """A user's .pth styles the run; the same name uploaded again with other weights is a new
     version, so the next run makes the video again instead of saying it is already done."""
     import torch
+    from pipeline.tasks import default_output_name
 
-    from scoring.models import TransformerNet
-    from style_pipeline import default_output_name
+    from scoring.networks.models import TransformerNet
 
     upload(stack, "own/clip.mp4", clip_factory(seconds=1, fps="25", size=(96, 64)))
     output = default_output_name("own/clip.mp4", "19", "own/net.pth")
@@ -415,7 +415,7 @@ def test_azureml_backend_end_to_end_through_a_preemption(stack, clip_factory, tm
     assert state == "success"
     out = blobs(stack, "videos-out")
     (tmp_path / "out.mp4").write_bytes(out["aml/clip-styled.mp4"])
-    assert media.probe(tmp_path / "out.mp4").frames == media.probe(clip).frames == 50
+    assert ffmpeg.probe(tmp_path / "out.mp4").frames == ffmpeg.probe(clip).frames == 50
     manifest = json.loads(out["aml/clip-styled.mp4.manifest.json"])
     scoring, cost = manifest["scoring"], manifest["cost"]
     assert scoring["resubmits"] == 1 and len(scoring["job_names"]) == 2  # preempted once, resubmitted once

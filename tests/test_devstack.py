@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from devstack import Stack
 from devstack.prod import ProdStack

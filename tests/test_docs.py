@@ -165,8 +165,8 @@ def param_names(repo: Path = REPO) -> set[str]:
 
 
 def containers(repo: Path = REPO) -> set[str]:
-    """Container names the storage module knows (string constants in plugins/storage.py)."""
-    tree = ast.parse((repo / "plugins" / "storage.py").read_text())
+    """Container names the storage module knows (string constants in plugins/storage/blobs.py)."""
+    tree = ast.parse((repo / "plugins" / "storage" / "blobs.py").read_text())
     return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
             and re.fullmatch(r"[a-z0-9-]{3,63}", n.value)}
 

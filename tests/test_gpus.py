@@ -41,7 +41,7 @@ def test_mpich_ranks_on_one_node_get_distinct_local_ranks(tmp_path):
     from pathlib import Path
 
     mpiexec = Path(sys.executable).with_name("mpiexec")
-    code = ("import sys; from scoring import gpus, score; w = score.World(); "  # a file per rank: no interleaving
+    code = ("import sys; from scoring import gpus; from scoring.networks import score; w = score.World(); "  # a file per rank: no interleaving
             "open(f'{sys.argv[1]}/rank{w.rank}', 'w').write("
             "f'{gpus.local_rank()} {w.local_rank} {gpus.device_for(gpus.local_rank(), 2)}')")
     subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", code, str(tmp_path)], capture_output=True,

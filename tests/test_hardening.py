@@ -16,9 +16,12 @@ from devstack import REPO, SYSTEM_ACCOUNT, Stack, free_port
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 sys.path.insert(0, str(REPO / "plugins"))
-import storage  # noqa: E402
-import style_pipeline  # noqa: E402
-from storage import ACCEPTED, DATA_CONN, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore  # noqa: E402
+from pipeline import tasks  # noqa: E402
+from storage import (
+    blobs,  # noqa: E402
+    scratch,  # noqa: E402
+)
+from storage.blobs import ACCEPTED, DATA_CONN, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore  # noqa: E402
 
 PARAMS = {"style": "19", "model_blob": None, "max_side": None, "segment_frames": 48, "precision": "auto",
           "ranks": 1, "backend": "local", "max_duration": 3600}
@@ -55,8 +58,8 @@ def test_a_playlist_upload_is_quarantined_in_one_line_input_kept(stack, clip_fac
     clip = clip_factory(seconds=1, fps="25")
     playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\nfile:{clip}\n#EXT-X-ENDLIST\n".encode()
     _upload(stack, ACCEPTED, "evil/list.m3u8", playlist)
-    with pytest.raises(style_pipeline.BadInput) as caught:
-        style_pipeline.probe(PARAMS | {"input_blob": "evil/list.m3u8"}, "manual__playlist")
+    with pytest.raises(tasks.BadInput) as caught:
+        tasks.probe(PARAMS | {"input_blob": "evil/list.m3u8"}, "manual__playlist")
     assert str(caught.value) == ("evil/list.m3u8: list.m3u8 is a playlist (HLS .m3u8), not a video: upload the "
                                  "video file itself (copied to quarantine/evil/list.m3u8)")
     data = BlobStore(DATA_CONN)
@@ -71,21 +74,21 @@ def test_a_name_too_long_for_its_result_is_still_checked_and_quarantined(stack):
     it is (a name near 1024 characters, as in the reliability suite)."""
     name = "long/" + "x" * 1010 + ".mp4"
     _upload(stack, ACCEPTED, name, b"not a video\n")
-    with pytest.raises(style_pipeline.BadInput, match="is not a video or image we can read"):
-        style_pipeline.probe(PARAMS | {"input_blob": name}, "manual__long-name")
+    with pytest.raises(tasks.BadInput, match="is not a video or image we can read"):
+        tasks.probe(PARAMS | {"input_blob": name}, "manual__long-name")
     assert BlobStore(DATA_CONN).read_text(QUARANTINE, name) == "not a video\n"
 
 
 def test_an_oversized_model_is_refused_before_download(stack, monkeypatch, tmp_path):
-    monkeypatch.setattr(style_pipeline, "MAX_MODEL_BYTES", 1024**2)
+    monkeypatch.setattr(tasks, "MAX_MODEL_BYTES", 1024**2)
     _upload(stack, STYLES, "big.pth", b"\0" * (1024**2 + 1))
     params = PARAMS | {"model_blob": "big.pth", "input_blob": "not-there.mp4"}
     line = "model_blob styles/big.pth is 1 MiB; the limit is 1 MiB (a TransformerNet .pth is a few MB)"
-    with pytest.raises(style_pipeline.BadInput) as caught:
-        style_pipeline.probe(params, "manual__big-model")  # refused before the input is even looked at
+    with pytest.raises(tasks.BadInput) as caught:
+        tasks.probe(params, "manual__big-model")  # refused before the input is even looked at
     assert str(caught.value) == line
-    with pytest.raises(style_pipeline.BadInput) as caught:
-        style_pipeline.fetch_model(params, tmp_path)
+    with pytest.raises(tasks.BadInput) as caught:
+        tasks.fetch_model(params, tmp_path)
     assert str(caught.value) == line and list(tmp_path.iterdir()) == []
 
 
@@ -96,7 +99,7 @@ def test_sync_down_refuses_blob_names_that_leave_the_folder(stack, tmp_path):
     outside = tmp_path / "outside" / "planted.txt"
     _upload(stack, work, "styled/0001.h264", b"fine", account=SYSTEM_ACCOUNT)
     _upload(stack, work, "styled/" + str(outside), b"planted", account=SYSTEM_ACCOUNT)  # styled//tmp/...
-    with pytest.raises(storage.InvalidBlobName, match=r"^run-hardening-out/styled//.* cannot be fetched: "):
+    with pytest.raises(blobs.InvalidBlobName, match=r"^run-hardening-out/styled//.* cannot be fetched: "):
         system.sync_down(work, "styled/", tmp_path / "styled")
     assert not outside.exists() and not (tmp_path / "styled").exists()
 
@@ -105,15 +108,15 @@ def test_probe_finds_the_published_output_before_downloading_the_input(stack, cl
     name = "again/clip.mp4"
     etag = _upload(stack, ACCEPTED, name, clip_factory(seconds=1, fps="25").read_bytes())
     params = PARAMS | {"input_blob": name}
-    output = style_pipeline.default_output_name(name, "19", None)
+    output = tasks.default_output_name(name, "19", None)
     _upload(stack, OUTPUTS, output, b"an earlier result")
     stack.blob_client().get_blob_client(OUTPUTS, output).set_blob_metadata(
-        {"source_blob": name, "source_etag": etag, "settings": style_pipeline.settings_digest(params),
+        {"source_blob": name, "source_etag": etag, "settings": tasks.settings_digest(params),
          "run_id": "earlier-run"})
     run_id = "manual__again"
-    with pytest.raises(style_pipeline.AlreadyDone, match="published by run earlier-run: nothing to do"):
-        style_pipeline.probe(params, run_id)
-    assert list(style_pipeline.scratch(style_pipeline.run_key(run_id)).iterdir()) == []
+    with pytest.raises(tasks.AlreadyDone, match="published by run earlier-run: nothing to do"):
+        tasks.probe(params, run_id)
+    assert list(scratch.scratch(scratch.run_key(run_id)).iterdir()) == []
 
 
 # --------------------------------------------------------------------------- secrets
@@ -127,7 +130,7 @@ def test_scoring_steps_see_none_of_the_workers_credentials(stack, clip_factory, 
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{REPO}")
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "postgresql://airflow:db-password@db/airflow")
     monkeypatch.setenv("AZURE_CLIENT_SECRET", "client-secret")
-    assert style_pipeline.scoring("probe", str(clip_factory(seconds=1, fps="25")))["kind"] == "video"
+    assert tasks.scoring("probe", str(clip_factory(seconds=1, fps="25")))["kind"] == "video"
     environment = json.loads(seen.read_text())
     assert environment["PATH"] == os.environ["PATH"] and environment["VST_SCRATCH"] == os.environ["VST_SCRATCH"]
     leaked = sorted(name for name in environment if name.startswith(("AIRFLOW", "AZURE")))
@@ -138,8 +141,8 @@ class Receiver:
     """A local HTTP server that keeps every request it gets."""
 
     def __init__(self):
-        from http.server import BaseHTTPRequestHandler, HTTPServer
         import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
 
         self.received: list[tuple[dict, bytes]] = []
         outer = self
@@ -172,7 +175,7 @@ def notification_log(monkeypatch):
     write to a stream an earlier test captured)."""
     import logging
 
-    import notifications
+    from pipeline import notifications
 
     lines = []
 
@@ -188,7 +191,7 @@ def notification_log(monkeypatch):
 
 
 def test_webhook_without_a_key_is_not_sent(receiver, monkeypatch, notification_log):
-    import notifications
+    from pipeline import notifications
 
     monkeypatch.setenv("AIRFLOW_CONN_VIDEO_WEBHOOK", json.dumps({"conn_type": "http", "host": receiver.url}))
     assert notifications.send_webhook({"status": "succeeded"}) is False
@@ -199,7 +202,7 @@ def test_webhook_without_a_key_is_not_sent(receiver, monkeypatch, notification_l
 def test_a_non_ascii_signature_header_is_just_wrong():
     import time
 
-    from notifications import verify_signature
+    from pipeline.notifications import verify_signature
 
     assert verify_signature("key", b"{}", f"t={int(time.time())},sha256=\u00e9t\u00e9") is False
 
@@ -231,7 +234,7 @@ def _context(**params) -> dict:
 
 
 def test_email_comes_from_the_configured_sender(stack, mailbox, monkeypatch):
-    import notifications
+    from pipeline import notifications
 
     port, messages = mailbox
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", _smtp(port, from_email="styles@example.org"))
@@ -249,7 +252,7 @@ def test_the_result_link_reads_that_blob_only_and_is_never_logged(stack, receive
     import urllib.parse
     import urllib.request
 
-    import notifications
+    from pipeline import notifications
 
     _upload(stack, OUTPUTS, "linked/clip ü.style-19.mp4", b"the result")
     _upload(stack, OUTPUTS, "linked/other.mp4", b"another result")
@@ -311,11 +314,11 @@ def test_two_runs_of_one_input_publish_once_and_the_other_says_by_whom(stack, cl
     name = "race/clip.mp4"
     _upload(stack, ACCEPTED, name, clip_factory(seconds=0.4, fps="25", size=(96, 54)).read_bytes())
     params = PARAMS | {"input_blob": name, "segment_frames": 5}
-    probed = style_pipeline.probe(params, "race-a")
-    split_facts = style_pipeline.split(params, probed, "race-a")
-    scored = style_pipeline.score_local(params, probed)
+    probed = tasks.probe(params, "race-a")
+    split_facts = tasks.split(params, probed, "race-a")
+    scored = tasks.score_local(params, probed)
     both_stitched = threading.Barrier(2, timeout=300)
-    real_scoring = style_pipeline.scoring
+    real_scoring = tasks.scoring
 
     def scoring(*args, **kwargs):
         answer = real_scoring(*args, **kwargs)
@@ -323,13 +326,13 @@ def test_two_runs_of_one_input_publish_once_and_the_other_says_by_whom(stack, cl
             both_stitched.wait()
         return answer
 
-    monkeypatch.setattr(style_pipeline, "scoring", scoring)
+    monkeypatch.setattr(tasks, "scoring", scoring)
     results, errors = {}, []
 
     def publish(run_id):
         try:
-            own = probed | {"run_key": style_pipeline.run_key(run_id)}  # each run its own scratch folder
-            results[run_id] = style_pipeline.stitch_and_publish(params, own, split_facts, scored, run_id)
+            own = probed | {"run_key": scratch.run_key(run_id)}  # each run its own scratch folder
+            results[run_id] = tasks.stitch_and_publish(params, own, split_facts, scored, run_id)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -387,29 +390,29 @@ def test_a_failed_run_leaves_no_work_behind(stack, clip_factory):
     name, run_id = "fails/clip.mp4", "manual__fails-after-probe"
     _upload(stack, ACCEPTED, name, clip_factory(seconds=1, fps="25").read_bytes())
     params = PARAMS | {"input_blob": name, "model_blob": "fails/missing.pth"}
-    probed = style_pipeline.probe(params, run_id)
+    probed = tasks.probe(params, run_id)
     system = BlobStore(SYSTEM_CONN)
     assert all(system.client.get_container_client(c).exists() for c in (probed["work_in"], probed["work_out"]))
-    with pytest.raises(style_pipeline.BadInput, match="model_blob styles/fails/missing.pth does not exist"):
-        style_pipeline.split(params, probed, run_id)
-    assert style_pipeline.clean_up(run_id) == 2
+    with pytest.raises(tasks.BadInput, match="model_blob styles/fails/missing.pth does not exist"):
+        tasks.split(params, probed, run_id)
+    assert tasks.clean_up(run_id) == 2
     assert not any(system.client.get_container_client(c).exists() for c in (probed["work_in"], probed["work_out"]))
-    assert not (style_pipeline.scratch_root() / probed["run_key"]).exists()
-    assert style_pipeline.clean_up(run_id) == 0  # again: nothing left, no error
+    assert not (scratch.scratch_root() / probed["run_key"]).exists()
+    assert tasks.clean_up(run_id) == 0  # again: nothing left, no error
 
 
 def test_housekeeping_removes_only_old_run_work_and_says_what(stack, tmp_path):
     from datetime import UTC, datetime, timedelta
 
-    import leftovers
+    from pipeline import leftovers
 
     system = BlobStore(SYSTEM_CONN)
-    work_in, work_out = storage.run_containers("manual__left-behind")
+    work_in, work_out = blobs.run_containers("manual__left-behind")
     for container in (work_in, work_out, "run-not-ours"):
         system.ensure_container(container)
     _upload(stack, work_out, "styled/seg-00000.h264", b"x" * 1000, account=SYSTEM_ACCOUNT)
-    root = style_pipeline.scratch_root()
-    old, fresh = style_pipeline.scratch("old-run-0123456789"), style_pipeline.scratch("live-run-0123456789")
+    root = scratch.scratch_root()
+    old, fresh = scratch.scratch("old-run-0123456789"), scratch.scratch("live-run-0123456789")
     (old / "input.mp4").write_bytes(b"y" * 500)
     (fresh / "input.mp4").write_bytes(b"z")
     (root / "not-a-run-folder").mkdir(exist_ok=True)
@@ -453,7 +456,7 @@ def _texts_of_code():
     import io
     import tokenize
 
-    for path in sorted([*(REPO / "scoring").glob("*.py"), *(REPO / "plugins").rglob("*.py"),
+    for path in sorted([*(REPO / "scoring").rglob("*.py"), *(REPO / "plugins").rglob("*.py"),
                         *(REPO / "dags").glob("*.py")]):
         source = path.read_text()
         for node in ast.walk(ast.parse(source)):
@@ -491,12 +494,12 @@ def test_sas_only_connections_run_every_storage_step_of_the_local_backend(stack,
     data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     assert type(data.client.credential).__name__ == "AzureSasCredential"
     _upload(stack, ACCEPTED, "sas/notes.mp4", b"not a video\n")
-    with pytest.raises(style_pipeline.BadInput, match=r"\(copied to quarantine/sas/notes.mp4\)$"):
-        style_pipeline.probe(PARAMS | {"input_blob": "sas/notes.mp4"}, "manual__sas-only")
+    with pytest.raises(tasks.BadInput, match=r"\(copied to quarantine/sas/notes.mp4\)$"):
+        tasks.probe(PARAMS | {"input_blob": "sas/notes.mp4"}, "manual__sas-only")
     assert data.read_text(QUARANTINE, "sas/notes.mp4") == "not a video\n"
-    work_in, work_out = storage.run_containers("manual__sas-only-work")
+    work_in, work_out = blobs.run_containers("manual__sas-only-work")
     system.ensure_container(work_in)
     system.upload_text("{}", work_in, "segments/plan.json")
     assert [b.name for b in system.list(work_in)] == ["segments/plan.json"]
-    assert style_pipeline.clean_up("manual__sas-only-work") == 1
+    assert tasks.clean_up("manual__sas-only-work") == 1
     assert data.read_link(OUTPUTS, "any.mp4", 24) is None

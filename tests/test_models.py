@@ -7,20 +7,10 @@ import pytest
 import torch
 from skimage import data
 
-from scoring.errors import UserError
-from scoring.models import (
-    MultiStyleNet,
-    TransformerNet,
-    InstanceNorm,
-    double_then_conv3,
-    instance_norm,
-    instance_norm_by_moments,
-    load_model,
-    model_id,
-    parse_style,
-    wide_conv,
-)
-from scoring.stylizer import Stylizer
+from scoring.media.errors import UserError
+from scoring.networks.layers import InstanceNorm, double_then_conv3, instance_norm, instance_norm_by_moments, wide_conv
+from scoring.networks.models import MultiStyleNet, TransformerNet, load_model, model_id, parse_style
+from scoring.networks.stylizer import Stylizer
 
 from .helpers import psnr, run_scoring
 
@@ -151,17 +141,18 @@ def test_each_form_of_the_norm_is_torchs_instance_norm(form, affine, dtype):
 
 @pytest.mark.parametrize("spec", ["7", "pth"])
 def test_both_networks_give_the_same_frame_with_the_cuda_norm(spec, monkeypatch):
-    """Each network's norms go through ``models.instance_norm``: computed the CUDA way, the
+    """Each network's norms go through ``layers.instance_norm``: computed the CUDA way, the
     whole network gives the same frame as with torch's instance norm."""
-    from scoring import models
+    from scoring.networks import layers, models
 
     torch.manual_seed(0)
     net = (load_model(spec) if spec != "pth" else TransformerNet().eval())
     x = torch.rand(1, 3, 36, 64) * (255 if spec == "pth" else 1)
     with torch.inference_mode():
         expected = net(x)
-        monkeypatch.setattr(models, "instance_norm", lambda x, weight=None, bias=None, eps=1e-5:
-                            instance_norm_by_moments(x, weight, bias, eps))
+        for module in (layers, models):  # the TransformerNet's norms, the 26-style network's
+            monkeypatch.setattr(module, "instance_norm", lambda x, weight=None, bias=None, eps=1e-5:
+                                instance_norm_by_moments(x, weight, bias, eps))
         got = net(x)
     assert not torch.equal(got, expected)  # the other path ran: not bit-identical
     assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
@@ -251,7 +242,7 @@ def test_batch_auto_is_one_frame_on_a_cpu_and_four_on_a_gpu():
     """``--batch auto`` (the default): a CPU is fastest a frame at a time, a GPU with four
     (docs/performance.md#on-a-cuda-gpu); ranks started by ``stylize`` get the same choice."""
     from scoring.cli import build_parser, model_args
-    from scoring.stylizer import AUTO_BATCH, resolve_batch
+    from scoring.networks.stylizer import AUTO_BATCH, resolve_batch
 
     assert AUTO_BATCH == {"cpu": 1, "cuda": 4}
     assert resolve_batch("auto", "cpu") == 1 and resolve_batch(3, "cpu") == 3
@@ -269,7 +260,7 @@ def test_batch_auto_is_one_frame_on_a_cpu_and_four_on_a_gpu():
 def test_default_precision_stays_close_to_fp32(tmp_path, photos):
     """``--precision auto`` (the default) is bf16 on CPUs with native bf16: both networks
     must stay within 35 dB of fp32, and the caller's fp32 model must be left as it was."""
-    from scoring.stylizer import cpu_has_native_bf16
+    from scoring.networks.stylizer import cpu_has_native_bf16
 
     path = tmp_path / "mine.pth"
     net = _saved_transformer_net(path)
@@ -300,8 +291,8 @@ def test_frames_after_the_first_reuse_memory_instead_of_faulting_it_in():
     code = (
         "import resource\n"
         "from skimage import data\n"
-        "from scoring.models import load_model\n"
-        "from scoring.stylizer import Stylizer\n"
+        "from scoring.networks.models import load_model\n"
+        "from scoring.networks.stylizer import Stylizer\n"
         "stylizer = Stylizer(load_model('7'), device='cpu', precision='fp32')\n"
         "frame = data.astronaut()[None, :384, :384]\n"
         "stylizer(frame); stylizer(frame)\n"

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scoring import media
-from scoring.pictures import sample_times
-from scoring.samples import make_clip
+from scoring.media import ffmpeg
+from scoring.media.pictures import sample_times
+from scoring.media.samples import make_clip
 
 from .helpers import run_scoring as run_cli
 
@@ -25,7 +25,7 @@ def test_preview_shows_each_frame_before_and_after(clip_factory, tmp_path):
 
     sheet = np.asarray(Image.open(out), float)
     assert sheet.shape == (6 + 3 * (90 + 18 + 6), 6 + 2 * (160 + 6), 3)
-    frames = media.grab_frames(clip, facts["times"], (160, 90))
+    frames = ffmpeg.grab_frames(clip, facts["times"], (160, 90))
     for row, frame in enumerate(frames):
         top = 6 + row * (90 + 18 + 6) + 18
         before, after = sheet[top:top + 90, 6:166], sheet[top:top + 90, 172:332]
@@ -46,7 +46,7 @@ def test_contact_strip_spreads_over_the_video(clip_factory, tmp_path):
 def test_a_video_shorter_than_the_preview_gives_each_frame_once(tmp_path):
     clip = tmp_path / "one.mp4"
     make_clip(clip, seconds=0.04, fps="25", size=(64, 36), audio=False)
-    info = media.probe(clip)
+    info = ffmpeg.probe(clip)
     assert info.frames == 1 and sample_times(info, 3) == [0.0]
     result = run_cli("preview", str(clip), str(tmp_path / "p.png"))
     assert result.returncode == 0, result.stderr

@@ -21,7 +21,8 @@ from devstack import REPO
 from devstack.prod import AIRFLOW_VENV, PG_BIN, QUEUES, SCORING_VENV, ProdStack
 
 sys.path.insert(0, str(REPO / "plugins"))
-from style_pipeline import default_output_name, run_key  # noqa: E402
+from pipeline.tasks import default_output_name  # noqa: E402
+from storage.scratch import run_key  # noqa: E402
 
 MISSING = [what for what, there in (
     (".venv-airflow (make prod-setup)", (AIRFLOW_VENV / "bin" / "airflow").exists()),

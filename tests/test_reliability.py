@@ -26,14 +26,14 @@ import psutil
 import pytest
 
 from devstack import REPO, Stack, free_port
-from scoring import media
-from scoring.samples import make_clip
+from scoring.media import ffmpeg
+from scoring.media.samples import make_clip
 
 from .helpers import Api
 from .test_dags import SECRET, Webhooks
 
 sys.path.insert(0, str(REPO / "plugins"))
-from blob_watch import processing_run_id  # noqa: E402
+from intake.inbox import processing_run_id  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")
@@ -459,7 +459,7 @@ def _check_output(stack: Stack, name: str, folder: Path, frames: int) -> list[st
     video = stem + ".style-19.mp4"
     assert mine == sorted([video, *(video + suffix for suffix in (".manifest.json", ".preview.jpg", ".strip.jpg"))]), mine
     (folder / "out.mp4").write_bytes(out.download_blob(video).readall())
-    assert media.probe(folder / "out.mp4").frames == frames
+    assert ffmpeg.probe(folder / "out.mp4").frames == frames
     return mine
 
 
@@ -562,7 +562,7 @@ def test_scheduler_and_task_killed_mid_score_the_run_completes(load, busy, clip_
 
 PIPELINE = """
 import json, sys
-import style_pipeline as p
+from pipeline import tasks as p
 steps, state_file = sys.argv[1].split(","), sys.argv[2]
 state = json.load(open(state_file))
 params, run_id = state["params"], state["run_id"]

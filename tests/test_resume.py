@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from scoring import media
+from scoring.media import ffmpeg
 
 from .helpers import REPO, psnr, read_frames, run_scoring
 
@@ -82,7 +82,7 @@ def test_rank_killed_mid_segment_then_rerun(split_clip, tmp_path):
     run_scoring("score", "--segments", segments, "--out", tmp_path / "clean", "--style", STYLE, check=True)
     run_scoring("stitch", "--segments", segments, "--styled", tmp_path / "clean", tmp_path / "clean.mp4", check=True)
     resumed, clean = read_frames(tmp_path / "resumed.mp4"), read_frames(tmp_path / "clean.mp4")
-    assert len(resumed) == len(clean) == media.count_frames(source) == 96
+    assert len(resumed) == len(clean) == ffmpeg.count_frames(source) == 96
     for i, (a, b) in enumerate(zip(resumed, clean)):
         assert psnr(a, b) > 40, f"frame {i} differs from the uninterrupted run"
 

@@ -9,8 +9,8 @@ import pytest
 from devstack import REPO
 
 sys.path.insert(0, str(REPO / "plugins"))
-import run_settings  # noqa: E402
-from run_settings import InvalidSettings, check_defaults, resolve  # noqa: E402
+import intake.settings  # noqa: E402
+from intake.settings import InvalidSettings, check_defaults, resolve  # noqa: E402
 
 
 def test_metadata_then_variable_then_the_form_default():
@@ -18,10 +18,10 @@ def test_metadata_then_variable_then_the_form_default():
                                 check_defaults({"backend": "azureml", "temporal": 0.3}))
     assert (settings["style"], settings["temporal"], settings["max_side"], settings["azureml_nodes"]) == \
         ("7", 0.7, None, 3)
-    assert settings["backend"] == "azureml" and settings["ranks"] == run_settings.PARAMS["ranks"].value == 2
+    assert settings["backend"] == "azureml" and settings["ranks"] == intake.settings.PARAMS["ranks"].value == 2
     assert (sources["style"], sources["temporal"], sources["backend"], sources["ranks"]) == \
         ("metadata", "metadata", "variable", "default")
-    assert set(settings) == set(sources) == set(run_settings.SETTINGS)
+    assert set(settings) == set(sources) == set(intake.settings.SETTINGS)
     assert "input_blob" not in settings and "input_version" not in settings
 
 
@@ -52,4 +52,4 @@ def test_the_defaults_variable_is_checked_by_the_same_schema():
 
 def test_the_dag_uses_the_same_params():
     source = (REPO / "dags" / "video_style_transfer.py").read_text()
-    assert "from run_settings import PARAMS" in source and "params=PARAMS" in source
+    assert "from intake.settings import PARAMS" in source and "params=PARAMS" in source

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scoring.errors import UserError
-from scoring.files import atomic_path
-from scoring.segments import segment_lengths, share
+from scoring.media.errors import UserError
+from scoring.media.files import atomic_path
+from scoring.media.segments import segment_lengths, share
 
 
 @pytest.mark.parametrize("frames", [1, 2, 7, 47, 48, 49, 97, 377, 1000])
@@ -52,7 +52,7 @@ def test_atomic_path_publishes_only_on_success(tmp_path):
 
 
 def _plan(total: int, segment_frames: int = 48):
-    from scoring.segments import Plan, Segment
+    from scoring.media.segments import Plan, Segment
 
     lengths = segment_lengths(total, segment_frames)
     segments = [Segment(i, sum(lengths[:i]), n) for i, n in enumerate(lengths)]
@@ -72,12 +72,12 @@ def _plan(total: int, segment_frames: int = 48):
 def test_auto_ranks_on_a_cpu_only_where_the_shares_are_even(monkeypatch, frames, cores, expected):
     import torch
 
-    from scoring import launch
+    from scoring.networks import devices
 
-    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: set(range(cores)))
-    assert launch.auto_ranks(torch.device("cpu"), _plan(frames)) == expected
-    monkeypatch.setattr(launch, "mpiexec_path", lambda: None)
-    assert launch.auto_ranks(torch.device("cpu"), _plan(frames)) == 1  # nothing to start ranks with
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert devices.auto_ranks(torch.device("cpu"), _plan(frames)) == expected
+    monkeypatch.setattr(devices, "mpiexec_path", lambda: None)
+    assert devices.auto_ranks(torch.device("cpu"), _plan(frames)) == 1  # nothing to start ranks with
 
 
 def test_useful_ranks_is_at_most_one_per_segment():
@@ -87,9 +87,9 @@ def test_useful_ranks_is_at_most_one_per_segment():
 def test_auto_ranks_on_cuda_is_one_per_gpu_but_never_more_than_segments(monkeypatch):
     import torch
 
-    from scoring import launch
+    from scoring.networks import devices
 
-    monkeypatch.setattr(launch, "mpiexec_path", lambda: "/usr/bin/mpiexec")
+    monkeypatch.setattr(devices, "mpiexec_path", lambda: "/usr/bin/mpiexec")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     cuda = torch.device("cuda")
-    assert [launch.auto_ranks(cuda, _plan(frames)) for frames in (40, 100, 377)] == [1, 3, 4]
+    assert [devices.auto_ranks(cuda, _plan(frames)) for frames in (40, 100, 377)] == [1, 3, 4]

@@ -18,24 +18,24 @@ from devstack import REPO, Stack, free_port
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 sys.path.insert(0, str(REPO / "plugins"))
-import style_pipeline  # noqa: E402
-from storage import DATA_CONN, STYLES, BlobStore  # noqa: E402
+from pipeline import tasks  # noqa: E402
+from storage.blobs import DATA_CONN, STYLES, BlobStore  # noqa: E402
 
 BASE = {"style": "19", "model_blob": None, "max_side": None, "segment_frames": 48, "precision": "auto"}
 
 
 def test_score_args_output_name_and_settings(tmp_path):
     params = BASE | {"style_image": "art/wave.jpg", "style_strength": 0.5}
-    assert style_pipeline.model_args(params, tmp_path) == [
+    assert tasks.model_args(params, tmp_path) == [
         "--style-image", str(tmp_path / "style-image"), "--precision", "auto", "--style-strength", "0.5"]
-    assert style_pipeline.model_args(BASE | {"style_strength": 1.0}, tmp_path) == [
+    assert tasks.model_args(BASE | {"style_strength": 1.0}, tmp_path) == [
         "--style", "19", "--precision", "auto"]
-    assert style_pipeline.default_output_name("a/clip.mp4", "19", None, "art/wave.jpg", 0.5) \
+    assert tasks.default_output_name("a/clip.mp4", "19", None, "art/wave.jpg", 0.5) \
         == "a/clip.image-wave-strength-0.5.mp4"
-    assert style_pipeline.default_output_name("a/clip.mp4", "19", None, None, 1.0) == "a/clip.style-19.mp4"
+    assert tasks.default_output_name("a/clip.mp4", "19", None, None, 1.0) == "a/clip.style-19.mp4"
 
     # what decides the pixels: the picture's version (etag) and the strength count
-    digest = style_pipeline.settings_digest
+    digest = tasks.settings_digest
     assert digest(params, '"0x1"') != digest(params, '"0x2"')
     assert digest(params, '"0x1"') != digest(params | {"style_strength": 1}, '"0x1"')
     # ... and outputs published before these params existed keep their digest
@@ -55,15 +55,15 @@ def test_score_args_output_name_and_settings(tmp_path):
     ({"style_image": "../wave.jpg"}, "style_image: "),
 ])
 def test_bad_style_image_params_fail_in_one_line_before_storage(params, words):
-    with pytest.raises(style_pipeline.BadInput) as caught:
-        style_pipeline.check_style_image(None, BASE | params)  # refused before any storage call
+    with pytest.raises(tasks.BadInput) as caught:
+        tasks.check_style_image(None, BASE | params)  # refused before any storage call
     assert str(caught.value).startswith(words) and "\n" not in str(caught.value)
 
 
 def test_a_picture_that_does_not_decode_is_refused_with_its_blob_name(tmp_path):
     (tmp_path / "style-image").write_bytes(b"")
-    with pytest.raises(style_pipeline.BadInput, match=r"^style_image styles/art/empty.jpg is empty \(0 bytes\)"):
-        style_pipeline.validate_style_image(tmp_path / "style-image", "art/empty.jpg")
+    with pytest.raises(tasks.BadInput, match=r"^style_image styles/art/empty.jpg is empty \(0 bytes\)"):
+        tasks.validate_style_image(tmp_path / "style-image", "art/empty.jpg")
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +88,13 @@ def test_the_picture_comes_from_the_styles_container_as_probed(styles, tmp_path)
     styles.upload_blob("art/wave.jpg", picture.getvalue(), overwrite=True)
     params = {"style_image": "art/wave.jpg"}
     store = BlobStore(DATA_CONN)
-    etag = style_pipeline.check_style_image(store, params)
-    path = style_pipeline.fetch_style_image(params, tmp_path, etag)
+    etag = tasks.check_style_image(store, params)
+    path = tasks.fetch_style_image(params, tmp_path, etag)
     assert path.read_bytes() == picture.getvalue()
-    style_pipeline.validate_style_image(path, "art/wave.jpg")
+    tasks.validate_style_image(path, "art/wave.jpg")
 
-    with pytest.raises(style_pipeline.BadInput, match="^style_image styles/art/nope.jpg does not exist$"):
-        style_pipeline.check_style_image(store, {"style_image": "art/nope.jpg"})
+    with pytest.raises(tasks.BadInput, match="^style_image styles/art/nope.jpg does not exist$"):
+        tasks.check_style_image(store, {"style_image": "art/nope.jpg"})
 
 
 def test_the_model_is_the_version_probe_saw(styles, tmp_path):
@@ -103,17 +103,17 @@ def test_the_model_is_the_version_probe_saw(styles, tmp_path):
     never scores with the new one."""
     params = {"model_blob": "mine/net.pth"}
     store = BlobStore(DATA_CONN)
-    assert style_pipeline.model_version(store, params) is None  # not there yet: split says so
+    assert tasks.model_version(store, params) is None  # not there yet: split says so
     styles.upload_blob("mine/net.pth", b"first version", overwrite=True)
-    first = style_pipeline.model_version(store, params)
-    assert style_pipeline.fetch_model(params, tmp_path / "a", first).read_bytes() == b"first version"
+    first = tasks.model_version(store, params)
+    assert tasks.fetch_model(params, tmp_path / "a", first).read_bytes() == b"first version"
 
     styles.upload_blob("mine/net.pth", b"second version", overwrite=True)
-    second = style_pipeline.model_version(store, params)
+    second = tasks.model_version(store, params)
     assert second and second != first
-    with pytest.raises(style_pipeline.BadInput,
+    with pytest.raises(tasks.BadInput,
                        match=r"^model_blob styles/mine/net.pth was replaced during the run; trigger again"):
-        style_pipeline.fetch_model(params, tmp_path / "b", first)
+        tasks.fetch_model(params, tmp_path / "b", first)
     assert not (tmp_path / "b" / "model.pth").exists()
-    assert style_pipeline.fetch_model(params, tmp_path / "c", second).read_bytes() == b"second version"
-    assert style_pipeline.model_version(store, {"model_blob": "../net.pth"}) is None
+    assert tasks.fetch_model(params, tmp_path / "c", second).read_bytes() == b"second version"
+    assert tasks.model_version(store, {"model_blob": "../net.pth"}) is None

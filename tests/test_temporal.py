@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scoring import flicker, media, temporal
-from scoring.errors import UserError
-from scoring.models import load_model
-from scoring.score import Encoding, World, score
-from scoring.segments import Plan
-from scoring.split import split
-from scoring.stylizer import Stylizer
+from scoring.media import ffmpeg
+from scoring.media.errors import UserError
+from scoring.media.segments import Plan
+from scoring.media.split import split
+from scoring.networks import flicker, temporal
+from scoring.networks.models import load_model
+from scoring.networks.score import Encoding, World, score
+from scoring.networks.stylizer import Stylizer
 
 from .helpers import REPO, psnr, read_frames, run_scoring
 
@@ -52,7 +53,7 @@ def clip(tmp_path_factory):
     """The clip split into segments, a stylizer, and both runs (plain, temporal) scored."""
     folder = tmp_path_factory.mktemp("temporal")
     source = folder / "still-and-moving.mp4"
-    cmd = [media.ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+    cmd = [ffmpeg.ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
            "-s", f"{SIZE[0]}x{SIZE[1]}", "-framerate", "12", "-i", "pipe:0", "-c:v", "libx264", "-crf", "16",
            "-pix_fmt", "yuv420p", str(source)]
     subprocess.run(cmd, input=_frames().tobytes(), check=True)
@@ -68,7 +69,7 @@ def _decode(folder, plan: Plan, only: list[int] | None = None) -> np.ndarray:
     frames = []
     for segment in plan.segments:
         if only is None or segment.index in only:
-            with media.FrameReader(folder / segment.name, (plan.width, plan.height), input_format="h264") as reader:
+            with ffmpeg.FrameReader(folder / segment.name, (plan.width, plan.height), input_format="h264") as reader:
                 frames.extend(reader.batches(64))
     return np.concatenate(frames)
 
@@ -102,12 +103,12 @@ def test_a_segment_scored_alone_equals_the_same_segment_scored_in_turn(clip, tmp
     plan = clip["plan"]
     written = []  # what the pipeline hands the encoder (the comparison must not see x264's loss)
 
-    class RecordingWriter(media.FrameWriter):
+    class RecordingWriter(ffmpeg.FrameWriter):
         def write(self, frames):
             written.append(frames.copy())
             super().write(frames)
 
-    monkeypatch.setattr(media, "FrameWriter", RecordingWriter)
+    monkeypatch.setattr(ffmpeg, "FrameWriter", RecordingWriter)
     world = World()
     world.rank, world.size = 1, 3
     done = score(clip["segments"], tmp_path / "alone", clip["stylizer"], MODEL_ID, Encoding(temporal=STRENGTH), world)
@@ -188,11 +189,11 @@ def test_the_option_reaches_the_pipeline_and_azure_ml():
     line = command("0.7")  # as the DAG renders "{{ params.temporal }}"
     assert build_parser().parse_args(line.split()[3:]).temporal == 0.7
 
-    import style_pipeline
+    from pipeline import tasks
 
     base = {"style": "7", "model_blob": None, "max_side": None, "segment_frames": 48, "precision": "auto"}
-    assert style_pipeline.temporal_args(base) == [] == style_pipeline.temporal_args(base | {"temporal": 0})
-    assert style_pipeline.temporal_args(base | {"temporal": 0.7}) == ["--temporal", "0.7"]
+    assert tasks.temporal_args(base) == [] == tasks.temporal_args(base | {"temporal": 0})
+    assert tasks.temporal_args(base | {"temporal": 0.7}) == ["--temporal", "0.7"]
     # off keeps the digest of outputs published before the option existed; on is another output
-    assert style_pipeline.settings_digest(base) == style_pipeline.settings_digest(base | {"temporal": 0})
-    assert style_pipeline.settings_digest(base) != style_pipeline.settings_digest(base | {"temporal": 0.7})
+    assert tasks.settings_digest(base) == tasks.settings_digest(base | {"temporal": 0})
+    assert tasks.settings_digest(base) != tasks.settings_digest(base | {"temporal": 0.7})

@@ -18,7 +18,7 @@ import pytest
 from devstack import REPO, Stack, free_port
 
 sys.path.insert(0, str(REPO / "plugins"))
-from blob_watch import processing_run_id  # noqa: E402
+from intake.inbox import processing_run_id  # noqa: E402
 
 from .helpers import Api  # noqa: E402
 
@@ -211,8 +211,8 @@ def test_a_burst_drains_one_run_per_version(stack):
 def test_an_upload_deleted_while_being_taken_in_is_passed_over(stack, monkeypatch):
     """Listed, then deleted by its owner before the claim: no run, no copy, and the watcher goes
     on with the rest instead of failing."""
-    from blob_watch import Upload, take_in_one
-    from storage import DATA_CONN, BlobStore
+    from intake.inbox import Upload, take_in_one
+    from storage.blobs import DATA_CONN, BlobStore
 
     class NoRuns:
         def start(self, run_id, conf):

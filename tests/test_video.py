@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from scoring import media
+from scoring.media import ffmpeg
 
 from .helpers import SHARED_MEDIA, psnr, read_frames, run_scoring
 
@@ -22,9 +22,9 @@ def test_timing_frames_and_audio_follow_the_source(clip_factory, tmp_path, fps, 
     output = tmp_path / f"styled{suffix}"
     result = run_scoring("stylize", source, output, "--style", "3:0.5,12:0.5", "--segment-frames", "7", "--ranks", "2",
                          check=True)
-    assert json.loads(result.stdout.splitlines()[-1])["frames"] == media.count_frames(source)
+    assert json.loads(result.stdout.splitlines()[-1])["frames"] == ffmpeg.count_frames(source)
 
-    before, after = media.probe(source), media.probe(output)
+    before, after = ffmpeg.probe(source), ffmpeg.probe(output)
     assert after.frames == before.frames
     assert Fraction(after.frame_rate) == Fraction(fps)
     assert abs(after.duration - before.duration) <= 1 / Fraction(fps)
@@ -35,8 +35,8 @@ def test_timing_frames_and_audio_follow_the_source(clip_factory, tmp_path, fps, 
 
 def test_styled_frames_are_the_source_frames_styled_in_order(clip_factory, tmp_path):
     """Each output frame must resemble the styled version of the same input frame, not a neighbour."""
-    from scoring.models import load_model
-    from scoring.stylizer import Stylizer
+    from scoring.networks.models import load_model
+    from scoring.networks.stylizer import Stylizer
 
     source = clip_factory(seconds=1.2, fps="25")
     output = tmp_path / "out.mp4"
@@ -66,7 +66,7 @@ def test_steps_one_by_one_and_max_side(clip_factory, tmp_path):
     stitched = run_scoring("stitch", "--segments", tmp_path / "seg", "--styled", tmp_path / "styled",
                            tmp_path / "out.mkv", check=True)
     assert json.loads(stitched.stdout)["frames"] == 24
-    info = media.probe(tmp_path / "out.mkv")
+    info = ffmpeg.probe(tmp_path / "out.mkv")
     assert (info.width, info.height, info.frames) == (100, 56, 24)
 
 
@@ -94,7 +94,7 @@ def test_real_clip_from_shared_media(tmp_path):
     source = SHARED_MEDIA / "car-detection.mp4"
     output = tmp_path / "car.mp4"
     run_scoring("stylize", source, output, "--style", "19", "--max-side", "192", "--ranks", "2", check=True)
-    before, after = media.probe(source), media.probe(output)
+    before, after = ffmpeg.probe(source), ffmpeg.probe(output)
     assert after.frames == before.frames and after.has_audio == before.has_audio
     assert abs(after.duration - before.duration) <= 1 / Fraction(before.frame_rate)
 

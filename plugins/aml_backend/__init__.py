@@ -4,5 +4,5 @@ Import the parts from their modules (``from aml_backend.operators import AzureML
 nothing at package level imports the Azure ML SDK, so DAG files that use the operator parse
 fast. Airflow's plugin loader imports every ``.py`` under ``plugins/`` as a loose module,
 which breaks this package's relative imports: ``.airflowignore`` keeps it out, and
-``plugins/aml_backend_plugin.py`` registers the extra link.
+``plugins/airflow_plugins.py`` registers the extra link.
 """

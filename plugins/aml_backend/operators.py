@@ -75,7 +75,7 @@ class AzureMLScoreOperator(BaseOperator):
     :param style_strength: 0..1, blend the styled frames toward the originals (default 1: fully styled).
     :param precision: ``fp16`` (default, GPUs), ``bf16`` or ``fp32``.
     :param batch: frames per pass (``auto``, the default: what ``python -m scoring`` picks for the node).
-    :param temporal: steadier video, ``--temporal STRENGTH`` (0, the default, is off; see scoring/temporal.py).
+    :param temporal: steadier video, ``--temporal STRENGTH`` (0, the default, is off; see scoring/networks/temporal.py).
     :param extra_score_args: more ``python -m scoring score`` options (``--crf``, ``--preset``).
     :param nodes: nodes of the configured cluster for this run (at most its ``max_nodes``).
     :param output_mode: ``rw_mount`` (resumable) or ``upload`` (write-only token; see ``sas``).

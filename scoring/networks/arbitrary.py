@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
-from .models import double_then_conv3, instance_norm, wide_conv
-from .pictures import STYLE_SIZE, load_style_image  # noqa: F401 (the style picture is media-side)
+from ..media.errors import UserError
+from ..media.pictures import STYLE_SIZE, load_style_image  # noqa: F401 (the style picture is media-side)
+from .layers import double_then_conv3, instance_norm, wide_conv
 
 STYLE_DIM = 100
 

@@ -149,7 +149,7 @@ def result_link(output_blob: str) -> str | None:
     hours = conf.getfloat(CONFIG_SECTION, "result_link_hours", fallback=DEFAULT_LINK_HOURS)
     if hours <= 0:
         return None
-    from storage import DATA_CONN, OUTPUTS, BlobStore
+    from storage.blobs import DATA_CONN, OUTPUTS, BlobStore
 
     try:
         return BlobStore(DATA_CONN).read_link(OUTPUTS, output_blob, hours)
@@ -163,7 +163,7 @@ def fetch_pictures(summary: dict, folder: Path) -> list[str]:
     names = [summary.get(key) for key in PICTURES if summary.get(key)]
     if not names:
         return []
-    from storage import DATA_CONN, OUTPUTS, BlobStore
+    from storage.blobs import DATA_CONN, OUTPUTS, BlobStore
 
     data, files = BlobStore(DATA_CONN), []
     for name in names:

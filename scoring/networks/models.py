@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError
+from ..media.errors import UserError
+from .layers import InstanceNorm, double_then_conv3, instance_norm, wide_conv
 
 NUM_STYLES = 26
 
@@ -51,116 +52,6 @@ def parse_style(spec: str) -> torch.Tensor:
     if weights.sum() <= 0:
         raise UserError(f"style spec {spec!r} has no positive weight")
     return weights / weights.sum()
-
-
-# --------------------------------------------------------------------------- shared layers
-
-
-def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``conv3x3(reflect_pad1(nearest_upsample_x2(x)))``, computed without the upsampling.
-
-    Each output pixel of a phase (even/odd row, even/odd column) sees only two distinct input
-    rows and two columns, so the 3x3 kernel folds into a 2x2 one per phase: four 2x2
-    convolutions at the input's resolution, interleaved, do the work of one 3x3 convolution
-    at twice the resolution with 16/36 of the multiplications. At the border, reflecting the
-    doubled image by one pixel repeats the input's edge, hence the replicate padding. The
-    result equals the straightforward one up to float rounding (tests/test_models.py).
-    """
-    n, _, h, w = x.shape
-    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    folded = weight.float()
-    offsets = [(r, c) for r in (0, 1) for c in (0, 1)]
-    phases = [F.conv2d(padded[..., r:r + h + 1, c:c + w + 1], _fold(_fold(folded, 2, r), 3, c).to(x.dtype), bias)
-              for r, c in offsets]
-    # interleaved by strided copies, faster than stack + pixel_shuffle on a CPU in bf16 (docs/performance.md)
-    out = phases[0].new_empty(n, phases[0].shape[1], 2 * h, 2 * w)
-    grid = out.view(n, -1, h, 2, w, 2)  # [n, channels, row, row phase, column, column phase]
-    for (r, c), phase in zip(offsets, phases):
-        grid[:, :, :, r, :, c] = phase
-    return out
-
-
-def _fold(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
-    """Three taps along ``dim`` -> the two that an even (0) or odd (1) output position sees."""
-    before, centre, after = weight.unbind(dim)
-    return torch.stack((before, centre + after) if phase == 0 else (before + centre, after), dim)
-
-
-def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias)`` (stride 1, ``x`` already padded) in a faster form for the
-    wide-kernel layers at the ends of a style network: a 9x9 kernel with 3 or 4 channels on
-    one side, a shape for which oneDNN's direct convolution runs at a fraction of its speed on
-    32 channels. Same multiplications, summed in another order.
-
-    * few output channels: one convolution with a k x 1 kernel gives, for each of the k
-      column offsets, that column's contribution (``k * cout`` channels); the k shifted
-      slices are then summed (in fp32) into the output.
-    * few input channels, k divisible by 3: the input is stacked with its 9 shifts by 0..2
-      rows and columns (``9 * cin`` channels) and convolved with a (k/3) x (k/3) kernel
-      dilated by 3, so that tap ``(3a + i, 3b + j)`` reads shift ``(i, j)`` at ``(3a, 3b)``.
-
-    Other shapes go to ``F.conv2d`` unchanged, and so, in fp32 on a CPU, do few input
-    channels: oneDNN's fp32 convolution runs those well (docs/performance.md#on-a-cpu-without-bf16).
-    """
-    cout, cin, k, _ = weight.shape
-    if k < 5 or weight.shape[3] != k:
-        return F.conv2d(x, weight, bias)
-    height, width = x.shape[-2] - k + 1, x.shape[-1] - k + 1
-    if cout <= 4:
-        columns = weight.permute(3, 0, 1, 2).reshape(k * cout, cin, k, 1)
-        parts = F.conv2d(x, columns).unflatten(1, (k, cout))
-        y = parts[:, 0, ..., :width].float()
-        for offset in range(1, k):
-            y += parts[:, offset, ..., offset:offset + width]
-        y = y if bias is None else y + bias.float()[:, None, None]
-        return y.to(x.dtype)
-    if cin <= 4 and k % 3 == 0 and not (x.dtype == torch.float32 and x.device.type == "cpu"):
-        shifts = torch.cat([x[:, c:c + 1, i:i + height + k - 3, j:j + width + k - 3]
-                            for c in range(cin) for i in range(3) for j in range(3)], 1)
-        coarse = weight.unflatten(2, (k // 3, 3)).unflatten(4, (k // 3, 3))  # o, c, a, i, b, j
-        return F.conv2d(shifts, coarse.permute(0, 1, 3, 5, 2, 4).reshape(cout, 9 * cin, k // 3, k // 3),
-                        bias, dilation=3)
-    return F.conv2d(x, weight, bias)
-
-
-def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                  eps: float = 1e-5) -> torch.Tensor:
-    """``F.instance_norm`` without running statistics, as every norm of these networks is.
-
-    On CUDA it is computed as one reduction (``var_mean``, accumulated in fp32) and one
-    multiply-add: torch runs an instance norm there as a batch norm over ``N * C`` channels,
-    with one thread block per channel for the statistics, so at 32 channels most of a GPU
-    waits and the norms took most of a frame's time (docs/performance.md#on-a-cuda-gpu).
-
-    On a CPU it is a group norm with one group per channel, the same statistics per sample
-    and channel: torch's CPU instance norm, run as a batch norm over ``N * C`` channels, takes
-    several times as long over the same activations (docs/performance.md#on-a-cpu-without-bf16).
-    Elsewhere ``F.instance_norm`` as it is.
-    """
-    if x.device.type == "cuda":
-        return instance_norm_by_moments(x, weight, bias, eps)
-    if x.device.type == "cpu":
-        return F.group_norm(x, x.shape[1], weight, bias, eps)
-    return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
-
-
-def instance_norm_by_moments(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                             eps: float) -> torch.Tensor:
-    var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
-    scale = torch.rsqrt(var.float() + eps)
-    if weight is not None:
-        scale = scale * weight.float()[:, None, None]
-    shift = -mean.float() * scale
-    if bias is not None:
-        shift = shift + bias.float()[:, None, None]
-    return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
-
-
-class InstanceNorm(nn.InstanceNorm2d):
-    """``nn.InstanceNorm2d`` (same parameters, same state dict) computed by ``instance_norm``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return instance_norm(x, self.weight, self.bias, self.eps)
 
 
 # --------------------------------------------------------------------------- built-in 26 styles

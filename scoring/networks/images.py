@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import media
+from ..media import ffmpeg
+from ..media.pictures import labelled_grid, load_image, save_image
 from .models import NUM_STYLES, BuiltinStyle, MultiStyleNet, parse_style
-from .pictures import labelled_grid, load_image, save_image
 from .stylizer import Stylizer
 
 
 def stylize_image(source: Path, output: Path, stylizer: Stylizer, max_side: int | None = None,
-                  limits: media.Limits = media.Limits()) -> dict:
+                  limits: ffmpeg.Limits = ffmpeg.Limits()) -> dict:
     image = load_image(source, max_side, limits)
     save_image(stylizer(image[None])[0], output)
     return {"output": str(output), "size": f"{image.shape[1]}x{image.shape[0]}"}
@@ -39,7 +39,7 @@ def style_sheet(image_path: Path | str | None, output: Path, device: str = "auto
 
 
 def _sample_photo(side: int) -> np.ndarray:
-    from .samples import photos
+    from ..media.samples import photos
 
     photo = Image.fromarray(photos()[0])
     photo.thumbnail((side, side), Image.LANCZOS)

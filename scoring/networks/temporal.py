@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from ..media.errors import UserError
 
 MAX_STRENGTH = 0.95
 # Mean input change in a block (0-255 levels) up to which it counts as fully still (camera and

@@ -14,22 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
-from . import media
-from .errors import UserError
-from .pictures import labelled_grid, sample_times, save_image
+from ..media import ffmpeg
+from ..media.errors import UserError
+from ..media.pictures import labelled_grid, sample_times, save_image
 from .stylizer import Stylizer
 
 
 def before_after(source: Path | str, output: Path | str, stylizer: Stylizer, frames: int = 3,
                  max_side: int | None = None, tile_width: int = 480,
-                 limits: media.Limits = media.Limits()) -> dict:
+                 limits: ffmpeg.Limits = ffmpeg.Limits()) -> dict:
     """``frames`` rows of (original | stylized) at evenly spaced times of ``source``."""
-    info = media.probe(source, limits)
+    info = ffmpeg.probe(source, limits)
     if info.kind != "video":
         raise UserError(f"{Path(source).name} is a still image: stylize it with `stylize` instead")
-    size = media.output_size(info.width, info.height, max_side)
+    size = ffmpeg.output_size(info.width, info.height, max_side)
     times = sample_times(info, frames)
-    originals = media.grab_frames(source, times, size)
+    originals = ffmpeg.grab_frames(source, times, size)
     styled = np.concatenate([stylizer(frame[None]) for frame in originals])
     rows = [[(f"before  {t:.1f} s", before), ("after", after)] for t, before, after in zip(times, originals, styled)]
     save_image(labelled_grid(rows, tile_width), Path(output))

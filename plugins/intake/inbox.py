@@ -68,7 +68,7 @@ class InboxSensor(WasbPrefixSensor):
 
     def take_in(self, context) -> dict:
         from airflow.sdk import Variable
-        from run_settings import DEFAULTS_VARIABLE, check_defaults
+        from intake.settings import DEFAULTS_VARIABLE, check_defaults
 
         defaults = check_defaults(Variable.get(DEFAULTS_VARIABLE, default=None, deserialize_json=True))
         return take_in(RunStarter(context["ti"]), defaults, self.batch)
@@ -88,7 +88,7 @@ class Upload:
 
 def take_in(runs: RunStarter, defaults: dict, batch: int = INBOX_BATCH) -> dict:
     """Claim the ``batch`` oldest uploads in the inbox and start a run for each that has none."""
-    from storage import DATA_CONN, INPUTS, BlobStore
+    from storage.blobs import DATA_CONN, INPUTS, BlobStore
 
     data = BlobStore(DATA_CONN)
     listed = sorted(data.list(INPUTS), key=lambda b: (b.last_modified, b.name))
@@ -104,9 +104,9 @@ def take_in(runs: RunStarter, defaults: dict, batch: int = INBOX_BATCH) -> dict:
 def take_in_one(data, runs: RunStarter, upload: Upload, defaults: dict, has_run: bool) -> str:
     """One upload: claimed, its run started (or passed over), gone from the inbox. Says which."""
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-    from run_settings import InvalidSettings, resolve
-    from storage import INPUTS, InvalidBlobName, check_blob_name
-    from style_pipeline import quarantine
+    from intake.settings import InvalidSettings, resolve
+    from pipeline.tasks import quarantine
+    from storage.blobs import INPUTS, InvalidBlobName, check_blob_name
 
     try:
         check_blob_name(upload.name)
@@ -139,7 +139,7 @@ def take_in_one(data, runs: RunStarter, upload: Upload, defaults: dict, has_run:
 def claim(data, upload: Upload, settings: dict, sources: dict) -> str:
     """Copy this version to ``accepted`` (with the settings it was taken in with) and return the
     id of a snapshot of exactly that copy; ResourceModifiedError if either side changed meanwhile."""
-    from storage import ACCEPTED, INPUTS
+    from storage.blobs import ACCEPTED, INPUTS
 
     metadata = {"upload_etag": upload.etag, "settings": json.dumps(settings), "settings_from": json.dumps(sources)}
     copied = data.copy(INPUTS, upload.name, ACCEPTED, upload.name, etag=upload.etag, metadata=metadata)
@@ -148,7 +148,7 @@ def claim(data, upload: Upload, settings: dict, sources: dict) -> str:
 
 def accepted_upload(data, name: str) -> str | None:
     """The inbox etag of the upload that ``accepted/<name>`` holds now, if any."""
-    from storage import ACCEPTED
+    from storage.blobs import ACCEPTED
 
     info = data.info(ACCEPTED, name)
     return info.metadata.get("upload_etag") if info else None
@@ -207,8 +207,8 @@ def sweep(runs: RunStarter, start, end, defaults: dict, overrides: dict | None, 
     from datetime import datetime
 
     from azure.core.exceptions import ResourceModifiedError
-    from run_settings import SETTINGS, check, resolve
-    from storage import ACCEPTED, DATA_CONN, INPUTS, BlobStore
+    from intake.settings import SETTINGS, check, resolve
+    from storage.blobs import ACCEPTED, DATA_CONN, INPUTS, BlobStore
 
     extra = {key: check(key, value, "the backfill's conf") for key, value in (overrides or {}).items()
              if key in SETTINGS}

@@ -20,8 +20,8 @@ RUN_FOLDER = re.compile(r"[A-Za-z0-9._-]{0,60}-[0-9a-f]{10}")  # style_pipeline.
 def remove_old_work(max_age: timedelta, now: datetime | None = None) -> dict:
     """Remove run containers and scratch folders last written before ``now - max_age``.
     Returns what went: container names, scratch folder names and the bytes freed."""
-    from storage import SYSTEM_CONN, BlobStore
-    from style_pipeline import scratch_root
+    from storage.blobs import SYSTEM_CONN, BlobStore
+    from storage.scratch import scratch_root
 
     cutoff = (now or datetime.now(UTC)) - max_age
     system = BlobStore(SYSTEM_CONN)

@@ -23,11 +23,11 @@ from threading import Thread
 
 import numpy as np
 
-from . import media
-from .errors import UserError
-from .files import atomic_path
-from .launch import scoring_command
-from .segments import Plan, Segment, finished, mark_done, share
+from ..launch import scoring_command
+from ..media import ffmpeg
+from ..media.errors import UserError
+from ..media.files import atomic_path
+from ..media.segments import Plan, Segment, finished, mark_done, share
 from .stylizer import Stylizer
 from .temporal import WARMUP_FRAMES, TemporalSmoother, check_strength, work_tag
 
@@ -81,8 +81,8 @@ class Encoding:
     # On a CPU one frame per pass is fastest (26-style bf16 at 768x432: 0.11 s/frame at batch 1,
     # 0.15 at batch 4): a bigger batch only spills the activations out of the caches.
     batch: int = 1
-    crf: int = media.STYLED_CRF
-    preset: str = media.STYLED_PRESET
+    crf: int = ffmpeg.STYLED_CRF
+    preset: str = ffmpeg.STYLED_PRESET
     # 0: each frame styled on its own; above 0, still regions are smoothed over time (temporal.py)
     temporal: float = 0.0
 
@@ -119,8 +119,8 @@ def _style_stream(segments_dir: Path, segment: Segment, target: Path, plan: Plan
     the previous segment."""
     size = (plan.width, plan.height)
     smoother = TemporalSmoother(encoding.temporal) if encoding.temporal else None
-    with media.FrameReader(segments_dir / segment.name, size, input_format="h264") as reader, \
-            media.FrameWriter(target, size, plan.frame_rate, encoding.crf, encoding.preset) as writer, \
+    with ffmpeg.FrameReader(segments_dir / segment.name, size, input_format="h264") as reader, \
+            ffmpeg.FrameWriter(target, size, plan.frame_rate, encoding.crf, encoding.preset) as writer, \
             ThreadPoolExecutor(1) as encoder_thread:
         if smoother and segment.index > 0:
             _warm_up(smoother, segments_dir / plan.segments[segment.index - 1].name, size, stylizer, encoding.batch)
@@ -145,7 +145,7 @@ def _warm_up(smoother: TemporalSmoother, previous: Path, size: tuple[int, int], 
     """Prime the smoother with the last WARMUP_FRAMES frames of the previous segment's source
     (styled, not written): the segment starts as if the video were styled in one pass."""
     tail: deque = deque(maxlen=WARMUP_FRAMES)
-    with media.FrameReader(previous, size, input_format="h264") as reader:
+    with ffmpeg.FrameReader(previous, size, input_format="h264") as reader:
         for frames in reader.batches(16):
             tail.extend(frames)
     for start in range(0, len(tail), batch):

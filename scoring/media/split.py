@@ -9,7 +9,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from . import media
+from . import ffmpeg
 from .errors import UserError
 from .files import atomic_path
 from .segments import AUDIO_FILE, DEFAULT_SEGMENT_FRAMES, Plan, Segment, segment_lengths, segment_name
@@ -21,16 +21,16 @@ SPLIT_PRESET = "ultrafast"
 
 
 def split(source: Path | str, folder: Path | str, max_side: int | None = None,
-          segment_frames: int = DEFAULT_SEGMENT_FRAMES, limits: media.Limits = media.Limits()) -> Plan:
+          segment_frames: int = DEFAULT_SEGMENT_FRAMES, limits: ffmpeg.Limits = ffmpeg.Limits()) -> Plan:
     source, folder = Path(source), Path(folder)
-    info = media.probe(source, limits)
+    info = ffmpeg.probe(source, limits)
     if info.kind != "video":
         raise UserError(f"{source.name} is a still image; `stylize` takes images, `split` takes videos")
     if segment_frames < 1:
         raise UserError(f"--segment-frames must be at least 1, got {segment_frames}")
     if max_side is not None and max_side < 16:
         raise UserError(f"--max-side must be at least 16 pixels, got {max_side}")
-    width, height = media.output_size(info.width, info.height, max_side)
+    width, height = ffmpeg.output_size(info.width, info.height, max_side)
     fingerprint = _fingerprint(source, width, height, segment_frames)
 
     try:
@@ -51,7 +51,7 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
     audio = None
     if info.has_audio:
         with atomic_path(folder / AUDIO_FILE) as tmp:
-            media.extract_audio(source, tmp)
+            ffmpeg.extract_audio(source, tmp)
         audio = AUDIO_FILE
     plan = Plan(source=asdict(info), width=width, height=height, frame_rate=info.frame_rate, frames=frames,
                 segment_frames=segment_frames, audio=audio, fingerprint=fingerprint,
@@ -67,12 +67,12 @@ def _write_segments(source: Path, folder: Path, size: tuple[int, int], rate: str
     total = 0
     # yuv420p through the pipe, as the encoder stores it: no RGB round trip (faster, and the
     # chroma is not resampled twice)
-    with media.FrameReader(source, size, pix_fmt="yuv420p") as reader:
+    with ffmpeg.FrameReader(source, size, pix_fmt="yuv420p") as reader:
         batches = reader.batches(step)
         while (first := next(batches, None)) is not None:
             index = total // segment_frames
             with atomic_path(folder / segment_name(index)) as tmp:
-                with media.FrameWriter(tmp, size, rate, SPLIT_CRF, SPLIT_PRESET, pix_fmt="yuv420p") as writer:
+                with ffmpeg.FrameWriter(tmp, size, rate, SPLIT_CRF, SPLIT_PRESET, pix_fmt="yuv420p") as writer:
                     for batch in itertools.chain([first], itertools.islice(batches, per_segment - 1)):
                         writer.write(batch)
             total += writer.frames

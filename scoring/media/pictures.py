@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from . import media
+from . import ffmpeg
 from .errors import UserError
 from .files import atomic_path
 
@@ -23,7 +23,7 @@ MIN_STYLE_SIDE = 16
 MAX_STYLE_PIXELS = 40_000_000  # declared width x height; a 36 MP camera photo passes
 
 
-def load_image(path: Path | str, max_side: int | None = None, limits: media.Limits = media.Limits()) -> np.ndarray:
+def load_image(path: Path | str, max_side: int | None = None, limits: ffmpeg.Limits = ffmpeg.Limits()) -> np.ndarray:
     """An RGB ``uint8 [H, W, 3]`` array, upright (EXIF), transparency flattened on white."""
     path = Path(path)
     try:
@@ -43,7 +43,7 @@ def load_image(path: Path | str, max_side: int | None = None, limits: media.Limi
             image = image.convert("RGB")
         except OSError as exc:
             raise UserError(f"{path.name} is damaged ({exc})") from None
-    size = media.output_size(image.width, image.height, max_side, even=False)
+    size = ffmpeg.output_size(image.width, image.height, max_side, even=False)
     if size != image.size:
         image = image.resize(size, Image.LANCZOS)
     return np.array(image)  # writable, for torch.from_numpy
@@ -51,8 +51,8 @@ def load_image(path: Path | str, max_side: int | None = None, limits: media.Limi
 
 def save_image(array: np.ndarray, output: Path) -> None:
     fmt = Image.registered_extensions().get(output.suffix.lower())
-    if output.suffix.lower() not in media.IMAGE_SUFFIXES or not fmt:
-        raise UserError(f"output {output.name} must end in one of {', '.join(sorted(media.IMAGE_SUFFIXES))}")
+    if output.suffix.lower() not in ffmpeg.IMAGE_SUFFIXES or not fmt:
+        raise UserError(f"output {output.name} must end in one of {', '.join(sorted(ffmpeg.IMAGE_SUFFIXES))}")
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         Image.fromarray(array).save(tmp, format=fmt)
@@ -129,7 +129,7 @@ def load_style_image(path: Path | str) -> np.ndarray:
 # --------------------------------------------------------------------------- the contact strip
 
 
-def sample_times(info: media.MediaInfo, count: int) -> list[float]:
+def sample_times(info: ffmpeg.MediaInfo, count: int) -> list[float]:
     """The times of ``count`` frames in the middle of equal slices of the video, each a
     quarter frame early so that seeking lands on that frame even after rounding."""
     rate = Fraction(info.frame_rate)
@@ -140,9 +140,9 @@ def sample_times(info: media.MediaInfo, count: int) -> list[float]:
 
 def contact_strip(video: Path | str, output: Path | str, frames: int = 8, tile_width: int = 192) -> dict:
     """One row of ``frames`` frames spread over ``video``, each labelled with its time."""
-    info = media.probe(video)
+    info = ffmpeg.probe(video)
     size = (info.width, info.height)
     times = sample_times(info, frames)
-    row = [(f"{t:.1f} s", frame) for t, frame in zip(times, media.grab_frames(video, times, size))]
+    row = [(f"{t:.1f} s", frame) for t, frame in zip(times, ffmpeg.grab_frames(video, times, size))]
     save_image(labelled_grid([row], tile_width), Path(output))
     return {"output": str(output), "frames": len(times), "times": [round(t, 3) for t in times]}

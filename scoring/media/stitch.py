@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import media
+from . import ffmpeg
 from .errors import UserError
 from .files import atomic_path
 from .segments import Plan, done_marker
@@ -22,9 +22,9 @@ def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str)
     output.parent.mkdir(parents=True, exist_ok=True)
     audio = segments_dir / plan.audio if plan.audio else None
     with atomic_path(output) as tmp:
-        media.mux([styled_dir / s.name for s in plan.segments], plan.frame_rate, audio,
-                  plan.source.get("audio_codec"), tmp, media.VIDEO_SUFFIXES[output.suffix.lower()])
-        frames = media.count_frames(tmp)
+        ffmpeg.mux([styled_dir / s.name for s in plan.segments], plan.frame_rate, audio,
+                  plan.source.get("audio_codec"), tmp, ffmpeg.VIDEO_SUFFIXES[output.suffix.lower()])
+        frames = ffmpeg.count_frames(tmp)
         if frames != plan.frames:  # never publish a video with a frame lost or doubled
             raise RuntimeError(f"stitched video has {frames} frames, expected {plan.frames}")
     return {"output": str(output), "frames": frames, "frame_rate": plan.frame_rate,
@@ -34,5 +34,5 @@ def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str)
 def check_output_path(output: Path) -> None:
     if output.is_dir():
         raise UserError(f"output {output} is a folder; give a file name")
-    if output.suffix.lower() not in media.VIDEO_SUFFIXES:
-        raise UserError(f"output {output.name} must end in one of {', '.join(sorted(media.VIDEO_SUFFIXES))}")
+    if output.suffix.lower() not in ffmpeg.VIDEO_SUFFIXES:
+        raise UserError(f"output {output.name} must end in one of {', '.join(sorted(ffmpeg.VIDEO_SUFFIXES))}")

@@ -13,14 +13,13 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-
-import re
 
 import numpy as np
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import media
+from . import ffmpeg
 from .errors import UserError
 from .files import atomic_path
 
@@ -48,13 +48,13 @@ def frames(count: int, size: tuple[int, int], fps: Fraction):
 def make_clip(output: Path | str, seconds: float = 4.0, fps: str = "25", size: tuple[int, int] = (320, 180),
               audio: bool = True) -> dict:
     output = Path(output)
-    container = media.VIDEO_SUFFIXES.get(output.suffix.lower())
+    container = ffmpeg.VIDEO_SUFFIXES.get(output.suffix.lower())
     if not container:
-        raise UserError(f"sample clip {output.name} must end in one of {', '.join(sorted(media.VIDEO_SUFFIXES))}")
+        raise UserError(f"sample clip {output.name} must end in one of {', '.join(sorted(ffmpeg.VIDEO_SUFFIXES))}")
     rate = Fraction(fps)
     count = max(1, round(seconds * rate))
     duration = float(count / rate)
-    cmd = [media.ffmpeg_path(), "-v", "error", "-nostdin", "-y",
+    cmd = [ffmpeg.ffmpeg_path(), "-v", "error", "-nostdin", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}", "-framerate", fps, "-i", "pipe:0"]
     if audio:
         # a 440 Hz tone that beeps higher every second, so an audio shift would be audible
@@ -63,7 +63,7 @@ def make_clip(output: Path | str, seconds: float = 4.0, fps: str = "25", size: t
     cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", "-f", container]
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
-        process = subprocess.Popen([*cmd, media.file_arg(tmp)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = subprocess.Popen([*cmd, ffmpeg.file_arg(tmp)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
         for frame in frames(count, size, rate):
             process.stdin.write(frame.tobytes())
         process.stdin.close()

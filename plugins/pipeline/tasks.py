@@ -12,22 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-import storage
-from storage import ACCEPTED, DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
+from storage import blobs
+from storage.blobs import ACCEPTED, DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
+from storage.scratch import run_key, scratch, scratch_root
 
 from scoring.launch import child_env, scoring_command
-from scoring.media import Limits
-from scoring.segments import Plan
+from scoring.media.ffmpeg import Limits
+from scoring.media.segments import Plan
 
 MAX_INPUT_BYTES = Limits().max_bytes
 MAX_STYLE_IMAGE_BYTES = 100 * 1024**2  # a style picture is read at 256x256: more is never needed
@@ -45,23 +44,6 @@ class BadInput(Exception):
 
 class AlreadyDone(Exception):
     """This input version was already published with these settings; the message says by whom."""
-
-
-def run_key(run_id: str) -> str:
-    """A storage-safe, unique folder name for one DAG run (run ids may hold any character)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.")[:60]
-    return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
-
-
-def scratch_root() -> Path:
-    """Where every run's scratch folder lives on this worker (``VST_SCRATCH``)."""
-    return Path(os.environ.get("VST_SCRATCH", Path(tempfile.gettempdir()) / "video-style-transfer"))
-
-
-def scratch(key: str) -> Path:
-    path = scratch_root() / key
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def default_output_name(input_blob: str, style: str | None, model_blob: str | None, style_image: str | None = None,
@@ -106,8 +88,8 @@ def probe(params: dict, run_id: str) -> dict:
     started = time.monotonic()
     name, snapshot = params["input_blob"], params.get("input_version")
     try:
-        storage.check_blob_name(name)
-    except storage.InvalidBlobName as exc:
+        blobs.check_blob_name(name)
+    except blobs.InvalidBlobName as exc:
         raise BadInput(f"input_blob: {exc}") from None
     data = BlobStore(DATA_CONN)
     style_etag = check_style_image(data, params)  # a parameter's problem: the input is not quarantined
@@ -120,9 +102,9 @@ def probe(params: dict, run_id: str) -> dict:
     output = params.get("output_name") or default_output_name(name, params.get("style"), params.get("model_blob"),
                                                               params.get("style_image"), params.get("style_strength"))
     try:
-        storage.check_blob_name(output)
+        blobs.check_blob_name(output)
         bad_output = None
-    except storage.InvalidBlobName as exc:
+    except blobs.InvalidBlobName as exc:
         bad_output = f"output_name: {exc}"
     if bad_output and params.get("output_name"):  # the parameter's problem: the input is not quarantined
         raise BadInput(bad_output)
@@ -142,7 +124,7 @@ def probe(params: dict, run_id: str) -> dict:
             raise BadInput(f"{PurePosixPath(name).name} is a still image; this pipeline takes videos")
     if bad_output:  # a name so long its result's name would be too: said once the upload itself was checked
         raise BadInput(bad_output)
-    work_in, work_out = storage.run_containers(run_id)
+    work_in, work_out = blobs.run_containers(run_id)
     system = BlobStore(SYSTEM_CONN)
     system.ensure_container(work_in)
     system.ensure_container(work_out)
@@ -312,8 +294,8 @@ def fetch_model(params: dict, local: Path, etag: str | None = None) -> Path:
     path = local / "model.pth"
     if not path.is_file():
         try:
-            name = storage.check_blob_name(params["model_blob"])
-        except storage.InvalidBlobName as exc:
+            name = blobs.check_blob_name(params["model_blob"])
+        except blobs.InvalidBlobName as exc:
             raise BadInput(f"model_blob: {exc}") from None
         data = BlobStore(DATA_CONN)
         check_model_size(data.info(STYLES, name), name)
@@ -332,8 +314,8 @@ def model_version(data: BlobStore, params: dict) -> str | None:
     if not params.get("model_blob"):
         return None
     try:
-        name = storage.check_blob_name(params["model_blob"])
-    except storage.InvalidBlobName:
+        name = blobs.check_blob_name(params["model_blob"])
+    except blobs.InvalidBlobName:
         return None
     blob = data.info(STYLES, name)
     if blob:
@@ -341,7 +323,7 @@ def model_version(data: BlobStore, params: dict) -> str | None:
     return blob.etag if blob else None
 
 
-def check_model_size(blob: storage.BlobInfo | None, name: str) -> None:
+def check_model_size(blob: blobs.BlobInfo | None, name: str) -> None:
     """The ``model_blob`` exists and is not over ``MAX_MODEL_BYTES`` (checked from its properties)."""
     if blob is None:
         raise BadInput(f"model_blob {STYLES}/{name} does not exist")
@@ -357,8 +339,8 @@ def check_style_image(data: BlobStore, params: dict) -> str | None:
     if params.get("model_blob"):
         raise BadInput("style_image and model_blob each replace the style: give only one")
     try:
-        name = storage.check_blob_name(params["style_image"])
-    except storage.InvalidBlobName as exc:
+        name = blobs.check_blob_name(params["style_image"])
+    except blobs.InvalidBlobName as exc:
         raise BadInput(f"style_image: {exc}") from None
     blob = data.info(STYLES, name)
     if blob is None:
@@ -373,13 +355,13 @@ def fetch_style_image(params: dict, local: Path, etag: str | None) -> Path:
     """The ``style_image`` picture from the styles container, exactly the version probe saw."""
     path = local / STYLE_IMAGE
     if not path.is_file():
-        BlobStore(DATA_CONN).download(STYLES, storage.check_blob_name(params["style_image"]), path, etag=etag)
+        BlobStore(DATA_CONN).download(STYLES, blobs.check_blob_name(params["style_image"]), path, etag=etag)
     return path
 
 
 def validate_style_image(path: Path, name: str) -> None:
-    from scoring.pictures import load_style_image
-    from scoring.errors import UserError
+    from scoring.media.errors import UserError
+    from scoring.media.pictures import load_style_image
 
     try:
         load_style_image(path)
@@ -457,7 +439,7 @@ def clean_up(run_id: str) -> int:
     worker's scratch folder are no longer needed: both follow from the run id alone, so this
     works whatever step the run ended at. Other workers' scratch is the housekeeping DAG's."""
     system = BlobStore(SYSTEM_CONN)
-    removed = sum(system.delete_container(name) for name in storage.run_containers(run_id))
+    removed = sum(system.delete_container(name) for name in blobs.run_containers(run_id))
     shutil.rmtree(scratch_root() / run_key(run_id), ignore_errors=True)
     return removed
 

@@ -11,10 +11,8 @@ token), looks the run's preview up in XCom and streams it from videos-out.
 from __future__ import annotations
 
 import json
-from typing import ClassVar
 from urllib.parse import urlencode
 
-from airflow.plugins_manager import AirflowPlugin
 from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom
 
 URL_PREFIX = "/style-previews"
@@ -34,7 +32,7 @@ class PreviewLink(BaseOperatorLink):
 
 
 class PreviewOperator(BaseOperator):
-    """Publishes ``<output>.preview.jpg`` (see ``style_pipeline.preview``) from probe's facts."""
+    """Publishes ``<output>.preview.jpg`` (see ``pipeline.tasks.preview``) from probe's facts."""
 
     operator_extra_links = (PreviewLink(),)
     template_fields = ("probed",)
@@ -44,9 +42,9 @@ class PreviewOperator(BaseOperator):
         self.probed = probed
 
     def execute(self, context) -> dict:
-        import style_pipeline
+        from pipeline import tasks
 
-        return style_pipeline.preview(dict(context["params"]), self.probed, context["run_id"])
+        return tasks.preview(dict(context["params"]), self.probed, context["run_id"])
 
 
 def build_app():
@@ -62,7 +60,7 @@ def build_app():
         blob = preview_blob(dag_id, run_id)
         if not blob:
             raise HTTPException(404, f"run {run_id} of {dag_id} has no preview")
-        from storage import DATA_CONN, OUTPUTS, BlobStore
+        from storage.blobs import DATA_CONN, OUTPUTS, BlobStore
 
         data = BlobStore(DATA_CONN).client.get_blob_client(OUTPUTS, blob).download_blob().readall()
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
@@ -94,9 +92,3 @@ class LazyApp:
         if self.app is None:
             self.app = self.build()
         await self.app(scope, receive, send)
-
-
-class PreviewPlugin(AirflowPlugin):
-    name = "style_preview"
-    operator_extra_links: ClassVar[list] = [PreviewLink()]
-    fastapi_apps: ClassVar[list] = [{"app": LazyApp(build_app), "url_prefix": URL_PREFIX, "name": "Style previews"}]
