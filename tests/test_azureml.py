@@ -80,7 +80,7 @@ def test_environment_is_built_from_the_dockerfile(tmp_path):
 
 def test_job_runs_the_local_score_command_under_mpi(tmp_path):
     code = entities.stage_code(tmp_path / "code")
-    assert (code / "scoring" / "score.py").is_file() and not list(code.rglob("__pycache__"))
+    assert (code / "scoring" / "networks" / "score.py").is_file() and not list(code.rglob("__pycache__"))
     job = entities.build_score_job(
         segments_uri="azureml://datastores/vst_in/paths/run1/segments",
         styled_uri="azureml://datastores/vst_out/paths/run1/styled",
