@@ -29,7 +29,6 @@ quantized numbers.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
@@ -319,7 +318,8 @@ class Int8TransformerNet(Int8Net):
 def quantize(model: nn.Module, height: int, width: int) -> Int8Net:
     """``model``'s int8 form, calibrated on the sample photos at ``height`` x ``width``, with
     its distance from the fp32 network on them (``psnr_db``)."""
-    from scoring.networks.models import BuiltinStyle, ConvLayer, StyledConv, TransformerNet, UnitRange, UpsampleConvLayer
+    from scoring.networks.models import (BuiltinStyle, ConvLayer, StyledConv, TransformerNet, UnitRange,
+                                         UpsampleConvLayer)
 
     photos = calibration_photos(height, width)
     model = model.float().eval()
@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     from scoring.networks.models import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clip", type=Path, default=REPO.parent / "shared" / "media" / "car-detection.mp4", help="held-out frames (default: the shared bench clip)")
+    parser.add_argument("--clip", type=Path, default=REPO.parent / "shared" / "media" / "car-detection.mp4",
+                        help="held-out frames (default: the shared bench clip)")
     parser.add_argument("--size", default="768x432", help="WIDTHxHEIGHT (default: %(default)s)")
     parser.add_argument("--styles", default="0,7,19", help="built-in styles to try (default: %(default)s)")
     parser.add_argument("--every", type=int, default=47, help="every Nth frame of the clip (default: %(default)s)")
