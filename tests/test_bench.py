@@ -49,6 +49,12 @@ def test_bench_prints_every_row(tmp_path, clip_factory):
     assert 0 < network["ours_s_per_frame"] and 0 < network["openvino_s_per_frame"]
     assert math.isclose(network["ratio"], network["openvino_s_per_frame"] / network["ours_s_per_frame"], rel_tol=1e-6)
     assert network["psnr_ours_db"] >= 35 and network["psnr_openvino_db"] >= 30  # both run the same network
+    assert 0 < network["int8_s_per_frame"] and network["psnr_int8_db"] > 20  # the int8 form tried (bench/int8.py)
+    assert math.isclose(network["int8_ratio"], network["openvino_s_per_frame"] / network["int8_s_per_frame"],
+                        rel_tol=1e-6)
+    for row in ("| 5 network alone, int8", "| 5 whole clip vs network alone"):
+        assert row in table, f"{row!r} missing from:\n{table}"
+    assert table.splitlines()[0].startswith("CPU: ")  # every figure names its CPU
 
     assert [s["ranks"] for s in r["scaling"]] == [1, 2]
     for s in r["scaling"]:
