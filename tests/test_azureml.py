@@ -724,7 +724,8 @@ def test_a_sovereign_cloud_is_reached_at_its_own_hosts(service, monkeypatch):
     _conn(monkeypatch, "aml_china", **PRINCIPAL | {"extra": {**PRINCIPAL["extra"], "cloud_environment":
                                                              "AzureChinaCloud"}})
     signed = _signed_in(service, "aml_china")
-    assert (signed["authority"], signed["audience"]) == ("login.chinacloudapi.cn", "https://management.chinacloudapi.cn")
+    assert (signed["authority"], signed["audience"]) == \
+        ("login.chinacloudapi.cn", "https://management.chinacloudapi.cn")
     assert any(host == "management.chinacloudapi.cn" for _, host, _, _ in service.workspace.requests)
 
 

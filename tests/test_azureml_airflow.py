@@ -151,7 +151,8 @@ def test_a_run_through_a_restart_in_place_and_a_preemption_publishes_its_video(a
     assert "sig=" not in task_log and DEV_KEY not in task_log  # no SAS, no key
     assert all(s["grant"] == "client_secret" and s["tenant"] == "tenant-vst" for s in emulator.workspace.sign_ins)
     logs = stack.blob_client(SYSTEM_ACCOUNT).get_container_client("logs")
-    assert {first, second} <= {name.split("/")[-3] for name in (b.name for b in logs.list_blobs()) if "/user_logs/" in name}
+    copied = [blob.name for blob in logs.list_blobs() if "/user_logs/" in blob.name]
+    assert {first, second} <= {name.split("/")[-3] for name in copied}
     assert _run_stores(emulator) == []
 
 

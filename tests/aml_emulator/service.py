@@ -45,7 +45,7 @@ def error(status: int, code: str, message: str, headers: dict | None = None) -> 
 
 @dataclass
 class Fault:
-    """What the next ``count`` requests matching ``path`` (a regex on ``METHOD path``) get instead."""
+    """What the next ``count`` requests whose ``METHOD path`` matches ``match`` (a regex) get instead."""
 
     match: str
     status: int
@@ -185,7 +185,8 @@ class Workspace:
     def imds(self, request: Request) -> Response:
         """The instance metadata endpoint of a VM with a managed identity."""
         if request.headers.get("metadata", "").lower() != "true":
-            return Response(400, {"error": "invalid_request", "error_description": "Required metadata header not specified"})
+            return Response(400, {"error": "invalid_request",
+                                  "error_description": "Required metadata header not specified"})
         identity = {"tenant": None, "client_id": request.query.get("client_id"), "grant": "managed_identity",
                     "authority": IMDS}
         token = self._issue(request.query.get("resource", "") + "/.default", identity)
@@ -237,7 +238,9 @@ class Workspace:
         done, retry_after = self.operations[operation_id]
         if done():
             return Response(200, {"status": "Succeeded"})
-        headers = {"Location": f"https://{ARM}{request.raw_path}"} | ({"Retry-After": retry_after} if retry_after else {})
+        headers = {"Location": f"https://{ARM}{request.raw_path}"}
+        if retry_after:
+            headers["Retry-After"] = retry_after
         return Response(202, {"status": "InProgress"}, headers)
 
     def operation_url(self, kind: str, operation_id: str, done, retry_after: str | None = None) -> str:
