@@ -58,6 +58,7 @@ class AzureMLHook(BaseHook):
     def __init__(self, azureml_conn_id: str = default_conn_name):
         super().__init__()
         self.azureml_conn_id = azureml_conn_id
+        self._client: MLClient | None = None
         self._lock = threading.Lock()  # the trigger calls from threads: one client, made once
 
     @classmethod
@@ -135,13 +136,14 @@ class AzureMLHook(BaseHook):
 
     @property
     def client(self) -> MLClient:
+        """The workspace's MLClient, made on first use (in the triggerer: in a thread)."""
         with self._lock:
-            if "_client" not in self.__dict__:
+            if self._client is None:
                 ws = self.workspace()
-                self.__dict__["_client"] = MLClient(
-                    self.credential, subscription_id=ws["subscription_id"], resource_group_name=ws["resource_group"],
-                    workspace_name=ws["workspace_name"], cloud=self._cloud()[0], show_progress=False)
-            return self.__dict__["_client"]
+                self._client = MLClient(self.credential, subscription_id=ws["subscription_id"],
+                                        resource_group_name=ws["resource_group"], workspace_name=ws["workspace_name"],
+                                        cloud=self._cloud()[0], show_progress=False)
+            return self._client
 
     def get_conn(self) -> MLClient:
         return self.client
