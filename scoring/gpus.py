@@ -34,6 +34,7 @@ VM_SIZES = {
     "Standard_NC12s_v3": VmSize(2, "V100", (7, 0)),
     "Standard_NC24s_v3": VmSize(4, "V100", (7, 0)),
 }
+_BY_LOWER = {name.lower(): name for name in VM_SIZES}
 DEFAULT_VM_SIZE = "Standard_NC4as_T4_v3"
 SUGGESTED = ("Standard_NC4as_T4_v3", "Standard_NC24ads_A100_v4")
 VM_SIZE_ENV = "VST_VM_SIZE"  # the job's environment names the node's VM size
@@ -41,12 +42,19 @@ VM_SIZE_ENV = "VST_VM_SIZE"  # the job's environment names the node's VM size
 LOCAL_RANK_ENV = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "PMIX_LOCAL_RANK")
 
 
+def canonical_vm_size(vm_size: str) -> str:
+    """``vm_size`` as Azure documents it (``Standard_NC4as_T4_v3``), whatever its letter case:
+    the service reports sizes upper-cased (``STANDARD_NC4AS_T4_V3``). One-line error for a size
+    not in the table."""
+    found = _BY_LOWER.get(str(vm_size).lower())
+    if found is None:
+        raise ValueError(f"unknown GPU VM size {vm_size!r}: use one of {', '.join(sorted(VM_SIZES))}")
+    return found
+
+
 def gpus_per_node(vm_size: str) -> int:
-    """The GPUs of one node of ``vm_size``; one-line error for a size not in the table."""
-    try:
-        return VM_SIZES[vm_size].gpus
-    except KeyError:
-        raise ValueError(f"unknown GPU VM size {vm_size!r}: use one of {', '.join(sorted(VM_SIZES))}") from None
+    """The GPUs of one node of ``vm_size`` (any letter case); one-line error for a size not in the table."""
+    return VM_SIZES[canonical_vm_size(vm_size)].gpus
 
 
 def unsupported_reason(vm_size: str | None, capability: tuple[int, int], arch_list: list[str]) -> str | None:

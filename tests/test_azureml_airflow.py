@@ -1,51 +1,55 @@
-"""The Azure ML backend driven by a running ``airflow standalone``: kills, retries and studio
-cancels reach the operator and trigger only the way Airflow delivers them (REST API, the
-scheduler, the triggerer). Only the service is the fake, served to every Airflow process
-from this test (``fake_mlclient.ServiceBridge``); its jobs wait in the queue throughout."""
+"""The Azure ML backend driven by a running ``airflow standalone``: a run through a restart in
+place and a preemption, kills, retries and studio cancels reach the operator and trigger only
+the way Airflow delivers them (REST API, the scheduler, the triggerer). Azure ML is the emulator
+(tests/aml_emulator), in this test's process; every Airflow process reaches it with the real
+MLClient, through the HTTPS proxy and CA its environment names, nothing else changed."""
 
 from __future__ import annotations
 
 import json
-import secrets
+import re
 import sys
 import time
 from urllib.parse import quote
 
 import pytest
 
-from devstack import REPO, Stack, free_port, wait_for_port
+from devstack import DATA_ACCOUNT, DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, free_port, wait_for_port
+from scoring.media import ffmpeg
 
-from .fake_mlclient import FakeAzureML, ServiceBridge
-from .test_reliability import Api, upload, wait_for
+from .aml_emulator import WORKSPACE, AzureMLEmulator
+from .helpers import Api
+from .test_reliability import upload, wait_for
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")
 
 
 @pytest.fixture(scope="module")
-def airflow_with_fake(tmp_path_factory):
-    """A standalone whose Azure ML is the fake, jobs held Queued until cancelled."""
+def airflow_with_emulator(tmp_path_factory):
+    """A standalone whose Azure ML workspace is the emulator, on the stack's own Azurite."""
     root = tmp_path_factory.mktemp("aml-stack")
-    service = FakeAzureML(root / "storage", root / "service", step=0.05, queue_seconds=3600)
-    authkey = secrets.token_hex(16)
-    bridge = ServiceBridge(service, authkey.encode())
     stack = Stack(root, blob_port=free_port(), api_port=free_port())
-    stack.extra_env = {
-        "VST_FAKE_AZUREML": json.dumps({"address": list(bridge.address), "authkey": authkey}),
-        "PYTHONPATH": f"{REPO / 'tests' / 'azureml_site'}:{REPO / 'plugins'}:{REPO}",
-        "VST_AZUREML_POLL_SECONDS": "1",
-        # log servers on ports of their own: other stacks may run on this machine
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW_CONN_AZUREML_DEFAULT": json.dumps({
-            "conn_type": "azureml", "login": "app-id", "password": "app-secret",
-            "extra": {"subscription_id": "sub", "resource_group": "rg", "workspace_name": "ws", "tenant_id": "t",
-                      "cluster": {"vm_size": "Standard_NC4as_T4_v3", "max_nodes": 2}}}),
-    }
-    api = Api(stack)
+    api, emulator = Api(stack), None
     try:
         stack.start_azurite()
         stack.create_containers()
+        accounts = {a: (f"http://127.0.0.1:{stack.blob_port}/{a}", DEV_KEY) for a in (DATA_ACCOUNT, SYSTEM_ACCOUNT)}
+        emulator = AzureMLEmulator(root, accounts, SYSTEM_ACCOUNT, step=0.05, preempt_after=2)
+        emulator.workspace.client_secrets["app-id"] = "app-secret"
+        stack.extra_env = emulator.environment() | {
+            "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}",
+            "VST_AZUREML_POLL_SECONDS": "1",
+            # log servers on ports of their own: other stacks may run on this machine
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW_CONN_AZUREML_DEFAULT": json.dumps({  # the Azure provider's field names
+                "conn_type": "azureml", "login": "app-id", "password": "app-secret",
+                "extra": {"subscriptionId": WORKSPACE["subscription_id"],
+                          "resource_group_name": WORKSPACE["resource_group"],
+                          "workspace_name": WORKSPACE["workspace_name"], "tenantId": "tenant-vst",
+                          "cluster": {"vm_size": "Standard_NC4as_T4_v3", "max_nodes": 2}}}),
+        }
         stack.prepare_airflow(scoring_slots=2)
         try:
             stack.start_airflow()
@@ -56,11 +60,11 @@ def airflow_with_fake(tmp_path_factory):
             wait_for(lambda d=watcher: _answers(lambda: api.call("PATCH", f"/api/v2/dags/{d}",
                                                                  {"is_paused": True})[0] == 200), 180,
                      what=f"{watcher} paused")
-        yield stack, api, service
+        yield stack, api, emulator
     finally:
         stack.stop()
-        bridge.close()
-        service.shutdown()
+        if emulator is not None:
+            emulator.close()
 
 
 def _answers(question):
@@ -71,9 +75,23 @@ def _answers(question):
         return False
 
 
-def _job_of(service: FakeAzureML, run_id: str):
-    jobs = [run for run in service.runs.values() if run_id in run.job.tags.get("airflow_run", "")]
+def _jobs_of(emulator: AzureMLEmulator, run_id: str) -> list[str]:
+    return [name for name, job in emulator.workspace.jobs.items()
+            if run_id in (job["properties"].get("tags") or {}).get("airflow_run", "")]
+
+
+def _job_of(emulator: AzureMLEmulator, run_id: str) -> str | None:
+    jobs = _jobs_of(emulator, run_id)
     return jobs[0] if len(jobs) == 1 else None
+
+
+def _reads(emulator: AzureMLEmulator, job: str) -> int:
+    return sum(1 for _, _, method, path in emulator.workspace.requests
+               if method == "GET" and re.search(rf"/jobs/{job}\?", path))
+
+
+def _run_stores(emulator: AzureMLEmulator) -> list[str]:
+    return [name for name in emulator.workspace.datastores if name.startswith("vst_")]
 
 
 def _settle() -> None:
@@ -87,9 +105,61 @@ def _score_task(api: Api, run_id: str) -> dict:
     return _answers(lambda: api.tasks(run_id).get("score_azureml")) or {}
 
 
-@pytest.mark.timeout(1200)  # the standalone's start included; about 3 minutes on a quiet machine
-def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_fake, clip_factory):
-    stack, api, service = airflow_with_fake
+def _task_log(api: Api, run_id: str, try_number: int = 1) -> str:
+    """The score task's log as the UI shows it (the worker's part and the triggerer's)."""
+    status, answer = api.call("GET", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}/"
+                                     f"taskInstances/score_azureml/logs/{try_number}?full_content=true")
+    assert status == 200, answer
+    return json.dumps(answer)
+
+
+@pytest.mark.timeout(1200)  # the standalone's start included
+def test_a_run_through_a_restart_in_place_and_a_preemption_publishes_its_video(airflow_with_emulator,
+                                                                               clip_factory, tmp_path):
+    """backend=azureml end to end: the real operator, trigger, SAS tokens and MLClient; the
+    service restarts the first job in place once its nodes are taken, then fails it with
+    PreemptionError; the resubmitted job styles what is missing and the video is published."""
+    stack, api, emulator = airflow_with_emulator
+    emulator.runner.quota_nodes, emulator.runner.queue_seconds = None, 2  # queued long enough to be seen
+    emulator.runner.script("preempt-requeue+preempt-fail", "complete")
+    clip = clip_factory(seconds=2, fps="25", size=(96, 64))
+    upload(stack, "accepted", "aml/clip.mp4", clip.read_bytes())  # as the watcher leaves it
+    status, answer = api.trigger({"input_blob": "aml/clip.mp4", "backend": "azureml", "azureml_nodes": 1,
+                                  "segment_frames": 8, "output_name": "aml/clip-styled.mp4"})
+    assert status in (200, 201), answer
+    run_id = answer["dag_run_id"]
+    wait_for(lambda: _answers(lambda: api.runs()[run_id]["state"]) in ("success", "failed"), 900, every=3,
+             what="the run to end")
+    assert api.runs()[run_id]["state"] == "success", api.tasks(run_id)
+
+    first, second = sorted(_jobs_of(emulator, run_id))
+    assert emulator.runs[first].history.count("Queued") == 2 and emulator.runs[first].history[-1] == "Failed"
+    assert emulator.runs[second].history[-1] == "Completed" and len(_jobs_of(emulator, run_id)) == 2
+    out = stack.blob_client().get_container_client("videos-out")
+    (tmp_path / "out.mp4").write_bytes(out.download_blob("aml/clip-styled.mp4").readall())
+    assert ffmpeg.probe(tmp_path / "out.mp4").frames == ffmpeg.probe(clip).frames == 50
+    manifest = json.loads(out.download_blob("aml/clip-styled.mp4.manifest.json").readall())
+    scoring, cost = manifest["scoring"], manifest["cost"]
+    assert scoring["resubmits"] == 1 and scoring["job_names"] == [first, second]
+    assert [job["job"] for job in cost["jobs"]] == scoring["job_names"] and cost["jobs"][0]["restarts"] == 1
+    assert set(cost["node_seconds"]) == {"low_priority/Standard_NC4as_T4_v3"}
+    rerun = emulator.runs[second].attempts[0].summary()
+    assert rerun["skipped"] >= 2 and rerun["skipped"] + rerun["scored"] == rerun["segments"]  # only what was missing
+
+    task_log = _task_log(api, run_id)
+    assert "std_log.txt: [rank 0/1]" in task_log  # the job's own log, followed while it ran
+    assert "sig=" not in task_log and DEV_KEY not in task_log  # no SAS, no key
+    assert all(s["grant"] == "client_secret" and s["tenant"] == "tenant-vst" for s in emulator.workspace.sign_ins)
+    logs = stack.blob_client(SYSTEM_ACCOUNT).get_container_client("logs")
+    copied = [blob.name for blob in logs.list_blobs() if "/user_logs/" in blob.name]
+    assert {first, second} <= {name.split("/")[-3] for name in copied}
+    assert _run_stores(emulator) == []
+
+
+@pytest.mark.timeout(1200)
+def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_emulator, clip_factory):
+    stack, api, emulator = airflow_with_emulator
+    emulator.runner.quota_nodes = 0  # no quota: the jobs wait in the queue throughout
     clip = clip_factory(seconds=1, fps="25", size=(96, 64))
     runs = {}
     for key in ("marked_failed", "retried"):
@@ -99,66 +169,75 @@ def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_fake, clip_fa
         assert status in (200, 201), answer
         runs[key] = answer["dag_run_id"]
     for run_id in runs.values():
-        wait_for(lambda r=run_id: _score_task(api, r).get("state") == "deferred" and _job_of(service, r), 420,
+        wait_for(lambda r=run_id: _score_task(api, r).get("state") == "deferred" and _job_of(emulator, r), 420,
                  what=f"score_azureml of {run_id} deferred on a queued job")
 
-    # 1. the run is marked failed while its job is queued: the triggerer's on_kill cancels the job
-    killed = _job_of(service, runs["marked_failed"])
-    assert killed.status == "Queued"
+    # 1. the run is marked failed while its job is queued: the triggerer's on_kill asks for the
+    #    cancel and removes the run's datastores within Airflow's 30 s budget
+    killed = _job_of(emulator, runs["marked_failed"])
+    assert emulator.runner.status(killed) == "Queued"
     # its trigger polling it in the triggerer: a run marked failed before the triggerer picks the
     # trigger up leaves no trigger to cancel the job (seen once on a loaded machine)
-    polled = service.reads.get(killed.name, 0)
-    wait_for(lambda: service.reads.get(killed.name, 0) > polled, 120, every=0.5, what="the trigger polling the job")
+    polled = _reads(emulator, killed)
+    wait_for(lambda: _reads(emulator, killed) > polled, 120, every=0.5, what="the trigger polling the job")
+    stores = {name for name in _run_stores(emulator)}
     status, answer = api.call("PATCH", f"/api/v2/dags/video_style_transfer/dagRuns/"
                               f"{quote(runs['marked_failed'], safe='')}", {"state": "failed"})
     assert status == 200, answer
-    wait_for(lambda: killed.status == "Canceled", 60, every=0.5, what="the queued job cancelled")
-    assert service.cancel_requests == [killed.name]
+    wait_for(lambda: emulator.workspace.cancel_requests, 60, every=0.2, what="the cancel asked for")
+    asked = time.monotonic()
+    wait_for(lambda: len(stores - set(_run_stores(emulator))) == 2, 30, every=0.2, what="its datastores removed")
+    assert time.monotonic() - asked < 25  # not after the SDK's first 30 s poll of the cancel
+    wait_for(lambda: emulator.runner.status(killed) == "Canceled", 60, every=0.5, what="the queued job cancelled")
+    assert emulator.workspace.cancel_requests == [killed]
 
-    # 2. the task fails while its job is queued (the service unreachable for the trigger's
+    # 2. the task fails while its job is queued (the service refuses the trigger's token for its
     #    whole error budget): Airflow retries it, and the retry re-attaches to the same job
-    job = _job_of(service, runs["retried"])
+    job = _job_of(emulator, runs["retried"])
     _settle()
-    service.outage = 6
+    emulator.workspace.fail(rf"GET .*/jobs/{job}$", 401, "ExpiredAuthenticationToken", "the access token expired",
+                            count=6)
     wait_for(lambda: _score_task(api, runs["retried"]).get("try_number") == 2
              and _score_task(api, runs["retried"]).get("state") == "deferred", 240, what="the retry deferred")
-    assert _job_of(service, runs["retried"]) is job and job.status == "Queued"  # no second job
+    assert _job_of(emulator, runs["retried"]) == job and emulator.runner.status(job) == "Queued"  # no second job
 
     # 3. a person cancels the job in the studio: the task fails, and is not retried
     _settle()
-    service.studio_cancel(job.name)
+    emulator.runner.studio_cancel(job)
     wait_for(lambda: _score_task(api, runs["retried"]).get("state") == "failed", 180, what="the task failed")
     task = _score_task(api, runs["retried"])
     assert task["try_number"] == 2 and task["max_tries"] > 2  # retries were left, none was used
-    assert len([r for r in service.runs.values() if runs["retried"] in r.job.tags["airflow_run"]]) == 1
-    assert service.cancel_requests == [killed.name]  # the studio's cancel went around Airflow
-    assert not [name for name in service.datastores if name.startswith("vst_")]  # both runs cleaned up
-    print(f"azureml via airflow: jobs {sorted(service.runs)}", file=sys.stderr)
+    assert len(_jobs_of(emulator, runs["retried"])) == 1
+    assert emulator.workspace.cancel_requests == [killed]  # the studio's cancel went around Airflow
+    assert _run_stores(emulator) == []  # both runs cleaned up
+    print(f"azureml via airflow: jobs {sorted(emulator.runs)}", file=sys.stderr)
 
 
 @pytest.mark.timeout(900)
-def test_housekeeping_cancels_only_the_jobs_no_task_waits_for(airflow_with_fake, clip_factory):
+def test_housekeeping_cancels_only_the_jobs_no_task_waits_for(airflow_with_emulator, clip_factory):
     """The window the trigger's on_kill leaves: a job whose task stopped waiting before any
     triggerer picked its trigger up stays queued. Housekeeping asks Airflow for each unfinished
     job's task (the Task SDK's task states): a job whose task is gone or done is cancelled, the
     job of a task deferred on it stays."""
-    stack, api, service = airflow_with_fake
+    stack, api, emulator = airflow_with_emulator
+    emulator.runner.quota_nodes = 0
     clip = clip_factory(seconds=1, fps="25", size=(96, 64))
     upload(stack, "accepted", "aml/waited-for.mp4", clip.read_bytes())
     status, answer = api.trigger({"input_blob": "aml/waited-for.mp4", "backend": "azureml", "azureml_nodes": 1,
                                   "segment_frames": 8})
     assert status in (200, 201), answer
     run_id = answer["dag_run_id"]
-    wait_for(lambda: _score_task(api, run_id).get("state") == "deferred" and _job_of(service, run_id), 420,
+    wait_for(lambda: _score_task(api, run_id).get("state") == "deferred" and _job_of(emulator, run_id), 420,
              what="score_azureml deferred on a queued job")
-    waited_for = _job_of(service, run_id)
+    waited_for = _job_of(emulator, run_id)
     probe_state = _answers(lambda: api.tasks(run_id)["probe"]["state"])
     assert probe_state == "success"
-    done_task = service.left_queued("vst-left-by-a-done-task", {"airflow_run": f"video_style_transfer/{run_id}/probe"})
-    no_task = service.left_queued("vst-left-by-a-deleted-run",
-                                  {"airflow_run": "video_style_transfer/manual__deleted/score_azureml"})
-    other = service.left_queued("not-ours", {"airflow_run": "video_style_transfer/manual__deleted/score_azureml"},
-                                experiment_name="someone-else")
+    done_task = emulator.left_queued("vst-left-by-a-done-task",
+                                     {"airflow_run": f"video_style_transfer/{run_id}/probe"})
+    no_task = emulator.left_queued("vst-left-by-a-deleted-run",
+                                   {"airflow_run": "video_style_transfer/manual__deleted/score_azureml"})
+    other = emulator.left_queued("not-ours", {"airflow_run": "video_style_transfer/manual__deleted/score_azureml"},
+                                 experiment_name="someone-else")
 
     status, answer = api.trigger({}, run_id="manual__housekeeping-orphans", dag_id="housekeeping")
     assert status in (200, 201), answer
@@ -166,12 +245,13 @@ def test_housekeeping_cancels_only_the_jobs_no_task_waits_for(airflow_with_fake,
              in ("success", "failed"), 300, what="the housekeeping run")
     assert api.runs("housekeeping")["manual__housekeeping-orphans"]["state"] == "success"
     wait_for(lambda: done_task.status == no_task.status == "Canceled", 60, every=0.5, what="the two jobs cancelled")
-    assert waited_for.status == "Queued" and other.status == "Queued"
-    assert waited_for.name not in service.cancel_requests and other.name not in service.cancel_requests
+    assert emulator.runner.status(waited_for) == "Queued" and other.status == "Queued"
+    assert waited_for not in emulator.workspace.cancel_requests and other.name not in emulator.workspace.cancel_requests
     assert _score_task(api, run_id).get("state") == "deferred"
 
     status, answer = api.call("PATCH", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}",
                               {"state": "failed"})  # done with it: its trigger cancels the job
     assert status == 200, answer
-    wait_for(lambda: waited_for.status == "Canceled", 120, every=0.5, what="the waited-for job cancelled")
-    service.studio_cancel(other.name)
+    wait_for(lambda: emulator.runner.status(waited_for) == "Canceled", 120, every=0.5,
+             what="the waited-for job cancelled")
+    emulator.runner.studio_cancel(other.name)

@@ -30,6 +30,9 @@ def test_one_rank_per_gpu_from_the_launchers_local_rank():
     assert gpus.local_rank({}) is None
     assert [gpus.device_for(r, 4) for r in range(5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0"]
     assert gpus.gpus_per_node("Standard_NC96ads_A100_v4") == 4 and gpus.gpus_per_node("Standard_NC4as_T4_v3") == 1
+    # the service reports sizes upper-cased: any case is read, and kept as Azure documents it
+    assert gpus.gpus_per_node("STANDARD_NC48ADS_A100_V4") == 2
+    assert gpus.canonical_vm_size("STANDARD_NC4AS_T4_V3") == "Standard_NC4as_T4_v3"
     with pytest.raises(ValueError, match="unknown GPU VM size 'Standard_D4s_v5'"):
         gpus.gpus_per_node("Standard_D4s_v5")
 

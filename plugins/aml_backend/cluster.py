@@ -3,7 +3,14 @@ connection's extra says under ``"cluster"`` (or the ``vst_azureml_cluster`` Vari
 which wins when set), never a run's parameter.
 
     {"cluster": {"name": "vst-gpu", "vm_size": "Standard_NC4as_T4_v3", "tier": "low_priority",
-                 "min_nodes": 0, "max_nodes": 4, "idle_seconds": 120, "keep_warm": false}}
+                 "min_nodes": 0, "max_nodes": 4, "idle_seconds": 120, "keep_warm": false,
+                 "subnet": null, "node_public_ip": true, "ssh": false, "identity": ""}}
+
+Placement and identity (docs/azureml.md, "Network and identity"): ``subnet``, the ARM id of a
+subnet of the workspace's VNet, places the nodes there; ``node_public_ip: false`` gives them
+no public address (with a subnet, or a workspace with a managed network); SSH to the nodes
+stays off unless ``ssh`` is true; ``identity`` is ``"system"`` (a system-assigned managed
+identity), the ARM id of a user-assigned one, or empty (none).
 
 The operator creates the cluster from it when the workspace has none, and otherwise uses the
 cluster as it is: it never resizes or recreates it (an administrator changes the cluster, then
@@ -15,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-from scoring.gpus import DEFAULT_VM_SIZE, gpus_per_node
+from scoring.gpus import DEFAULT_VM_SIZE, canonical_vm_size, gpus_per_node
 
 TIERS = ("low_priority", "dedicated")
 VARIABLE = "vst_azureml_cluster"
@@ -34,6 +41,10 @@ class ClusterConfig:
     max_nodes: int = 4
     idle_seconds: int = DEFAULT_IDLE_SECONDS
     keep_warm: bool = False
+    subnet: str | None = None
+    node_public_ip: bool = True
+    ssh: bool = False
+    identity: str = ""
 
     def __post_init__(self):
         if self.tier not in TIERS:
@@ -41,7 +52,15 @@ class ClusterConfig:
         if not 0 <= self.min_nodes <= self.max_nodes or self.max_nodes < 1:
             raise ValueError(f"cluster needs 0 <= min_nodes <= max_nodes and max_nodes >= 1, "
                              f"got {self.min_nodes}..{self.max_nodes}")
-        gpus_per_node(self.vm_size)  # a size we know the GPUs of, or a one-line error
+        # a size we know the GPUs of (or a one-line error), kept as Azure documents it
+        object.__setattr__(self, "vm_size", canonical_vm_size(self.vm_size))
+        if self.subnet and not _is_subnet_id(self.subnet):
+            raise ValueError(f"cluster subnet must be a subnet's ARM id (/subscriptions/.../resourceGroups/.../"
+                             f"providers/Microsoft.Network/virtualNetworks/VNET/subnets/SUBNET), got {self.subnet!r}")
+        if self.identity not in ("", "system") and not _is_identity_id(self.identity):
+            raise ValueError("cluster identity must be 'system', a user-assigned identity's ARM id (/subscriptions/"
+                             ".../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME) or empty, "
+                             f"got {self.identity!r}")
 
     @classmethod
     def from_settings(cls, settings: dict | None) -> ClusterConfig:
@@ -50,8 +69,10 @@ class ClusterConfig:
         if unknown:
             known = ", ".join(f.name for f in fields(cls))
             raise ValueError(f"unknown cluster settings {', '.join(unknown)}: use {known}")
-        types = {"min_nodes": int, "max_nodes": int, "idle_seconds": int,
-                 "keep_warm": lambda v: str(v).lower() in ("1", "true", "yes")}
+        flag = lambda v: str(v).lower() in ("1", "true", "yes")  # noqa: E731
+        types = {"min_nodes": int, "max_nodes": int, "idle_seconds": int, "keep_warm": flag,
+                 "node_public_ip": flag, "ssh": flag, "subnet": lambda v: str(v) if v else None,
+                 "identity": lambda v: str(v or "")}
         return cls(**{k: types.get(k, str)(v) for k, v in settings.items()})
 
     @property
@@ -69,6 +90,18 @@ class ClusterConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _is_subnet_id(value: str) -> bool:
+    parts = value.strip("/").split("/")
+    return len(parts) == 10 and parts[0].lower() == "subscriptions" and parts[5].lower() == "microsoft.network" \
+        and parts[6].lower() == "virtualnetworks" and parts[8].lower() == "subnets"
+
+
+def _is_identity_id(value: str) -> bool:
+    parts = value.strip("/").split("/")
+    return len(parts) == 8 and parts[0].lower() == "subscriptions" \
+        and parts[5].lower() == "microsoft.managedidentity" and parts[6].lower() == "userassignedidentities"
 
 
 def configured(extra: dict, variable: str | None = None) -> ClusterConfig:

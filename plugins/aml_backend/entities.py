@@ -12,8 +12,16 @@ import shlex
 import shutil
 from pathlib import Path
 
-from azure.ai.ml import Input, MpiDistribution, Output
-from azure.ai.ml.entities import AmlCompute, BuildContext, CommandJob, Environment, JobResourceConfiguration
+from azure.ai.ml import Input, MpiDistribution, Output, command
+from azure.ai.ml.entities import (
+    AmlCompute,
+    BuildContext,
+    Command,
+    Environment,
+    IdentityConfiguration,
+    ManagedIdentityConfiguration,
+    NetworkSettings,
+)
 
 from scoring.gpus import VM_SIZE_ENV
 
@@ -28,10 +36,22 @@ ENVIRONMENT_NAME = "video-style-transfer-scoring"
 def build_compute(config: ClusterConfig) -> AmlCompute:
     """The configured autoscaling GPU cluster: ``min_nodes`` (0: nothing billed when idle) to
     ``max_nodes``, low-priority by default (much cheaper, can be preempted; the operator
-    resubmits); keep-warm lengthens the idle time so runs arriving close together share nodes."""
+    resubmits); keep-warm lengthens the idle time so runs arriving close together share nodes.
+    Placed in the configured subnet, with or without public node addresses, SSH off unless
+    asked for, with the configured managed identity (what pulls the image from the registry)."""
+    if config.identity == "system":
+        identity = IdentityConfiguration(type="system_assigned")
+    elif config.identity:
+        identity = IdentityConfiguration(type="user_assigned", user_assigned_identities=[
+            ManagedIdentityConfiguration(resource_id=config.identity)])
+    else:
+        identity = None
     return AmlCompute(name=config.name, size=config.vm_size, min_instances=config.min_nodes,
                       max_instances=config.max_nodes, tier=config.tier,
                       idle_time_before_scale_down=config.scale_idle_seconds,
+                      network_settings=NetworkSettings(subnet=config.subnet) if config.subnet else None,
+                      enable_node_public_ip=config.node_public_ip, ssh_public_access_enabled=config.ssh,
+                      identity=identity,
                       description="video style transfer scoring (created by the Airflow aml_backend plugin)")
 
 
@@ -69,7 +89,7 @@ def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str]
                     model_uri: str | None = None, style_image_uri: str | None = None,
                     output_mode: str = "rw_mount", name: str | None = None,
                     experiment_name: str = "video-style-transfer", display_name: str | None = None,
-                    tags: dict | None = None) -> CommandJob:
+                    tags: dict | None = None) -> Command:
     """The score step as a command job: ``nodes`` nodes, one MPI rank per GPU.
 
     ``segments_uri`` (read) and ``styled_uri`` (write) are ``azureml://datastores/...`` folder
@@ -85,7 +105,7 @@ def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str]
         inputs["model"] = Input(type="uri_file", path=model_uri, mode="download")
     if style_image_uri:
         inputs["style_image"] = Input(type="uri_file", path=style_image_uri, mode="download")
-    return CommandJob(
+    return command(  # a Command node: what jobs.create_or_update takes (it refuses a bare CommandJob)
         name=name,
         display_name=display_name,
         experiment_name=experiment_name,
@@ -98,6 +118,6 @@ def build_score_job(*, segments_uri: str, styled_uri: str, score_args: list[str]
         inputs=inputs,
         outputs={"styled": Output(type="uri_folder", path=styled_uri, mode=output_mode)},
         distribution=MpiDistribution(process_count_per_instance=gpus_per_node),
-        resources=JobResourceConfiguration(instance_count=nodes),
+        instance_count=nodes,
         tags=tags or {},
     )

@@ -1,12 +1,18 @@
 """AzureMLHook: an Airflow connection -> ``azure.ai.ml.MLClient``, and the few calls we make.
 
-Connection (type ``azureml``; any type works when created from an environment variable):
+Connection (type ``azureml``; any type works when created from an environment variable), with
+the field names of the Azure provider's hooks:
 
-* ``extra.subscription_id``, ``extra.resource_group``, ``extra.workspace_name`` (required);
-* service principal: ``extra.tenant_id`` plus ``login`` = client id and ``password`` = client
-  secret (or ``extra.client_id`` / ``extra.client_secret``);
-* without them, ``DefaultAzureCredential`` (managed identity, workload identity, az login...);
-* ``extra.cluster``: the shared compute cluster (see ``cluster.py``).
+* extra ``subscriptionId``, ``resource_group_name``, ``workspace_name`` (required;
+  ``subscription_id`` and ``resource_group`` are read too);
+* a service principal: extra ``tenantId``, ``login`` = client id, ``password`` = client
+  secret (all three, or a one-line error naming what is missing);
+* without one, ``DefaultAzureCredential`` through the provider's helper: a managed identity
+  (extra ``managed_identity_client_id`` for a user-assigned one), workload identity (AKS: the
+  ``AZURE_FEDERATED_TOKEN_FILE`` environment, extra ``workload_identity_tenant_id``), ``az login``;
+* extra ``cloud_environment``: ``AzurePublicCloud`` (default), ``AzureUSGovernment`` or
+  ``AzureChinaCloud``;
+* extra ``cluster``: the shared compute cluster (see ``cluster.py``).
 
 Every method here blocks (the SDK is synchronous); the trigger runs them in a thread.
 """
@@ -15,10 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import threading
 from functools import cached_property
 from typing import Any
 
 from airflow.providers.common.compat.sdk import BaseHook
+from airflow.providers.microsoft.azure.utils import add_managed_identity_connection_widgets
 from azure.ai.ml import MLClient
 from azure.ai.ml.entities import AmlCompute, AzureBlobDatastore, Environment, SasTokenConfiguration
 from azure.core.exceptions import ResourceNotFoundError
@@ -28,7 +37,14 @@ from .cluster import VARIABLE, ClusterConfig, configured
 # What the service reports (FACTS.md); NotResponding may go back to an earlier state.
 TERMINAL_STATES = frozenset({"Completed", "Failed", "Canceled"})
 SUCCESS_STATE = "Completed"
-PREEMPTED_NODE_STATE = "preempted"  # AmlComputeNodeInfo.node_state of a low-priority node taken back
+PREEMPTED_NODE_STATE = "preempted"  # listNodes' nodeState of a low-priority node taken back
+# The provider's cloud names -> azure-ai-ml's, and Entra ID's host there.
+CLOUDS = {"AzurePublicCloud": ("AzureCloud", "login.microsoftonline.com"),
+          "AzureUSGovernment": ("AzureUSGovernment", "login.microsoftonline.us"),
+          "AzureChinaCloud": ("AzureChinaCloud", "login.chinacloudapi.cn")}
+USER_LOGS = "user_logs/"  # under the job's default output: what the job's processes print
+# azure-identity logs every token it hands out, cached or not: a line per status read in the task log
+logging.getLogger("azure.identity").setLevel(logging.WARNING)
 
 
 class AzureMLHook(BaseHook):
@@ -42,41 +58,92 @@ class AzureMLHook(BaseHook):
     def __init__(self, azureml_conn_id: str = default_conn_name):
         super().__init__()
         self.azureml_conn_id = azureml_conn_id
+        self._client: MLClient | None = None
+        self._lock = threading.Lock()  # the trigger calls from threads: one client, made once
+
+    @classmethod
+    @add_managed_identity_connection_widgets
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import StringField
+
+        return {name: StringField(lazy_gettext(label), widget=BS3TextFieldWidget()) for name, label in (
+            ("tenantId", "Tenant ID"), ("subscriptionId", "Subscription ID"),
+            ("resource_group_name", "Resource Group Name"), ("workspace_name", "Workspace Name"),
+            ("cloud_environment", "Azure Cloud Environment"))}
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         return {"hidden_fields": ["schema", "port", "host"],
                 "relabeling": {"login": "Client ID", "password": "Client Secret"}}
 
+    @cached_property
+    def _extra(self) -> dict:
+        return self.get_connection(self.azureml_conn_id).extra_dejson
+
+    def _field(self, *names: str) -> str | None:
+        for name in names:
+            for key in (name, f"extra__azureml__{name}"):
+                if self._extra.get(key) not in (None, ""):
+                    return self._extra[key]
+        return None
+
     def workspace(self) -> dict[str, str]:
         """subscription_id, resource_group and workspace_name from the connection."""
-        extra = self.get_connection(self.azureml_conn_id).extra_dejson
-        fields = {name: extra.get(name) or extra.get(f"extra__azureml__{name}")
-                  for name in ("subscription_id", "resource_group", "workspace_name")}
-        missing = [name for name, value in fields.items() if not value]
+        fields = {"subscription_id": self._field("subscriptionId", "subscription_id"),
+                  "resource_group": self._field("resource_group_name", "resource_group"),
+                  "workspace_name": self._field("workspace_name")}
+        missing = [{"subscription_id": "subscriptionId", "resource_group": "resource_group_name"}.get(name, name)
+                   for name, value in fields.items() if not value]
         if missing:
             raise ValueError(f"connection {self.azureml_conn_id!r} lacks {', '.join(missing)} in its extra")
         return fields
 
-    def credential(self):
-        conn = self.get_connection(self.azureml_conn_id)
-        extra = conn.extra_dejson
-        tenant_id = extra.get("tenant_id")
-        client_id = conn.login or extra.get("client_id")
-        client_secret = conn.password or extra.get("client_secret")
-        if tenant_id and client_id and client_secret:
-            from azure.identity import ClientSecretCredential
-
-            return ClientSecretCredential(tenant_id=tenant_id, client_id=client_id, client_secret=client_secret)
-        from azure.identity import DefaultAzureCredential
-
-        return DefaultAzureCredential(managed_identity_client_id=extra.get("managed_identity_client_id"))
+    def _cloud(self) -> tuple[str, str]:
+        name = self._field("cloud_environment") or "AzurePublicCloud"
+        if name not in CLOUDS:
+            raise ValueError(f"connection {self.azureml_conn_id!r}: unknown cloud_environment {name!r}, "
+                             f"use one of {', '.join(CLOUDS)}")
+        return CLOUDS[name]
 
     @cached_property
+    def credential(self):
+        """The connection's credential, made once: MLClient and the log reader share its tokens."""
+        conn = self.get_connection(self.azureml_conn_id)
+        principal = {"tenantId": self._field("tenantId", "tenant_id"),
+                     "login (client id)": conn.login or self._field("client_id"),
+                     "password (client secret)": conn.password or self._field("client_secret")}
+        if all(principal.values()):
+            from azure.identity import ClientSecretCredential
+
+            tenant, client_id, secret = principal.values()
+            return ClientSecretCredential(tenant, client_id, secret, authority=self._cloud()[1])
+        if principal["login (client id)"] or principal["password (client secret)"]:
+            missing = ", ".join(name for name, value in principal.items() if not value)
+            raise ValueError(f"connection {self.azureml_conn_id!r} holds half a service principal: it lacks "
+                             f"{missing}. Give tenantId, login and password, or none of them to use "
+                             "DefaultAzureCredential (managed identity, workload identity)")
+        managed, workload = self._field("managed_identity_client_id"), self._field("workload_identity_tenant_id")
+        if managed and not workload:  # the provider's helper passes a client id only with a tenant
+            from azure.identity import DefaultAzureCredential
+
+            return DefaultAzureCredential(managed_identity_client_id=managed)
+        from airflow.providers.microsoft.azure.utils import get_sync_default_azure_credential
+
+        return get_sync_default_azure_credential(managed_identity_client_id=managed,
+                                                 workload_identity_tenant_id=workload)
+
+    @property
     def client(self) -> MLClient:
-        ws = self.workspace()
-        return MLClient(self.credential(), subscription_id=ws["subscription_id"],
-                        resource_group_name=ws["resource_group"], workspace_name=ws["workspace_name"])
+        """The workspace's MLClient, made on first use (in the triggerer: in a thread)."""
+        with self._lock:
+            if self._client is None:
+                ws = self.workspace()
+                self._client = MLClient(self.credential, subscription_id=ws["subscription_id"],
+                                        resource_group_name=ws["resource_group"], workspace_name=ws["workspace_name"],
+                                        cloud=self._cloud()[0], show_progress=False)
+            return self._client
 
     def get_conn(self) -> MLClient:
         return self.client
@@ -91,7 +158,7 @@ class AzureMLHook(BaseHook):
         variable = None
         with contextlib.suppress(Exception):  # no such Variable (or no metadata DB): the connection decides
             variable = Variable.get(VARIABLE, default=None)
-        return configured(self.get_connection(self.azureml_conn_id).extra_dejson, variable)
+        return configured(self._extra, variable)
 
     def ensure_cluster(self, config: ClusterConfig) -> AmlCompute:
         """The workspace's cluster of that name; created from ``config`` when there is none. An
@@ -147,14 +214,15 @@ class AzureMLHook(BaseHook):
             return None
 
     def get_status(self, name: str) -> str:
-        return self.client.jobs.get(name).status
+        status = self.client.jobs.get(name).status  # a JobStatus (a str enum) from the SDK
+        return getattr(status, "value", status)
 
     def job_error(self, name: str) -> str:
         """The service's error for a job that ended, or '' if it gave none (a cancelled job).
 
-        ``jobs.stream`` (the SDK's public way) prints the job's log, which lands in the task's
-        log, and raises the service's error for a failed job. Called on the worker, never in the
-        triggerer, whose stdout is shared by every deferred task."""
+        ``jobs.stream`` (the SDK's public way) reads it from the run history and raises it for a
+        failed job; on a finished job it prints only the run id, the studio link and a summary
+        (the log itself reached the task log while the job ran: :class:`logs.LogTail`)."""
         try:
             self.client.jobs.stream(name)
         except ResourceNotFoundError:
@@ -163,18 +231,38 @@ class AzureMLHook(BaseHook):
             return _error_text(getattr(exc, "message", None) or str(exc))
         return ""
 
-    def preempted_nodes(self, cluster: str) -> int:
-        """How many of the cluster's nodes the service reports taken back (low priority)."""
+    def preempted_nodes(self, cluster: str, job_name: str) -> int:
+        """How many of the job's own nodes the service lists as taken back (low priority).
+
+        azure-ai-ml 1.35.2 keeps ``listNodes``' wire keys (``nodeState``, ``runId``) in the node's
+        ``__dict__`` and leaves ``node_state``/``run_id`` None: both spellings are read."""
+        def field(node, attribute: str, wire: str):
+            return getattr(node, attribute, None) or vars(node).get(wire)
+
         return sum(1 for node in self.client.compute.list_nodes(cluster)
-                   if str(getattr(node, "node_state", "")).lower() == PREEMPTED_NODE_STATE)
+                   if field(node, "run_id", "runId") == job_name
+                   and str(field(node, "node_state", "nodeState") or "").lower() == PREEMPTED_NODE_STATE)
 
     def cancel(self, name: str) -> None:
-        """Cancel the job unless it has ended already."""
+        """Ask the service to cancel the job unless it has ended already; does not wait for the
+        cancel (a long-running operation of its own, which the SDK polls every 30 s) to finish."""
         if self.get_status(name) not in TERMINAL_STATES:
-            self.client.jobs.begin_cancel(name).result()
+            self.client.jobs.begin_cancel(name)
 
-    def download_logs(self, name: str, path: str) -> None:
-        self.client.jobs.download(name, download_path=path, all=False)
+    def user_logs(self, name: str):
+        """``(container client, prefix)`` of the job's ``user_logs/`` in the workspace's artifact
+        store (the job's default output), read with the connection's own Entra ID credential: the
+        Airflow identity needs Storage Blob Data Reader on the workspace's storage account."""
+        from azure.storage.blob import ContainerClient
+
+        job = self.client.jobs.get(name)
+        default = getattr((job.outputs or {}).get("default"), "path", None) \
+            or f"azureml://datastores/workspaceartifactstore/ExperimentRun/dcid.{name}"
+        store_name, _, path = default.removeprefix("azureml://datastores/").partition("/")
+        store = self.client.datastores.get(store_name)
+        url = f"{store.protocol or 'https'}://{store.account_name}.blob.{store.endpoint or 'core.windows.net'}"
+        container = ContainerClient(url, store.container_name, credential=self.credential)
+        return container, f"{path.removeprefix('paths/').strip('/')}/{USER_LOGS}"
 
 
 def _error_text(raw: str) -> str:

@@ -5,13 +5,16 @@ job; ``execute_complete`` decides. What it adds:
 
 * **one job per run, never two**: job names derive from the task instance (``vst-<hash>-<n>``,
   ``n`` counting resubmissions), so a retried task finds the run's job and re-attaches to it
-  while it is queued or running (or finished), and submits ``n + 1`` only after it ended;
+  while it is queued or running (or finished), and submits ``n + 1`` only after it ended; the
+  run's deadline and resubmission count travel in the job's tags, so a re-attach keeps both;
 * **preemption**: a job the service restarts in place is simply waited for; one that ended
-  Failed with the service's ``PreemptionError``, or Failed/Canceled while the cluster reports
-  preempted nodes, is submitted again (up to ``max_resubmits``), with fresh tokens; finished
-  segments sit in storage with their done markers, so each new job styles only what is missing;
+  Failed with the service's ``PreemptionError``, or Failed/Canceled while the cluster lists
+  the job's own nodes as preempted, is submitted again (up to ``max_resubmits``), with fresh
+  tokens; finished segments sit in storage with their done markers, so each new job styles
+  only what is missing;
 * **cancel**: killing the deferred task cancels the job (the trigger's ``on_kill``); so does
-  the task's time limit; a job a person cancelled in the studio fails the task without retry;
+  the task's time limit, and a wait for nodes longer than ``max_queued``; a job a person
+  cancelled in the studio fails the task without retry;
 * **the cluster is configuration** (``cluster.py``): a run asks only for nodes, up to its max;
 * **cost**: the node-seconds of every job of the run, per tier and VM size, in the result
   (the manifest's ``cost``).
@@ -43,6 +46,7 @@ TERMINAL = ("Completed", "Failed", "Canceled")
 PREEMPTION_CODE = "PreemptionError"  # in the service's error for a job whose low-priority nodes were taken
 MOUNT_AUTH_FAILURE = "StreamAccess.Authentication"  # a mount's token refused: fresh tokens fix it
 DEFAULT_TIME_LIMIT = timedelta(hours=12)
+DEADLINE_TAG, RESUBMISSION_TAG = "vst_deadline", "resubmission"  # the run's clock, kept by its jobs
 BACKSTOP = timedelta(minutes=10)  # the deferral's own timeout, after the trigger's (which cancels)
 
 
@@ -79,8 +83,8 @@ class AzureMLScoreOperator(BaseOperator):
     :param extra_score_args: more ``python -m scoring score`` options (``--crf``, ``--preset``).
     :param nodes: nodes of the configured cluster for this run (at most its ``max_nodes``).
     :param output_mode: ``rw_mount`` (resumable) or ``upload`` (write-only token; see ``sas``).
-    :param max_queued: how long a job may wait for nodes; the SAS tokens live this long plus the
-        task's ``execution_timeout`` (default 12 h) plus 30 min, re-issued on each submission.
+    :param max_queued: how long a job may wait in the queue for nodes (a cluster without quota
+        waits for ever) before it is cancelled and the task fails.
     :param max_resubmits: new jobs after preemption before the task fails.
     """
 
@@ -132,7 +136,10 @@ class AzureMLScoreOperator(BaseOperator):
         if found is not None and (found.status not in TERMINAL or found.status == "Completed"):
             self.log.info("re-attaching to job %s (%s) of this run instead of submitting another", found.name,
                           found.status)
-            self._defer(context, found, {**carry, "next": n, "job_names": [found.name]})
+            tags = found.tags or {}  # the try that submitted it set the run's clock and count: kept
+            self._defer(context, found, {**carry, "next": n, "job_names": [found.name],
+                                         "deadline": float(tags.get(DEADLINE_TAG, carry["deadline"])),
+                                         "resubmits": int(tags.get(RESUBMISSION_TAG, 0))})
         self._submit_and_defer(context, {**carry, "next": n})
 
     def execute_complete(self, context, event: dict[str, Any]) -> dict:
@@ -156,8 +163,13 @@ class AzureMLScoreOperator(BaseOperator):
         if status == "timeout":
             self._remove_datastores(carry)
             raise AirflowException(f"Azure ML job {name} {event.get('message')}")
-        error = self.hook.job_error(name)  # on the worker: the job's log goes to the task log
-        preempted = PREEMPTION_CODE in error or self.hook.preempted_nodes(cluster["name"]) > 0
+        if status == "queued":
+            self._remove_datastores(carry)
+            raise AirflowFailException(f"Azure ML job {name} got no nodes of cluster {cluster['name']} "
+                                       f"({cluster['tier']} {cluster['vm_size']}): {event.get('message')}. Check the "
+                                       "subscription's quota for that VM family, or raise max_queued")
+        error = self.hook.job_error(name)
+        preempted = PREEMPTION_CODE in error or int(event.get("preempted_nodes") or 0) > 0
         if preempted or MOUNT_AUTH_FAILURE in error:
             if carry["resubmits"] < int(self.max_resubmits):
                 self.log.warning("job %s ended %s (%s); resubmitting (%d of %d) with fresh tokens: finished segments "
@@ -175,8 +187,8 @@ class AzureMLScoreOperator(BaseOperator):
         raise AirflowException(f"Azure ML job {name} ended {job_status}: {error or 'no error from the service'}")
 
     def on_kill(self) -> None:
-        """Killed while running on the worker (submitting): cancel the job it submitted. While the
-        task is deferred, Airflow calls the trigger's ``on_kill`` instead."""
+        """Killed while running on the worker (submitting): ask for the cancel of the job it
+        submitted. While the task is deferred, Airflow calls the trigger's ``on_kill`` instead."""
         if self.job_name:
             self.log.info("cancelling Azure ML job %s", self.job_name)
             self.hook.cancel(self.job_name)
@@ -195,7 +207,7 @@ class AzureMLScoreOperator(BaseOperator):
     def _cluster(self) -> dict:
         """The configured cluster, created if absent (never changed); a node count above its max
         fails the task at once, in one line."""
-        from scoring.gpus import gpus_per_node
+        from scoring.gpus import canonical_vm_size, gpus_per_node
 
         try:
             config = self.hook.cluster_config()
@@ -204,8 +216,8 @@ class AzureMLScoreOperator(BaseOperator):
             if not 1 <= nodes <= most:
                 raise ValueError(f"this run asks for {nodes} nodes but cluster {cluster.name} has at most {most}: "
                                  f"ask for 1 to {most}, or raise the cluster's max_nodes")
-            return {"name": cluster.name, "vm_size": cluster.size, "tier": cluster.tier,
-                    "gpus": gpus_per_node(cluster.size)}
+            size = canonical_vm_size(cluster.size)  # the service reports it upper-cased
+            return {"name": cluster.name, "vm_size": size, "tier": cluster.tier, "gpus": gpus_per_node(size)}
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
 
@@ -213,7 +225,7 @@ class AzureMLScoreOperator(BaseOperator):
         from . import entities
 
         name, cluster = job_name(context, carry["next"]), carry["cluster"]
-        segments, styled, model, style_image = self._data_paths(context)  # fresh tokens for every job
+        segments, styled, model, style_image = self._data_paths(context, carry["deadline"])  # fresh tokens
         environment = self.hook.ensure_environment(entities.build_environment())
         run_tag = _run_tag(context)
         with tempfile.TemporaryDirectory(prefix="azureml-code-") as code:
@@ -223,7 +235,8 @@ class AzureMLScoreOperator(BaseOperator):
                 compute=cluster["name"], nodes=int(self.nodes), gpus_per_node=cluster["gpus"],
                 vm_size=cluster["vm_size"], output_mode=self.output_mode, name=name,
                 experiment_name=self.experiment_name, display_name=f"{self.task_id} {run_tag}",
-                tags={RUN_TAG: run_tag, "resubmission": str(carry["resubmits"])})
+                tags={RUN_TAG: run_tag, RESUBMISSION_TAG: str(carry["resubmits"]),
+                      DEADLINE_TAG: str(carry["deadline"])})
             submitted = self.hook.submit(job)  # uploads the code snapshot
         self.job_name = submitted.name
         self.log.info("submitted Azure ML job %s (%s x %s GPUs, %s %s)", submitted.name, self.nodes, cluster["gpus"],
@@ -238,8 +251,11 @@ class AzureMLScoreOperator(BaseOperator):
         context["ti"].xcom_push(key=STUDIO_URL_KEY, value=url)
         self.log.info("waiting for Azure ML job %s: %s", job.name, url)
         backstop = max(carry["deadline"] - time.time(), 0) + BACKSTOP.total_seconds()
+        created = getattr(getattr(job, "creation_context", None), "created_at", None)
         self.defer(trigger=AzureMLJobTrigger(job.name, self.azureml_conn_id, self.poll_interval,
-                                             end_time=carry["deadline"], carry=carry),
+                                             end_time=carry["deadline"], carry=carry,
+                                             max_queued=self.max_queued.total_seconds(),
+                                             queued_since=created.timestamp() if created else time.time()),
                    method_name="execute_complete", timeout=timedelta(seconds=backstop))
 
     def _store_names(self, context) -> list[str]:
@@ -262,10 +278,10 @@ class AzureMLScoreOperator(BaseOperator):
                            (container, prefix, loc[1]))
         return stores
 
-    def _data_paths(self, context) -> tuple[str, str, str | None, str | None]:
+    def _data_paths(self, context, deadline: float) -> tuple[str, str, str | None, str | None]:
         """The job's inputs and output as ``azureml://`` paths, through the run's datastores,
-        registered again with fresh SAS tokens on each submission. A token lives as long as a
-        job may wait in the queue plus the task's time limit, plus a margin."""
+        registered again with fresh SAS tokens on each submission. A token lives until the run's
+        deadline (when the trigger cancels the job), plus a margin."""
         from . import sas
 
         stores = self._stores(context)
@@ -273,7 +289,7 @@ class AzureMLScoreOperator(BaseOperator):
             return tuple(loc and loc[0] for _, loc in stores.values())
         from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
 
-        expiry = sas.expiry_for(self.max_queued + self.time_limit)
+        expiry = sas.expiry_at(deadline)
         service = WasbHook(wasb_conn_id=self.storage_conn_id).get_conn()
         signer = sas.Signer.from_service_client(service, expiry)
         endpoint = _endpoint_suffix(service.url, signer.account_name)

@@ -47,7 +47,7 @@ def cancel_orphaned_jobs(hook, task_state: Callable[[str, str, str], str | None]
     the run was deleted). Returns what was cancelled: ``{"job", "task", "task_state",
     "datastores"}`` each."""
     cancelled, store_names = [], None
-    for job in hook.client.jobs.list():
+    for job in hook.client.jobs.list(tag=RUN_TAG):  # the service filters: only jobs tagged airflow_run
         tag = (getattr(job, "tags", None) or {}).get(RUN_TAG)
         if getattr(job, "experiment_name", None) != experiment or job.status in TERMINAL_STATES or not tag:
             continue

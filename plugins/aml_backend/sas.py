@@ -19,10 +19,11 @@ command from the local backend, which we refuse). So the honest best option is:
   logs that, and the README recommends a per-run container for exact scoping;
 * **separate tokens per direction**: the input datastore's token can only read and list;
   the output datastore's token cannot read anything outside what the mount itself needs;
-* **an expiry that covers the job, no more**: the longest a job may wait for nodes plus the
-  task's time limit, plus a margin (the operator: 6 h + 12 h + 30 min), so a low-priority job
-  that queues for hours still mounts its data; re-issued on every (re)submission, and the
-  run's datastores (which hold the tokens) are removed when the score step ends;
+* **an expiry that covers the job, no more**: the run's deadline (the task's time limit from
+  its first try: the trigger cancels the job then, and a job waiting longer than ``max_queued``
+  for nodes is cancelled before) plus a margin, so a low-priority job that queues for hours
+  still mounts its data; re-issued on every (re)submission, and the run's datastores (which
+  hold the tokens) are removed when the score step ends;
 * signed with a **user delegation key** when the storage connection authenticates with
   Entra ID (no account key anywhere), or with the account key when the connection holds one:
   the key signs the token locally and is never sent, logged or stored.
@@ -88,6 +89,11 @@ class Signer:
 def expiry_for(expected: timedelta = DEFAULT_EXPECTED, now: datetime | None = None) -> datetime:
     """When a token for a job that may take ``expected`` (queueing included) should stop working."""
     return (now or datetime.now(UTC)) + expected + MARGIN
+
+
+def expiry_at(deadline: float) -> datetime:
+    """When a token for a job cancelled at ``deadline`` (epoch seconds) should stop working."""
+    return datetime.fromtimestamp(deadline, UTC) + MARGIN
 
 
 def container_sas(signer: Signer, container: str, permission: ContainerSasPermissions, expiry: datetime,

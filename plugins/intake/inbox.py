@@ -68,6 +68,7 @@ class InboxSensor(WasbPrefixSensor):
 
     def take_in(self, context) -> dict:
         from airflow.sdk import Variable
+
         from intake.settings import DEFAULTS_VARIABLE, check_defaults
 
         defaults = check_defaults(Variable.get(DEFAULTS_VARIABLE, default=None, deserialize_json=True))
@@ -104,9 +105,10 @@ def take_in(runs: RunStarter, defaults: dict, batch: int = INBOX_BATCH) -> dict:
 def take_in_one(data, runs: RunStarter, upload: Upload, defaults: dict, has_run: bool) -> str:
     """One upload: claimed, its run started (or passed over), gone from the inbox. Says which."""
     from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-    from intake.settings import InvalidSettings, resolve
     from pipeline.tasks import quarantine
     from storage.blobs import INPUTS, InvalidBlobName, check_blob_name
+
+    from intake.settings import InvalidSettings, resolve
 
     try:
         check_blob_name(upload.name)
@@ -207,8 +209,9 @@ def sweep(runs: RunStarter, start, end, defaults: dict, overrides: dict | None, 
     from datetime import datetime
 
     from azure.core.exceptions import ResourceModifiedError
-    from intake.settings import SETTINGS, check, resolve
     from storage.blobs import ACCEPTED, DATA_CONN, INPUTS, BlobStore
+
+    from intake.settings import SETTINGS, check, resolve
 
     extra = {key: check(key, value, "the backfill's conf") for key, value in (overrides or {}).items()
              if key in SETTINGS}
