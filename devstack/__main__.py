@@ -1,5 +1,5 @@
-"""python -m devstack start|demo|demo-prod|stop: the local stacks for `make demo`, `make demo-prod`
-and `make stop`."""
+"""python -m devstack start|demo|demo-prod|stop|images: the local stacks for `make demo`, `make
+demo-prod` and `make stop`, and docker/'s images for `make images`."""
 
 from __future__ import annotations
 
@@ -130,13 +130,19 @@ def fetch_output(stack: Stack, blob_name: str) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["start", "demo", "start-prod", "demo-prod", "stop"])
+    parser.add_argument("command", choices=["start", "demo", "start-prod", "demo-prod", "stop", "images"])
     parser.add_argument("--root", type=Path, help="state folder (default: .demo, or .demo-prod for *-prod)")
     parser.add_argument("--clip", type=Path, default=REPO / "out" / "sample.mp4")
     parser.add_argument("--blob", default="demo/sample clip.mp4", help="name to upload as")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "plugins"))
+    if args.command == "images":
+        from .images import build_all
+
+        for name, seconds in build_all().items():
+            print(f"{name}: " + (f"built in {seconds:.0f} s" if seconds is not None else "up to date"), flush=True)
+        return 0
     if args.command == "stop":
         stopped = [*Stack(args.root or REPO / ".demo").stop(), *ProdStack(args.root or REPO / ".demo-prod").stop()]
         print("stopped:", ", ".join(stopped) or "nothing was running")

@@ -187,9 +187,9 @@ class ProdStack(Stack):
                                     # hand their files over through blob storage only
                                     "VST_SCRATCH": str(self.root / f"scratch-{queue}")})
 
-    def start_airflow(self) -> subprocess.Popen:
+    def start_airflow(self, workers: bool = True) -> subprocess.Popen:
         """The API server first (workers run their tasks through its execution API), then the
-        scheduler, dag-processor, the triggerers and a worker per queue."""
+        scheduler, dag-processor, the triggerers and (``workers``) a worker per queue."""
         api = self.start_part("api-server", "api-server", "--port", str(self.api_port))
         self.start_part("scheduler", "scheduler")
         self.start_part("dag-processor", "dag-processor")
@@ -197,9 +197,9 @@ class ProdStack(Stack):
             self.start_part(f"triggerer-{index + 1}", "triggerer",
                             env={"AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())})
         wait_for_port(self.api_port, timeout=300, process=api)
-        for queue in QUEUES:
+        for queue in QUEUES if workers else ():
             self.start_worker(queue)
-        for queue in QUEUES:
+        for queue in QUEUES if workers else ():
             self.wait_for_log(f"worker-{queue}", "ready.", timeout=300)
         return api
 
@@ -211,7 +211,9 @@ class ProdStack(Stack):
             time.sleep(0.5)
         raise TimeoutError(f"{name} did not say {text!r} in {timeout:.0f} s (see {path})")
 
-    def start(self) -> None:
+    def start(self, workers: bool = True) -> None:
+        """Everything; without ``workers`` no Celery worker (tests/test_images.py runs them
+        from the images)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.stop()  # a previous run's processes, if any
         self.start_postgres()
@@ -219,7 +221,7 @@ class ProdStack(Stack):
         self.start_azurite()
         self.create_containers()
         self.prepare_airflow()
-        self.start_airflow()
+        self.start_airflow(workers)
 
     # ----------------------------------------------------------------------- stopping
 

@@ -26,10 +26,11 @@ def clip_factory(tmp_path_factory):
     return make
 
 
-# The modules that start an Airflow stack, longest first: under `pytest -n 2 --dist loadfile`
-# (make test) each module runs whole on one worker, in this order, so the long ones start at
-# once on both workers instead of meeting at the end.
-STACK_MODULES = ("test_dags", "test_reliability", "test_prod", "test_uploads", "test_azureml_airflow")
+# The modules that start an Airflow stack (test_images builds docker/'s images first), longest
+# first: under `pytest -n 2 --dist loadfile` (make test) each module runs whole on one worker, in
+# this order, so the long ones start at once on both workers instead of meeting at the end.
+STACK_MODULES = ("test_images", "test_dags", "test_reliability", "test_prod", "test_uploads",
+                 "test_azureml_airflow")
 
 
 def pytest_collection_modifyitems(items):
