@@ -33,6 +33,14 @@ def test_metadata_then_variable_then_the_form_default():
     ({"backend": "gpu"}, 'metadata: backend="gpu" is refused'),
     ({"ranks": "1.5"}, 'metadata: ranks="1.5" is refused'),
     ({"style": "seven"}, 'metadata: style="seven" is refused'),
+    ({"style": "26"}, 'metadata: style="26" is refused'),  # the form's pattern: 0-25 only
+    ({"style": "3:0"}, "metadata: style=\"3:0\" is refused: style spec '3:0' has no positive weight"),
+    ({"style": "3:1.2.3"}, 'metadata: style="3:1.2.3" is refused'),
+    ({"style_strength": "nan"}, "metadata: style_strength=NaN is refused"),
+    ({"model_blob": "a/../b.pth"}, 'metadata: model_blob="a/../b.pth" is refused: blob name'),
+    ({"output_name": "/abs.mp4"}, 'metadata: output_name="/abs.mp4" is refused: blob name'),
+    ({"model_blob": "own.pth", "style_image": "wave.jpg"},
+     "settings: style_image and model_blob each replace the style: give only one"),
 ])
 def test_bad_metadata_is_one_line_naming_the_key(metadata, words):
     with pytest.raises(InvalidSettings) as refused:
@@ -53,3 +61,29 @@ def test_the_defaults_variable_is_checked_by_the_same_schema():
 def test_the_dag_uses_the_same_params():
     source = (REPO / "dags" / "video_style_transfer.py").read_text()
     assert "from intake.settings import PARAMS" in source and "params=PARAMS" in source
+
+
+def test_the_form_and_the_scoring_command_share_one_definition():
+    """The Params take their bounds from scoring.options, which the scoring command and the
+    network side use (torch-free); the form's style pattern accepts exactly the indices that
+    style_weights does."""
+    import re
+
+    from scoring import options
+    from scoring.media.errors import UserError
+    from scoring.networks import models, stylizer, temporal
+
+    params = intake.settings.PARAMS
+    assert params["style"].schema["pattern"] == options.STYLE_PATTERN
+    assert params["temporal"].schema["maximum"] == options.MAX_TEMPORAL
+    assert params["precision"].schema["enum"] == list(options.PRECISIONS)
+    assert models.NUM_STYLES == options.NUM_STYLES and models.parse_style("3:1,12:3")[12] == 0.75
+    assert stylizer.check_strength is options.check_style_strength and temporal.check_strength is options.check_temporal
+    for index in range(40):
+        pattern_says = re.fullmatch(options.STYLE_PATTERN, str(index)) is not None
+        try:
+            rule_says = bool(options.style_weights(str(index)))
+        except UserError:
+            rule_says = False
+        assert pattern_says == rule_says == (index < options.NUM_STYLES), index
+

@@ -85,12 +85,18 @@ def probe(params: dict, run_id: str) -> dict:
     """Fetch and validate the accepted upload: the snapshot ``input_version`` where the run has
     one (the watcher pins each upload's), else the current version, which every later read
     then insists on. A bad one is copied to quarantine with its reason."""
+    from intake.settings import InvalidSettings, check_run
+
     started = time.monotonic()
     name, snapshot = params["input_blob"], params.get("input_version")
     try:
         blobs.check_blob_name(name)
     except blobs.InvalidBlobName as exc:
         raise BadInput(f"input_blob: {exc}") from None
+    try:
+        check_run(params)  # what the form's schema cannot say (a style weighing 0, a model and a picture)
+    except InvalidSettings as exc:
+        raise BadInput(str(exc)) from None
     data = BlobStore(DATA_CONN)
     style_etag = check_style_image(data, params)  # a parameter's problem: the input is not quarantined
     model_etag = model_version(data, params)
@@ -336,8 +342,6 @@ def check_style_image(data: BlobStore, params: dict) -> str | None:
     """The ``style_image`` blob's etag (the version this run uses), after the checks that need no download."""
     if not params.get("style_image"):
         return None
-    if params.get("model_blob"):
-        raise BadInput("style_image and model_blob each replace the style: give only one")
     try:
         name = blobs.check_blob_name(params["style_image"])
     except blobs.InvalidBlobName as exc:
