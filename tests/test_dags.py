@@ -172,7 +172,7 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert client.get_blob_properties().etag.strip('"') == etag
     assert client.download_blob().readall() == clip.read_bytes()
     system_containers = [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()]
-    assert system_containers == ["logs"]  # the run's own work containers are gone
+    assert system_containers == ["intake-ledger", "logs"]  # the run's own work containers are gone
     data_containers = [c.name for c in stack.blob_client().list_containers()]
     assert data_containers == ["accepted", "quarantine", "styles", "videos-in", "videos-out"]  # no work files there, ever
 
@@ -231,7 +231,7 @@ def test_a_run_that_fails_after_probe_leaves_no_work_behind(stack, clip_factory)
     conf = {"input_blob": "fails/clip.mp4", "model_blob": "fails/missing.pth"}
     assert dags_test(stack, "video_style_transfer", conf) == "failed"
     assert "model_blob styles/fails/missing.pth does not exist" in stack.last_output
-    assert [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()] == ["logs"]
+    assert [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()] == ["intake-ledger", "logs"]
     assert not stack.scratch.exists() or list(stack.scratch.iterdir()) == []  # every run so far cleaned up
 
 
