@@ -152,12 +152,15 @@ class ProdStack(Stack):
         self.airflow_home.mkdir(parents=True, exist_ok=True)
         path = self.airflow_home / "passwords.json"
         passwords = json.loads(path.read_text()) if path.exists() else {}
+        fresh = "admin" not in passwords
         passwords.setdefault("admin", secrets.token_urlsafe(12))
         path.touch(mode=0o600)
         path.write_text(json.dumps(passwords))
         admin = {"AIRFLOW_ADMIN_USER": "admin", "AIRFLOW_ADMIN_PASSWORD": passwords["admin"],
                  "AIRFLOW_ADMIN_EMAIL": "admin@example.invalid"}
         result = self.deployment_init(scoring_slots, self.env() | admin, str(AIRFLOW_VENV / "bin" / "python"))
+        if fresh and "user admin kept" in result.stdout:  # a database kept, its passwords file not
+            self.airflow("users", "reset-password", "--username", "admin", f"--password={passwords['admin']}")
         self.create_users()
         return result
 
