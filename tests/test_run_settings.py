@@ -136,3 +136,23 @@ def test_run_starter_still_finds_the_task_sdk_internals_it_uses():
     assert "DAGRUN_ALREADY_EXISTS" in inspect.getsource(DagRunOperations.trigger), \
         "an existing run no longer answers DAGRUN_ALREADY_EXISTS"
     assert "get_dr_count" in dir(task_runner.RuntimeTaskInstance)
+
+
+def test_a_backfill_of_a_day_sweeps_exactly_its_hours(monkeypatch):
+    """What `airflow backfill create --from-date 2026-11-01T00:00 --to-date 2026-11-01T23:00`
+    creates (Airflow's own walk over the sweep's timetable): the 24 hours of that day and no
+    other, each run dated by the start of its hour."""
+    from datetime import UTC, datetime
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    monkeypatch.delenv("VST_SWEEP_MINUTES", raising=False)
+    dag = DagBag(str(REPO / "dags")).dags["blob_sweep"]
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    day = datetime(2026, 11, 1, tzinfo=UTC)
+    infos = list(serialized.iter_dagrun_infos_between(day, day.replace(hour=23)))
+    assert [(i.data_interval.start.hour, i.data_interval.end.hour) for i in infos] == [
+        (h, (h + 1) % 24) for h in range(24)]
+    assert infos[0].data_interval.start == day and infos[-1].data_interval.end == datetime(2026, 11, 2, tzinfo=UTC)
+    assert all(i.logical_date == i.data_interval.start for i in infos)

@@ -8,6 +8,7 @@ processing of such a run is shown by ``airflow dags test`` with the very conf th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -330,6 +331,32 @@ def test_the_processed_archive_is_not_listed(stack):
     report(f"poll cost: {empty * 1000:.1f} ms with nothing processed, {full * 1000:.1f} ms with "
            f"{before + 2000} processed uploads in accepted; another empty container then: {floor * 1000:.1f} ms")
     assert full <= 1.5 * floor + 0.002
+
+
+def test_the_watchers_trigger_waits_quietly(stack, monkeypatch):
+    """The provider's trigger logs a line at INFO on every empty poll (every second here, in the
+    triggerer's log and the task's); the watcher's, otherwise the same, says nothing."""
+    import asyncio
+
+    import structlog.testing
+    from airflow.providers.microsoft.azure.triggers.wasb import WasbPrefixSensorTrigger
+    from intake.inbox import InboxTrigger
+
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_DATA", stack.env()["AIRFLOW_CONN_WASB_DATA"])
+    stack.blob_client().get_container_client("quiet-here").create_container()
+
+    def lines_logged(trigger) -> int:
+        async def wait_a_while():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(anext(trigger.run()), 2.5)
+
+        with structlog.testing.capture_logs() as logged:
+            asyncio.run(wait_a_while())
+        return len([e for e in logged if e.get("log_level") not in ("debug", None)])
+
+    assert InboxTrigger("quiet-here", "", "wasb_data", poke_interval=0.5).serialize()[0] == "intake.inbox.InboxTrigger"
+    assert lines_logged(WasbPrefixSensorTrigger("quiet-here", "", "wasb_data", poke_interval=0.5)) >= 3
+    assert lines_logged(InboxTrigger("quiet-here", "", "wasb_data", poke_interval=0.5)) == 0
 
 
 def test_style_from_metadata_reaches_the_output_name_from_the_pinned_version(stack, clip_factory):
