@@ -184,12 +184,12 @@ def take_in_one(data, system, runs: RunStarter, upload: Upload, defaults: dict, 
     from pipeline.tasks import BadInput
     from storage.blobs import InvalidBlobName, MissingContainer
 
-    try:
-        settings, sources = checked(data, upload, defaults)
-    except (InvalidBlobName, InvalidSettings, BadInput) as exc:
-        return refuse(data, upload, str(exc))
     for attempt in range(1, TAKE_IN_TRIES + 1):
         try:
+            try:
+                settings, sources = checked(data, upload, defaults)
+            except (InvalidBlobName, InvalidSettings, BadInput) as exc:
+                return refuse(data, upload, str(exc))
             return start_one(data, system, runs, upload, settings, sources, has_run)
         except MissingContainer:
             raise
@@ -261,10 +261,14 @@ def refuse(data, upload: Upload, reason: str) -> str:
 
 
 def changed(data, upload: Upload) -> bool:
-    """The inbox no longer holds this version (uploaded again, or deleted)."""
+    """The inbox no longer holds this version (uploaded again, or deleted); False where that
+    cannot be told now (the caller counts a failed try)."""
     from storage.blobs import INPUTS
 
-    now = data.info(INPUTS, upload.name)
+    try:
+        now = data.info(INPUTS, upload.name)
+    except Exception:  # noqa: BLE001 - a storage error here is the try's failure, not the batch's
+        return False
     return now is None or now.etag != upload.etag
 
 
