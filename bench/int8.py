@@ -318,8 +318,14 @@ class Int8TransformerNet(Int8Net):
 def quantize(model: nn.Module, height: int, width: int) -> Int8Net:
     """``model``'s int8 form, calibrated on the sample photos at ``height`` x ``width``, with
     its distance from the fp32 network on them (``psnr_db``)."""
-    from scoring.networks.models import (BuiltinStyle, ConvLayer, StyledConv, TransformerNet, UnitRange,
-                                         UpsampleConvLayer)
+    from scoring.networks.models import (
+        BuiltinStyle,
+        ConvLayer,
+        StyledConv,
+        TransformerNet,
+        UnitRange,
+        UpsampleConvLayer,
+    )
 
     photos = calibration_photos(height, width)
     model = model.float().eval()

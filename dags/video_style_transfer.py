@@ -13,8 +13,10 @@ done, retries included, it removes the run's work containers and scratch folder,
 the run published, failed or was skipped.
 
 Tasks go to two Celery queues (LocalExecutor ignores them): ``scoring`` for the two that run
-the network (``score_local`` and ``preview``: torch, MPI), ``default`` for the rest, whose
-worker image (docker/airflow) has no torch.
+the network (``score_local`` and ``preview``: torch, MPI; each removes its own files on that
+worker when it ends, since clean_up runs on the other queue), ``default`` for the rest, whose
+worker image (docker/airflow) has no torch. The pool ``scoring`` bounds the ``score_local``
+runs at once (MPI jobs on the scoring workers), not Azure ML jobs.
 
 Start it from the UI form, from the CLI
 (``airflow dags trigger video_style_transfer -c '{"input_blob": "clip.mp4"}'``, for an upload in
@@ -109,8 +111,11 @@ def video_style_transfer():
     split_facts = split(probed)
     backend = choose_backend()
     local = score_local(probed)
+    # No pool: deferred, it would free its slot anyway; the cluster's max_nodes bounds the
+    # jobs (more wait in Azure ML's queue, up to the operator's max_queued), and a local pool
+    # slot would only make a job's submission wait for local scoring (docs/deploying.md).
     azureml = AzureMLScoreOperator(
-        task_id="score_azureml", pool="scoring", execution_timeout=timedelta(hours=12),
+        task_id="score_azureml", execution_timeout=timedelta(hours=12),
         segments=f"{WORK_IN}/segments", styled=f"{WORK_OUT}/styled",
         style="{{ params.style }}", model=MODEL_IN, style_image=STYLE_IMAGE_IN,
         style_strength="{{ params.style_strength }}",

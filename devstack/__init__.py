@@ -106,11 +106,16 @@ class Stack:
         return process
 
     def create_containers(self) -> None:
+        """The pipeline's containers, for a stack whose Airflow is not prepared
+        (``prepare_airflow`` makes them with everything else, as a deployment does)."""
         from azure.core.exceptions import ResourceExistsError
         from azure.storage.blob import BlobServiceClient
 
-        for account, names in ((DATA_ACCOUNT, ("videos-in", "accepted", "videos-out", "quarantine", "styles")),
-                               (SYSTEM_ACCOUNT, ("logs",))):
+        if str(REPO / "plugins") not in sys.path:
+            sys.path.insert(0, str(REPO / "plugins"))
+        from storage.blobs import DATA_CONTAINERS, SYSTEM_CONTAINERS
+
+        for account, names in ((DATA_ACCOUNT, DATA_CONTAINERS), (SYSTEM_ACCOUNT, SYSTEM_CONTAINERS)):
             client = BlobServiceClient.from_connection_string(connection_string(account, self.blob_port))
             for name in names:
                 try:
@@ -139,10 +144,20 @@ class Stack:
             raise RuntimeError(f"airflow {shown(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
         return result
 
-    def prepare_airflow(self, scoring_slots: int = 1) -> None:
+    def prepare_airflow(self, scoring_slots: int = 1) -> subprocess.CompletedProcess:
+        """What a deployment's initialisation does (``python -m deployment init``: database, pool,
+        containers; the same command docker-compose.yaml's airflow-init runs)."""
         self.airflow_home.mkdir(parents=True, exist_ok=True)
-        self.airflow("db", "migrate")
-        self.airflow("pools", "set", "scoring", str(scoring_slots), "Runs that score at once (MPI jobs)")
+        return self.deployment_init(scoring_slots)
+
+    def deployment_init(self, scoring_slots: int = 1, env: dict | None = None, python: str = sys.executable
+                        ) -> subprocess.CompletedProcess:
+        env = (env or self.env()) | {"PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
+        result = subprocess.run([python, "-m", "deployment", "init", "--scoring-slots", str(scoring_slots)],
+                                env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise RuntimeError(f"python -m deployment init failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        return result
 
     def start_airflow(self) -> subprocess.Popen:
         """`airflow standalone`: scheduler, dag-processor, triggerer and API server."""

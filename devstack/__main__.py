@@ -24,7 +24,6 @@ def start(stack: Stack) -> None:
     stack.root.mkdir(parents=True, exist_ok=True)
     stack.stop()  # a previous demo's processes, if any
     stack.start_azurite()
-    stack.create_containers()
     stack.prepare_airflow()
     print(f"Azurite:  http://127.0.0.1:{stack.blob_port} (accounts devstoreaccount1, sysaccount1)", flush=True)
     print("Airflow:  starting (scheduler, dag-processor, triggerer, API server)...", flush=True)

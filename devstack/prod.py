@@ -143,15 +143,30 @@ class ProdStack(Stack):
         wait_for_port(self.redis_port, process=process)
         return process
 
-    def prepare_airflow(self, scoring_slots: int = SCORING_SLOTS) -> None:
-        """What the compose file's ``airflow-init`` does: migrate, create the pool and the users."""
+    def prepare_airflow(self, scoring_slots: int = SCORING_SLOTS) -> subprocess.CompletedProcess:
+        """What the compose file's ``airflow-init`` runs (``python -m deployment init``, from the
+        Airflow image's venv: database, pool, first admin, containers), then a user per role."""
+        import json
+        import secrets
+
         self.airflow_home.mkdir(parents=True, exist_ok=True)
-        self.airflow("db", "migrate")
-        self.airflow("pools", "set", "scoring", str(scoring_slots), "Runs that score at once (MPI jobs)")
+        path = self.airflow_home / "passwords.json"
+        passwords = json.loads(path.read_text()) if path.exists() else {}
+        fresh = "admin" not in passwords
+        passwords.setdefault("admin", secrets.token_urlsafe(12))
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(passwords))
+        admin = {"AIRFLOW_ADMIN_USER": "admin", "AIRFLOW_ADMIN_PASSWORD": passwords["admin"],
+                 "AIRFLOW_ADMIN_EMAIL": "admin@example.invalid"}
+        result = self.deployment_init(scoring_slots, self.env() | admin, str(AIRFLOW_VENV / "bin" / "python"))
+        if fresh and "user admin kept" in result.stdout:  # a database kept, its passwords file not
+            self.airflow("users", "reset-password", "--username", "admin", f"--password={passwords['admin']}")
         self.create_users()
+        return result
 
     def create_users(self) -> None:
-        """One FAB user per role; a stack started again keeps its users and their passwords."""
+        """A FAB user per role beside the first admin; a stack started again keeps its users
+        and their passwords."""
         import json
         import secrets
 
@@ -219,7 +234,6 @@ class ProdStack(Stack):
         self.start_postgres()
         self.start_redis()
         self.start_azurite()
-        self.create_containers()
         self.prepare_airflow()
         self.start_airflow(workers)
 

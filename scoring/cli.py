@@ -12,6 +12,7 @@ from pathlib import Path
 from .media import ffmpeg
 from .media.errors import UserError
 from .media.segments import DEFAULT_SEGMENT_FRAMES
+from .options import PRECISIONS, check_style_strength, check_temporal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +51,6 @@ def cmd_score(args) -> dict | None:
     world = score.World()
     score.exit_on_sigterm()
     score.set_threads(world)
-    from .networks.temporal import check_strength
 
     if args.device in ("auto", "cuda"):  # one rank per GPU; a GPU torch cannot run fails here, in one line
         from .gpus import local_rank
@@ -59,7 +59,7 @@ def cmd_score(args) -> dict | None:
         args.device = check_node(local_rank() if local_rank() is not None else world.local_rank) or args.device
     # a bad style, model or strength fails every rank alike, before any work: a plain exit 2 in each
     stylizer, model_id = stylizer_from(args), model_id_from(args)
-    check_strength(args.temporal)
+    check_temporal(args.temporal)
     try:
         result = score.score(args.segments, args.out, stylizer, model_id, encoding_from(args, stylizer), world)
     except UserError as exc:
@@ -88,14 +88,14 @@ def cmd_stylize(args) -> dict:
     from .media.stitch import check_output_path, stitch
     from .networks.devices import auto_ranks
     from .networks.score import run_ranks, score
-    from .networks.temporal import check_strength, work_tag
+    from .networks.temporal import work_tag
 
     check_output_path(output)
     model_id = model_id_from(args)  # reads a .pth or picture once: its digest names it
     work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"
     plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args))
     # keyed by split, model and smoothing, so a rerun of the same command resumes and a new style starts clean
-    work_id = f"{plan.fingerprint} {model_id}{work_tag(check_strength(args.temporal))}"
+    work_id = f"{plan.fingerprint} {model_id}{work_tag(check_temporal(args.temporal))}"
     styled = work / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
     ranks = auto_ranks(stylizer.device, plan) if args.ranks == "auto" else plan.useful_ranks(args.ranks)
     if ranks > 1:
@@ -190,10 +190,8 @@ def positive_int(text: str) -> int:
 
 
 def strength(text: str) -> float:
-    from .networks.stylizer import check_strength
-
     try:
-        return check_strength(float(text))  # argparse words a ValueError itself
+        return check_style_strength(float(text))  # argparse words a ValueError itself
     except UserError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -220,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="0..1: blend each styled frame toward the original; 1 is fully styled "
                        "(default: %(default)s)")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: %(default)s)")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    group.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="auto: fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), else fp32; "
                        "fp16 needs CUDA (default: %(default)s)")
     group.add_argument("--compile", action="store_true", help="torch.compile the network: faster per frame "

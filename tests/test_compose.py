@@ -75,13 +75,18 @@ def test_settings_are_the_tested_ones(compose):
             assert conn in env, f"{name} takes no {conn} from the environment"
 
 
-def test_init_migrates_and_creates_the_pool(compose):
-    script = " ".join(compose["services"]["airflow-init"]["command"])
-    assert "airflow db migrate" in script
-    assert re.search(rf"airflow pools set scoring {SCORING_SLOTS}\b", script)
-    assert "airflow users create --role Admin" in script  # the FAB auth manager's first user
-    # one argument whatever the password's first character (`--password -x` reads -x as an option)
-    assert '--password="$${AIRFLOW_ADMIN_PASSWORD}"' in script
+def test_init_runs_the_deployments_own_initialisation(compose):
+    """The module devstack runs too (tests/test_prod.py checks what it makes and keeps), with
+    the plugins on the path and the first admin from the environment."""
+    init = compose["services"]["airflow-init"]
+    assert init["command"][-1] == "exec python -m deployment init"  # the default pool size: SCORING_SLOTS
+    env = env_of(init)
+    assert env["PYTHONPATH"].split(":")[0] == "/opt/airflow/plugins"
+    assert {"AIRFLOW_ADMIN_USER", "AIRFLOW_ADMIN_EMAIL", "AIRFLOW_ADMIN_PASSWORD"} <= set(env)
+    sys.path.insert(0, str(REPO / "plugins"))
+    import deployment
+
+    assert deployment.SCORING_SLOTS == SCORING_SLOTS
 
 
 def test_every_variable_the_compose_file_uses_is_in_the_example_env():

@@ -24,8 +24,6 @@ sys.path.insert(0, str(REPO / "plugins"))
 from intake.inbox import processing_run_id  # noqa: E402
 from pipeline.notifications import SIGNATURE_HEADER, verify_signature  # noqa: E402
 
-from .helpers import Api  # noqa: E402
-
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")
 SECRET = "test-webhook-secret"
@@ -172,7 +170,7 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert client.get_blob_properties().etag.strip('"') == etag
     assert client.download_blob().readall() == clip.read_bytes()
     system_containers = [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()]
-    assert system_containers == ["logs"]  # the run's own work containers are gone
+    assert system_containers == ["intake-ledger", "logs"]  # the run's own work containers are gone
     data_containers = [c.name for c in stack.blob_client().list_containers()]
     assert data_containers == ["accepted", "quarantine", "styles", "videos-in", "videos-out"]  # no work files there, ever
 
@@ -231,7 +229,7 @@ def test_a_run_that_fails_after_probe_leaves_no_work_behind(stack, clip_factory)
     conf = {"input_blob": "fails/clip.mp4", "model_blob": "fails/missing.pth"}
     assert dags_test(stack, "video_style_transfer", conf) == "failed"
     assert "model_blob styles/fails/missing.pth does not exist" in stack.last_output
-    assert [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()] == ["logs"]
+    assert [c.name for c in stack.blob_client(SYSTEM_ACCOUNT).list_containers()] == ["intake-ledger", "logs"]
     assert not stack.scratch.exists() or list(stack.scratch.iterdir()) == []  # every run so far cleaned up
 
 
@@ -308,79 +306,3 @@ def test_watcher_starts_one_run_per_blob_version(stack, clip_factory):
     assert dags_test(stack, "blob_watcher") == "success"
     assert "1 passed_over" in stack.last_output
     assert _upload_runs(stack) == before and inbox() == set() and "watched/b.mp4" in blobs(stack, "accepted")
-
-
-def test_backfill_processes_missed_uploads_once(tmp_path_factory, clip_factory):
-    """A running Airflow (standalone): a backfill of the sweep over a window starts a run of its
-    own for each upload accepted in it (the one that has had its run too), with the settings
-    of the backfill's conf over the upload's own; nothing outside the window."""
-    from datetime import datetime, timedelta, timezone
-
-    stack = Stack(tmp_path_factory.mktemp("backfill"), blob_port=free_port(), api_port=free_port())
-    stack.extra_env = {"AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True", "VST_SWEEP_MINUTES": "1"}
-    stack.start_azurite()
-    try:
-        stack.create_containers()
-        # uploaded before Airflow starts, so that their minute passes while it does
-        clip = clip_factory(seconds=1, fps="25", size=(96, 64))
-        etags = {name: upload(stack, name, clip) for name in ("missed/one.mp4", "missed/two.mp4", "done.mp4")}
-        stack.blob_client().get_blob_client("accepted", "done.mp4").set_blob_metadata(  # as the watcher leaves it
-            {"upload_etag": "0x1", "settings": json.dumps({"style": "3", "ranks": 1}), "settings_from": json.dumps(
-                {"style": "metadata", "ranks": "variable"})})
-        window_end = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        stack.prepare_airflow()
-        stack.start_airflow()
-        api = Api(stack)
-        _wait_for(lambda: api.has_dag("blob_sweep") and api.has_dag("video_style_transfer"), 120)
-        done_run = processing_run_id("videos-in", "done.mp4", etags["done.mp4"])
-        assert api.trigger({"input_blob": "done.mp4"}, run_id=done_run)[0] == 200
-        # the window must be over, and so must the next one: the sweep's own schedule (which
-        # starts on unpause) then covers a later minute, and only the backfill sees the uploads
-        while datetime.now(timezone.utc) < window_end + timedelta(seconds=62):
-            time.sleep(1)
-        etags_later = upload(stack, "later.mp4", clip)  # accepted after the window
-        stack.airflow("backfill", "create", "--dag-id", "blob_sweep", "--from-date", window_end.isoformat(),
-                      "--to-date", window_end.isoformat(), "--dag-run-conf", json.dumps({"temporal": 0.5}))
-        api.pause("blob_sweep", False)  # video_style_transfer stays paused: runs only queue
-
-        def sweep_done():
-            runs = api.runs("blob_sweep").values()
-            return any(r["run_type"] == "backfill" and r["state"] in ("success", "failed") for r in runs)
-
-        _wait_for(sweep_done, 180)
-        runs = api.runs("blob_sweep").values()
-        assert [r["state"] for r in runs if r["run_type"] == "backfill"] == ["success"]
-        # the upload runs are left alone; the sweep's own schedule (its latest minute) may start
-        # the watcher's run for later.mp4, which had none: the safety net, not the backfill
-        upload_runs = {r for r in api.runs() if r.startswith("upload__")}
-        assert upload_runs - {processing_run_id("videos-in", "later.mp4", etags_later)} == {done_run}
-        started = {r: run for r, run in api.runs().items() if r.startswith("reprocess__")}
-        assert len(started) == 3
-        confs = {run["conf"]["input_blob"]: run["conf"] for run in started.values()}
-        assert set(confs) == set(etags)  # later.mp4 was accepted after the window
-        assert {name: (c["temporal"], c["settings_from"]["temporal"]) for name, c in confs.items()} == {
-            name: (0.5, "backfill") for name in etags}
-        assert (confs["done.mp4"]["style"], confs["done.mp4"]["ranks"]) == ("3", 1)  # its original settings
-        assert (confs["missed/one.mp4"]["style"], confs["missed/one.mp4"]["settings_from"]["style"]) == ("19", "default")
-        assert all(c["input_version"] for c in confs.values())  # each pinned to a snapshot
-        _check_viewer_cannot_change_anything(stack)
-    finally:
-        stack.stop()
-
-
-def _check_viewer_cannot_change_anything(stack) -> None:
-    """The API server's auth manager: a Viewer sees runs, cannot trigger or pause; an Admin can."""
-    viewer, admin, nobody = Api(stack, "viewer"), Api(stack, "admin"), Api(stack, user=None)
-    runs, run = "/api/v2/dags/video_style_transfer/dagRuns", {"logical_date": None, "conf": {"input_blob": "done.mp4"}}
-    assert viewer.call("GET", runs)[0] == 200
-    assert viewer.call("POST", runs, run)[0] == 403
-    assert viewer.call("PATCH", "/api/v2/dags/blob_sweep", {"is_paused": True})[0] == 403
-    assert nobody.call("GET", runs)[0] == 401  # no token, no access
-    assert admin.call("POST", runs, run)[0] == 200
-
-
-def _wait_for(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(2)

@@ -206,7 +206,13 @@ def check_airflow(args: list[str], repo: Path) -> None:
                 unknown = set(json.loads(value)) - param_names(repo)
                 assert not unknown, f"conf keys that are not Params: {sorted(unknown)}"
     elif args[:2] == ["backfill", "create"]:
-        assert args[args.index("--dag-id") + 1] in dag_ids(repo), "backfill of a DAG that does not exist"
+        dag = args[args.index("--dag-id") + 1]
+        assert dag in dag_ids(repo), "backfill of a DAG that does not exist"
+        # a live deployment's schedule has swept every past hour: without it, nothing is reprocessed
+        assert dag != "blob_sweep" or "--reprocess-behavior" in args, "a sweep backfill without --reprocess-behavior"
+        if "--dag-run-conf" in args:
+            unknown = set(json.loads(args[args.index("--dag-run-conf") + 1])) - param_names(repo)
+            assert not unknown, f"conf keys that are not Params: {sorted(unknown)}"
     else:
         raise AssertionError(f"airflow {' '.join(args[:2])}: teach tests/test_docs.py what it needs")
 

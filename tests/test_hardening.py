@@ -438,9 +438,49 @@ def test_the_housekeeping_dag_runs_hourly_with_a_configurable_age():
     """Hourly: a queued Azure ML job that no task waits for any more is cancelled within the
     hour rather than waiting a day for nodes (and billing once it gets them)."""
     dag = _dag("housekeeping.py", "housekeeping")
-    assert dag.params["max_age_hours"] == 72
-    assert {"remove_old_work", "cancel_orphaned_azureml_jobs"} <= set(dag.task_ids)
+    assert dag.params["max_age_hours"] == 72 and dag.params["accepted_retention_days"] == 30
+    assert {"remove_old_work", "remove_old_scratch_of_scoring", "prune_accepted",
+            "cancel_orphaned_azureml_jobs"} <= set(dag.task_ids)
     assert dag.schedule == "@hourly"
+    # a worker's scratch is its own: one task on each queue the pipeline's tasks write scratch on
+    processing = _dag("video_style_transfer.py", "video_style_transfer")
+    queues = {t.queue for t in processing.tasks if t.task_id in ("probe", "split", "score_local", "preview")}
+    assert {t.queue for t in dag.tasks if t.task_id.startswith("remove_old_")} == queues == {"default", "scoring"}
+
+
+def test_the_retention_prunes_accepted_by_the_ledger_and_keeps_what_is_newer(stack):
+    """Versions taken in 40 days ago leave accepted with their snapshots, except a name taken
+    in again since, whose newer version stays (only the old snapshot goes); the hour's line
+    file goes, a recent hour stays; nothing is listed but the ledger."""
+    from datetime import UTC, datetime, timedelta
+
+    from intake import ledger
+    from storage.blobs import LEDGER
+
+    data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=40), now - timedelta(days=2)
+
+    def take_in(name: str, at: datetime) -> tuple[str, str]:
+        etag = _upload(stack, ACCEPTED, name, f"{name} at {at}".encode())
+        snapshot = data.snapshot(ACCEPTED, name, etag=etag)
+        ledger.record(system, ledger.Entry(name, etag, snapshot, "0x1", at, {}, {}))
+        return etag, snapshot
+
+    _, gone = take_in("retention/old.mp4", old)
+    _, replaced = take_in("retention/again.mp4", old)
+    etag_again, kept_again = take_in("retention/again.mp4", recent)  # the same name, taken in since
+    etag_new, kept = take_in("retention/new.mp4", recent)
+
+    removed = ledger.prune(data, system, now - timedelta(days=30))
+    assert removed == {"hours": 1, "snapshots": 1, "blobs": 1}
+    assert data.info(ACCEPTED, "retention/old.mp4") is None and data.info(ACCEPTED, "retention/old.mp4", gone) is None
+    assert data.info(ACCEPTED, "retention/again.mp4", replaced) is None
+    assert data.info(ACCEPTED, "retention/again.mp4").etag == etag_again
+    assert data.info(ACCEPTED, "retention/again.mp4", kept_again) and data.info(ACCEPTED, "retention/new.mp4", kept)
+    assert system.read_text(LEDGER, ledger.hour_blob(old)) is None
+    assert [e.name for e in ledger.entries(system, recent, now)] == ["retention/again.mp4", "retention/new.mp4"]
+    assert ledger.prune(data, system, now - timedelta(days=30)) == {"hours": 0, "snapshots": 0, "blobs": 0}
 
 
 # --------------------------------------------------------------------------- truth in the text

@@ -3,7 +3,9 @@ on queues `default` and `scoring`, each Airflow part its own process, every Airf
 from the venv of the image it stands for. One stack for the whole module.
 
 The ways in: an upload (automatic run), the UI trigger form in a real browser, `airflow dags
-trigger -c`, `airflow backfill create`. What counts is what a user sees: a video in videos-out.
+trigger -c`, `airflow backfill create` (over the live sweep), and what a deployment meets over
+weeks: its initialisation run again, the scoring worker's scratch after every kind of end.
+What counts is what a user sees: a video in videos-out.
 """
 
 from __future__ import annotations
@@ -40,13 +42,12 @@ TOKENS: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def prod(tmp_path_factory):
     stack = ProdStack.on_free_ports(tmp_path_factory.mktemp("prod"))
+    # the sweep live from the start, once a minute: by the backfill test it has minutes of runs
     stack.extra_env = {"VST_SWEEP_MINUTES": "1", "VST_WATCH_POLL_SECONDS": "2"}
     began = time.monotonic()
     try:
         stack.start()
         TIMINGS["stack start (s)"] = time.monotonic() - began
-        # the sweep's own schedule would take the uploads of test_backfill_create's window
-        assert api(stack, "PATCH", "/api/v2/dags/blob_sweep", {"is_paused": True})[0] == 200
         yield stack
     finally:
         stack.stop()
@@ -159,6 +160,89 @@ def test_the_run_went_through_postgres_and_both_queues(prod):
     assert list((SCORING_VENV / "lib").glob("python3*/site-packages/torch"))
 
 
+def taken_in_at(stack, name: str) -> datetime:
+    """When the watcher took ``name`` in, as the acceptance ledger says (the sweep's own clock)."""
+    from intake.ledger import Entry
+
+    from devstack import SYSTEM_ACCOUNT
+
+    ledger = stack.blob_client(SYSTEM_ACCOUNT).get_container_client("intake-ledger")
+    for blob in ledger.list_blobs(name_starts_with="accepted/"):
+        for line in ledger.download_blob(blob.name).readall().decode().splitlines():
+            if (entry := Entry.from_line(line)).name == name:
+                return entry.at
+    raise AssertionError(f"{name} is not in the ledger")
+
+
+def wait_until(condition, timeout: float, what: str, every: float = 2):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+    return result
+
+
+def sweep_runs(stack) -> dict[str, dict]:
+    status, answer = api(stack, "GET", "/api/v2/dags/blob_sweep/dagRuns?limit=100&order_by=-logical_date")
+    assert status == 200, answer
+    return {r["dag_run_id"]: r for r in answer["dag_runs"]}
+
+
+def backfill(stack, minute: datetime, conf: dict) -> None:
+    """The command docs/uploads.md gives, for one minute of the sweep, and its end."""
+    stack.airflow("backfill", "create", "--dag-id", "blob_sweep", "--from-date", minute.isoformat(),
+                  "--to-date", minute.isoformat(), "--reprocess-behavior", "completed",
+                  "--dag-run-conf", json.dumps(conf))
+
+    def done():
+        status, answer = api(stack, "GET", "/api/v2/backfills?dag_id=blob_sweep")
+        return status == 200 and answer["backfills"] and all(b["completed_at"] for b in answer["backfills"])
+
+    wait_until(done, 300, "the backfill to complete")
+
+
+def test_backfills_reprocess_their_window_with_new_settings_over_the_live_sweep(prod, clip):
+    """The sweep has run every minute since the stack started (its past runs cover every
+    minute). Uploads taken in at three moments: the first test's, one a minute or more later,
+    one after that minute. A backfill of that one minute, with a new style, reuses the
+    minute's sweep run and starts one run, for exactly the upload taken in during it (not the
+    one before: a trigger timetable's backfill from that minute would begin a minute earlier);
+    a second with another style starts another; both videos come."""
+    earlier = taken_in_at(prod, "prod/upload.mp4")
+    props = upload(prod, "prod/backfill.mp4", clip)
+    wait_until(lambda: "prod/backfill.mp4" not in {b.name for b in prod.blob_client().get_container_client(
+        "videos-in").list_blobs()}, 180, "the watcher to take it in")
+    minute = taken_in_at(prod, "prod/backfill.mp4").replace(second=0, microsecond=0)
+    assert earlier < minute, (earlier, minute)
+    wait_until(lambda: datetime.now(timezone.utc) >= minute + timedelta(minutes=1, seconds=1), 90, "the minute's end")
+    prod.blob_client().get_blob_client("videos-in", "prod/later.mp4").upload_blob(b"after the window: never a video")
+
+    def swept():  # the schedule's run of that minute, finished: what the backfill has to reprocess
+        return [r for r in sweep_runs(prod).values() if r["logical_date"] and datetime.fromisoformat(
+            r["logical_date"]) == minute and r["state"] == "success"]
+
+    (scheduled,) = wait_until(swept, 240, "the sweep's scheduled run of the minute")
+    assert scheduled["run_type"] == "scheduled"
+    assert len([r for r in sweep_runs(prod).values() if r["run_type"] == "scheduled"]) >= 3  # minutes of them
+
+    outputs = {}
+    for style in ("7", "3"):
+        before = {r for r in runs(prod) if r.startswith("reprocess__")}
+        backfill(prod, minute, {"style": style})
+        new = {r for r in runs(prod) if r.startswith("reprocess__")} - before
+        assert len(new) == 1 and next(iter(new)).startswith("reprocess__prod-backfill.mp4__"), (new, runs(prod))
+        (run_id,) = new
+        status, run = api(prod, "GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}")
+        assert (run["conf"]["style"], run["conf"]["settings_from"]["style"]) == (style, "backfill"), run["conf"]
+        outputs[run_id] = default_output_name("prod/backfill.mp4", style, None)
+    reused = sweep_runs(prod)[scheduled["dag_run_id"]]
+    assert reused["run_type"] == "backfill"  # Airflow cleared the scheduled run and reran it, twice
+    assert api(prod, "PATCH", "/api/v2/dags/blob_sweep", {"is_paused": True})[0] == 200  # two cores: enough sweeps
+    for run_id, output in outputs.items():
+        assert wait_for_run(prod, run_id, 420) == "success"
+        wait_for_output(prod, output, props["last_modified"], 10)
+
+
 def pause_watcher(prod) -> None:
     """From here on each test starts its runs itself: the watcher would add a second run per
     upload, and two cores have none to spare."""
@@ -174,32 +258,6 @@ def test_cli_trigger_with_conf(prod, clip):
                  json.dumps({"input_blob": "prod/cli.mp4", "style": "3", "output_name": "prod/cli-style-3.mp4"}))
     assert wait_for_run(prod, run_id, 300) == "success"
     wait_for_output(prod, "prod/cli-style-3.mp4", began, 10)
-
-
-def test_backfill_create_runs_the_sweep(prod, clip):
-    """An upload taken in while nobody processed it (watcher and sweep paused): a backfill of
-    the sweep over the window it was accepted in starts a run for it, and the video comes."""
-    pause_watcher(prod)
-    props = upload(prod, "prod/backfill.mp4", clip, "accepted")
-    window_end = props["last_modified"].replace(second=0, microsecond=0) + timedelta(minutes=1)
-    while datetime.now(timezone.utc) < window_end + timedelta(seconds=2):
-        time.sleep(1)
-    prod.airflow("backfill", "create", "--dag-id", "blob_sweep", "--from-date", window_end.isoformat(),
-                 "--to-date", window_end.isoformat())
-    assert api(prod, "PATCH", "/api/v2/dags/blob_sweep", {"is_paused": False})[0] == 200
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        status, answer = api(prod, "GET", "/api/v2/dags/blob_sweep/dagRuns?limit=100")
-        sweeps = {r["dag_run_id"]: r["state"] for r in answer["dag_runs"] if r["run_type"] == "backfill"}
-        if sweeps and all(state in ("success", "failed") for state in sweeps.values()):
-            break
-        time.sleep(3)
-    assert api(prod, "PATCH", "/api/v2/dags/blob_sweep", {"is_paused": True})[0] == 200
-    assert list(sweeps.values()) == ["success"], sweeps
-    started = [run for run in runs(prod) if run.startswith("reprocess__prod-backfill.mp4__")]
-    assert len(started) == 1, runs(prod)  # one run for the one upload of the window
-    assert wait_for_run(prod, started[0], 300) == "success"
-    wait_for_output(prod, default_output_name("prod/backfill.mp4", "19", None), props["last_modified"], 10)
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +374,7 @@ def test_a_scoring_worker_lost_mid_score(prod, clip_factory):
     segments = 10
 
     def done_markers() -> int:
-        return len(list((prod.root / "scratch-scoring" / run_key(run_id) / "styled").glob("*.done")))
+        return len(list((prod.root / "scratch-scoring" / run_key(run_id) / "score" / "styled").glob("*.done")))
 
     deadline = time.monotonic() + 300
     while not 1 <= done_markers() < segments:
@@ -344,3 +402,58 @@ def test_a_scoring_worker_lost_mid_score(prod, clip_factory):
     assert summary["segments"] == segments and summary["skipped"] >= done_at_kill
     assert redone <= segments - done_at_kill  # never a finished segment again
     assert done_at_kill + redone == segments
+
+
+def test_deployment_init_makes_what_is_missing_and_keeps_what_an_operator_changed(prod):
+    """`python -m deployment init` again, as docker compose runs it on every `up`: the slot
+    count an operator raised stays (it used to go back to 1), so does the admin's password;
+    a container deleted since is made again."""
+    from devstack import SYSTEM_ACCOUNT
+
+    prod.airflow("pools", "set", "scoring", "3", "raised by an operator")
+    prod.blob_client(SYSTEM_ACCOUNT).delete_container("intake-ledger")
+    try:
+        said = prod.prepare_airflow().stdout
+        TOKENS.pop("admin", None)  # signs in again below, with the password it had
+        slots = api(prod, "GET", "/api/v2/pools/scoring")[1]["slots"]
+    finally:
+        prod.airflow("pools", "set", "scoring", "1", "back to this machine's size")
+    assert slots == 3 and "pool scoring kept with 3 slot(s)" in said and "user admin kept" in said, said
+    assert "containers made: sysaccount1/intake-ledger" in said, said
+    assert prod.blob_client(SYSTEM_ACCOUNT).get_container_client("intake-ledger").exists()
+
+
+def test_the_scoring_workers_scratch_is_empty_after_success_failure_and_kill(prod, clip, clip_factory):
+    """The scoring worker runs score_local and preview and no clean_up: each removes its own
+    files when it ends. After every run so far (successes, and the lost worker's retry), a
+    run that fails there (a model that is not one) and one marked failed while score_local
+    runs (Airflow SIGTERMs the task, then SIGKILLs it): nothing is left, and no rank runs on."""
+    import psutil
+
+    scratch = prod.root / "scratch-scoring"
+    prod.blob_client().get_blob_client("styles", "prod/not-a-model.pth").upload_blob(b"not a state dict",
+                                                                                   overwrite=True)
+    upload(prod, "prod/fails.mp4", clip, "accepted")
+    failing = "cli__prod-scoring-fails"
+    prod.airflow("dags", "trigger", DAG, "-r", failing, "-c", json.dumps(
+        {"input_blob": "prod/fails.mp4", "model_blob": "prod/not-a-model.pth"}))
+    upload(prod, "prod/killed.mp4", clip_factory(seconds=6.0, fps="10", size=(640, 360)), "accepted")
+    killed = "cli__prod-killed"
+    prod.airflow("dags", "trigger", DAG, "-r", killed, "-c", json.dumps(
+        {"input_blob": "prod/killed.mp4", "segment_frames": 6, "ranks": 2, "output_name": "prod/killed.mp4"}))
+    styled = scratch / run_key(killed) / "score" / "styled"
+    wait_until(lambda: list(styled.glob("*.done")), 400, "score_local to get under way", every=0.5)
+    assert api(prod, "PATCH", f"/api/v2/dags/{DAG}/dagRuns/{killed}", {"state": "failed"})[0] == 200
+    assert wait_for_run(prod, failing, 400) == "failed"
+    status, ti = api(prod, "GET", f"/api/v2/dags/{DAG}/dagRuns/{failing}/taskInstances/score_local")
+    assert ti["state"] == "failed", ti  # it failed where the scratch is: on the scoring worker
+
+    def ranks_of(run_id):
+        return [p for p in psutil.process_iter(["cmdline"]) if run_key(run_id) in " ".join(p.info["cmdline"] or [])]
+
+    deadline = time.monotonic() + 120
+    while ranks_of(killed) or list(scratch.iterdir()):
+        assert time.monotonic() < deadline, (f"left on the scoring worker: {[p.info['cmdline'] for p in ranks_of(killed)]}"
+                                             f" {sorted(str(p.relative_to(scratch)) for p in scratch.rglob('*'))}")
+        time.sleep(2)
+    assert runs(prod)[killed] == "failed"

@@ -8,6 +8,7 @@ processing of such a run is shown by ``airflow dags test`` with the very conf th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -212,18 +213,78 @@ def test_an_upload_deleted_while_being_taken_in_is_passed_over(stack, monkeypatc
     """Listed, then deleted by its owner before the claim: no run, no copy, and the watcher goes
     on with the rest instead of failing."""
     from intake.inbox import Upload, take_in_one
-    from storage.blobs import DATA_CONN, BlobStore
+    from storage.blobs import DATA_CONN, SYSTEM_CONN, BlobStore
 
     class NoRuns:
         def start(self, run_id, conf):
             raise AssertionError(f"a run was started for a deleted upload: {run_id}")
 
     monkeypatch.setenv("AIRFLOW_CONN_WASB_DATA", stack.env()["AIRFLOW_CONN_WASB_DATA"])
-    data = BlobStore(DATA_CONN)
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_SYSTEM", stack.env()["AIRFLOW_CONN_WASB_SYSTEM"])
+    data, system = BlobStore(DATA_CONN), BlobStore(SYSTEM_CONN)
     gone = Upload("gone/deleted meanwhile.mp4", '0x8DE2A0000000000', 5, {})
-    assert take_in_one(data, NoRuns(), gone, {}, has_run=False) == "changed_meanwhile"
-    assert take_in_one(data, NoRuns(), gone, {}, has_run=True) == "changed_meanwhile"
-    assert "gone/deleted meanwhile.mp4" not in names(stack, "accepted")
+    assert take_in_one(data, system, NoRuns(), gone, {}, has_run=False) == "changed_meanwhile"
+    assert take_in_one(data, system, NoRuns(), gone, {}, has_run=True) == "changed_meanwhile"
+    assert "gone/deleted meanwhile.mp4" not in names(stack, "accepted") | names(stack, "quarantine")
+
+
+def test_every_bad_setting_is_quarantined_before_anything_runs(stack):
+    """A value that the form's schema, the scoring command's rules or the styles container
+    refuses: each upload goes to quarantine with its one-line reason, nothing reaches accepted,
+    no run starts (a style that does not exist used to run up to score_local)."""
+    stack.api.pause("blob_watcher", False)
+    refused = {
+        "bad/no-such-style.mp4": ({"style": "30"}, 'metadata: style="30" is refused'),
+        "bad/zero-weight.mp4": ({"style": "3:0"}, "metadata: style=\"3:0\" is refused: style spec '3:0' has no "
+                                "positive weight"),
+        "bad/strong.mp4": ({"style_strength": "1.5"}, "metadata: style_strength=1.5 is refused"),
+        "bad/no-picture.mp4": ({"style_image": "nope.jpg"}, "style_image styles/nope.jpg does not exist"),
+        "bad/no-model.mp4": ({"model_blob": "nope.pth"}, "model_blob styles/nope.pth does not exist"),
+        "bad/both.mp4": ({"style_image": "a.jpg", "model_blob": "b.pth"},
+                         "settings: style_image and model_blob each replace the style: give only one"),
+        "bad/escape.mp4": ({"output_name": "../up.mp4"}, 'metadata: output_name="../up.mp4" is refused'),
+    }
+    etags = {name: upload(stack, name, b"never looked at", metadata) for name, (metadata, _) in refused.items()}
+    wait_for(lambda: {n + ".reason.json" for n in refused} <= names(stack, "quarantine"), 120, "the quarantine")
+    for name, (_, words) in refused.items():
+        reason = json.loads(stack.blob_client().get_blob_client("quarantine", name + ".reason.json")
+                            .download_blob().readall())["reason"]
+        assert reason.startswith(words) and "\n" not in reason, (name, reason)
+    assert not set(refused) & (names(stack, "videos-in") | names(stack, "accepted"))
+    assert not {processing_run_id("videos-in", n, e) for n, e in etags.items()} & set(runs(stack))
+
+
+def test_an_upload_that_cannot_be_copied_is_quarantined_after_its_retries_and_the_rest_go_on(stack):
+    """A batch of 21 whose claim copy fails for one (a lease on its name in accepted: the
+    service refuses the copy with 412): that one is tried 3 times, then quarantined with the
+    service's reason; the 20 others get their runs in the same watcher run, and the inbox empties."""
+    from azure.storage.blob import BlobLeaseClient
+
+    held = stack.blob_client().get_blob_client("accepted", "batch/leased.mp4")
+    held.upload_blob(b"an older version, leased by some tool", overwrite=True)
+    lease = BlobLeaseClient(held)
+    lease.acquire(-1)
+    try:
+        stack.api.pause("blob_watcher", False)
+        inbox = stack.blob_client().get_container_client("videos-in")
+        names_ = [f"batch/{i:02d}.mp4" for i in range(20)] + ["batch/leased.mp4"]
+        with ThreadPoolExecutor(8) as pool:
+            etags = dict(pool.map(lambda n: (n, str(inbox.get_blob_client(n).upload_blob(
+                f"upload {n}".encode(), overwrite=True)["etag"]).strip('"')), names_))
+        wait_for(lambda: not names(stack, "videos-in") & set(names_), 180, "the batch to leave the inbox", every=2)
+        started = set(runs(stack))
+        assert {processing_run_id("videos-in", n, etags[n]) for n in names_[:20]} <= started
+        assert processing_run_id("videos-in", "batch/leased.mp4", etags["batch/leased.mp4"]) not in started
+        reason = json.loads(stack.blob_client().get_blob_client("quarantine", "batch/leased.mp4.reason.json")
+                            .download_blob().readall())
+        assert reason["reason"].startswith("not taken in after 3 tries: ") and "lease" in reason["reason"], reason
+        assert reason["input"] == "videos-in/batch/leased.mp4" and "\n" not in reason["reason"]
+        assert stack.blob_client().get_blob_client("quarantine", "batch/leased.mp4").download_blob().readall() == \
+            b"upload batch/leased.mp4"  # the upload itself, byte for byte
+        assert held.download_blob().readall() == b"an older version, leased by some tool"  # untouched
+    finally:
+        lease.release()
+    report("isolation: one upload of 21 whose copy the service refuses: quarantined after 3 tries, 20 runs started")
 
 
 def test_the_processed_archive_is_not_listed(stack):
@@ -272,6 +333,32 @@ def test_the_processed_archive_is_not_listed(stack):
     assert full <= 1.5 * floor + 0.002
 
 
+def test_the_watchers_trigger_waits_quietly(stack, monkeypatch):
+    """The provider's trigger logs a line at INFO on every empty poll (every second here, in the
+    triggerer's log and the task's); the watcher's, otherwise the same, says nothing."""
+    import asyncio
+
+    import structlog.testing
+    from airflow.providers.microsoft.azure.triggers.wasb import WasbPrefixSensorTrigger
+    from intake.inbox import InboxTrigger
+
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_DATA", stack.env()["AIRFLOW_CONN_WASB_DATA"])
+    stack.blob_client().get_container_client("quiet-here").create_container()
+
+    def lines_logged(trigger) -> int:
+        async def wait_a_while():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(anext(trigger.run()), 2.5)
+
+        with structlog.testing.capture_logs() as logged:
+            asyncio.run(wait_a_while())
+        return len([e for e in logged if e.get("log_level") not in ("debug", None)])
+
+    assert InboxTrigger("quiet-here", "", "wasb_data", poke_interval=0.5).serialize()[0] == "intake.inbox.InboxTrigger"
+    assert lines_logged(WasbPrefixSensorTrigger("quiet-here", "", "wasb_data", poke_interval=0.5)) >= 3
+    assert lines_logged(InboxTrigger("quiet-here", "", "wasb_data", poke_interval=0.5)) == 0
+
+
 def test_style_from_metadata_reaches_the_output_name_from_the_pinned_version(stack, clip_factory):
     """The watcher's conf for ``--metadata style=7``, run as it is after the same name was
     uploaded again and taken in over ``accepted/<name>``: videos-out/<name>.style-7.mp4 holds
@@ -292,3 +379,38 @@ def test_style_from_metadata_reaches_the_output_name_from_the_pinned_version(sta
     assert manifest["input"]["snapshot"] == conf["input_version"] and manifest["settings"]["temporal"] == 0.7
     assert manifest["input"]["frames"] == manifest["output"]["frames"] == 25  # the 1-s version, not the 2-s one
 
+
+
+def test_a_viewer_sees_runs_but_changes_nothing(stack):
+    """The API server's auth manager: a Viewer sees runs, cannot trigger or pause; an Admin can."""
+    viewer, admin, nobody = Api(stack, "viewer"), Api(stack, "admin"), Api(stack, user=None)
+    path, run = "/api/v2/dags/video_style_transfer/dagRuns", {"logical_date": None, "conf": {"input_blob": "x.mp4"}}
+    assert viewer.call("GET", path)[0] == 200
+    assert viewer.call("POST", path, run)[0] == 403
+    assert viewer.call("PATCH", "/api/v2/dags/blob_sweep", {"is_paused": True})[0] == 403
+    assert nobody.call("GET", path)[0] == 401  # no token, no access
+    assert admin.call("POST", path, run)[0] == 200
+
+
+def test_a_missing_container_fails_the_watcher_in_one_line_until_init_makes_it(stack):
+    """Last here (it deletes accepted): a watcher run with an upload pending fails, its log
+    naming the container in one line (it used to succeed, counting the upload "changed
+    meanwhile"); `python -m deployment init` makes the container and the upload goes through."""
+    stack.api.pause("blob_watcher", False)
+    stack.blob_client().delete_container("accepted")
+    before = {r for r, run in runs(stack, "blob_watcher").items() if run["state"] == "failed"}
+    etag = upload(stack, "late/clip.mp4", b"waits for its container")
+    failed = wait_for(lambda: {r for r, run in runs(stack, "blob_watcher").items() if run["state"] == "failed"}
+                      - before, 180, "a failed watcher run")
+    line = ("container accepted does not exist in storage account devstoreaccount1: `python -m deployment init` "
+            "makes every container the pipeline needs")
+    logs = [p.read_text(errors="replace") for run_id in failed
+            for p in (stack.airflow_home / "logs").glob(f"dag_id=blob_watcher/run_id={run_id}/**/*") if p.is_file()]
+    assert any(line in log for log in logs), logs[-1][-3000:] if logs else "no log"
+    assert "late/clip.mp4" in names(stack, "videos-in")  # nothing lost: it waits
+    made = stack.deployment_init().stdout
+    assert "containers made: devstoreaccount1/accepted" in made, made
+    wait_for(lambda: processing_run_id("videos-in", "late/clip.mp4", etag) in runs(stack), 180, "its run")
+    assert "late/clip.mp4" in names(stack, "accepted") and "late/clip.mp4" not in names(stack, "videos-in")
+    again = stack.deployment_init().stdout
+    assert "containers kept" in again and "pool scoring kept with 1 slot(s)" in again, again

@@ -5,6 +5,11 @@ same definitions check the settings of automatic runs, which come, key by key, f
 upload's blob metadata, else from the Airflow Variable ``video_style_transfer_defaults`` (a JSON
 object), else from the Param's default. Metadata values are text; each is read as the type its
 Param wants (``style=7``, ``temporal=0.7``, ``max_side=none``) and then checked like a form entry.
+
+The form can check only what a JSON schema says. ``RULES`` holds the rest, the same functions
+the scoring commands check their options with (``scoring.options``, torch-free) and the blob
+name rule: ``check`` applies both, so an upload's metadata, the defaults Variable, a backfill's
+conf and the run itself (``probe``) meet one definition of a valid setting.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import json
 
 from airflow.sdk import Param
 from aml_backend.cluster import configured_cluster
+from storage.blobs import check_blob_name
+
+from scoring.media.errors import UserError
+from scoring.options import MAX_TEMPORAL, PRECISIONS, STYLE_PATTERN, check_style_strength, check_temporal, style_weights
 
 DEFAULTS_VARIABLE = "video_style_transfer_defaults"
 # Which input a run reads: the watcher sets them; an upload's metadata cannot.
@@ -26,7 +35,7 @@ PARAMS = {
     "input_version": Param(None, type=["null", "string"], maxLength=64, title="Input version",
                            description="A snapshot of the accepted blob (the watcher pins the upload's); "
                            "empty: its current version"),
-    "style": Param("19", type="string", pattern=r"^\s*\d{1,2}(:[0-9.]+)?(\s*,\s*\d{1,2}(:[0-9.]+)?)*\s*$",
+    "style": Param("19", type="string", pattern=STYLE_PATTERN,
                    title="Style", description="Built-in style 0-25, or a blend such as 3:0.5,12:0.5"),
     "model_blob": Param(None, type=["null", "string"], title="Own model",
                         description="A TransformerNet .pth in the styles container; replaces the style"),
@@ -43,9 +52,9 @@ PARAMS = {
                          description="Name in videos-out; empty: <input>.style-<style>.mp4 "
                          "(with a style picture: <input>.image-<picture>.mp4)"),
     "segment_frames": Param(48, type="integer", minimum=1, maximum=10000, title="Frames per segment"),
-    "precision": Param("auto", type="string", enum=["auto", "fp32", "bf16", "fp16"], title="Precision",
+    "precision": Param("auto", type="string", enum=list(PRECISIONS), title="Precision",
                        description="auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),
-    "temporal": Param(0, type="number", minimum=0, maximum=0.95, title="Steadier video (temporal smoothing)",
+    "temporal": Param(0, type="number", minimum=0, maximum=MAX_TEMPORAL, title="Steadier video (temporal smoothing)",
                       description="Less flicker where the picture stands still, for some more work per frame: "
                       "0 is off, 0.7 a good start (measured: docs/performance.md); moving parts stay sharp"),
     "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
@@ -55,6 +64,21 @@ PARAMS = {
 }
 
 SETTINGS = tuple(k for k in PARAMS if k not in INPUT_KEYS)
+
+
+def _blob_name(name):
+    return check_blob_name(name) if name else name
+
+
+# What a setting must also be, beyond its Param's schema; each raises ValueError in one line.
+RULES = {
+    "style": style_weights,
+    "style_strength": check_style_strength,
+    "temporal": check_temporal,
+    "model_blob": _blob_name,
+    "style_image": _blob_name,
+    "output_name": _blob_name,
+}
 
 
 class InvalidSettings(ValueError):
@@ -75,7 +99,7 @@ def resolve(metadata: dict[str, str], defaults: dict | None) -> tuple[dict, dict
             settings[key], sources[key] = defaults[key], "variable"
         else:
             settings[key], sources[key] = PARAMS[key].value, "default"
-    return settings, sources
+    return check_together(settings, "settings"), sources
 
 
 def check_defaults(defaults) -> dict:
@@ -91,15 +115,46 @@ def check_defaults(defaults) -> dict:
 
 
 def check(key: str, value, where: str):
-    """``value`` if ``PARAMS[key]`` accepts it, else InvalidSettings naming the key and ``where``."""
+    """``value`` if ``PARAMS[key]`` and ``RULES[key]`` accept it, else InvalidSettings naming
+    the key and ``where``."""
     from airflow.sdk.definitions.param import ParamValidationError
 
     try:
-        return copy.deepcopy(PARAMS[key]).resolve(value)
-    except (ParamValidationError, TypeError, ValueError) as exc:
+        checked = copy.deepcopy(PARAMS[key]).resolve(value)
+        if key in RULES and checked is not None:
+            RULES[key](checked)
+        return checked
+    except (ParamValidationError, UserError, TypeError, ValueError) as exc:
         cause = exc.args[0] if exc.args else exc
         reason = getattr(cause, "message", str(cause)).splitlines()[0]
-        raise InvalidSettings(f"{where}: {key}={json.dumps(value)} is refused: {reason}") from None
+        raise InvalidSettings(f"{where}: {key}={json.dumps(value)} is refused: {rule_says(key, value) or reason}"
+                              ) from None
+
+
+def rule_says(key: str, value) -> str | None:
+    """What the rule says of a value the schema refused: the scoring command's words (``unknown
+    style 30: the built-in styles are 0-25``) say more than the schema's pattern does."""
+    try:
+        RULES[key](value) if key in RULES and value is not None else None
+    except (UserError, TypeError, ValueError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else None
+    return None
+
+
+def check_together(settings: dict, where: str) -> dict:
+    """``settings`` if no two of them contradict each other (what one key alone cannot say)."""
+    if settings.get("model_blob") and settings.get("style_image"):
+        raise InvalidSettings(f"{where}: style_image and model_blob each replace the style: give only one")
+    return settings
+
+
+def check_run(params: dict) -> None:
+    """A run's settings (its Params as Airflow resolved them), by the same rules as an upload's:
+    what the form's schema lets through (a style of weight 0, both a model and a picture)."""
+    for key in SETTINGS:
+        if key in params:
+            check(key, params[key], "the run's settings")
+    check_together(params, "the run's settings")
 
 
 def from_text(key: str, text: str):

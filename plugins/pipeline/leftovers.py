@@ -1,9 +1,10 @@
 """Work that outlived its run: ``run-*`` containers in the system account and scratch folders.
 
-A run removes its own work when it ends (the ``clean_up`` task); what a crash, a killed
-worker or another worker's scratch leaves behind is removed here once it is older than an
-age that no live run reaches. Only names the pipeline makes are touched: ``logs`` and any
-other container stay.
+A run removes its own work when it ends (the ``clean_up`` task, and the ``scoring`` queue's
+tasks their own files); what a crash, a killed worker or another worker's scratch leaves
+behind is removed here once it is older than an age that no live run reaches, by a task on
+each queue (a worker's scratch is its own). Only names the pipeline makes are touched:
+``logs``, the ledger and any other container stay.
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ RUN_CONTAINER = re.compile(r"run-[0-9a-f]{24}-(in|out)")  # storage.run_containe
 RUN_FOLDER = re.compile(r"[A-Za-z0-9._-]{0,60}-[0-9a-f]{10}")  # style_pipeline.run_key's names
 
 
-def remove_old_work(max_age: timedelta, now: datetime | None = None) -> dict:
-    """Remove run containers and scratch folders last written before ``now - max_age``.
-    Returns what went: container names, scratch folder names and the bytes freed."""
-    from storage.blobs import SYSTEM_CONN, BlobStore
-    from storage.scratch import scratch_root
-
+def remove_old_work(max_age: timedelta, now: datetime | None = None, containers: bool = True) -> dict:
+    """Remove run containers (unless ``containers`` is False: a task on a queue of its own
+    removes only its worker's scratch) and this worker's scratch folders last written before
+    ``now - max_age``. Returns what went: container names, scratch folder names, bytes freed."""
     cutoff = (now or datetime.now(UTC)) - max_age
+    removed, freed = (remove_old_containers(cutoff) if containers else ([], 0))
+    folders, freed_here = remove_old_scratch(cutoff)
+    return {"containers": removed, "scratch_folders": folders, "bytes": freed + freed_here}
+
+
+def remove_old_containers(cutoff: datetime) -> tuple[list[str], int]:
+    from storage.blobs import SYSTEM_CONN, BlobStore
+
     system = BlobStore(SYSTEM_CONN)
     containers, freed = [], 0
     for container in system.client.list_containers(name_starts_with="run-"):
@@ -34,7 +41,13 @@ def remove_old_work(max_age: timedelta, now: datetime | None = None) -> dict:
         if newest < cutoff and system.delete_container(container.name):
             containers.append(container.name)
             freed += sum(b.size for b in blobs)
-    folders = []
+    return containers, freed
+
+
+def remove_old_scratch(cutoff: datetime) -> tuple[list[str], int]:
+    from storage.scratch import scratch_root
+
+    folders, freed = [], 0
     root = scratch_root()
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if not (folder.is_dir() and RUN_FOLDER.fullmatch(folder.name)):
@@ -47,7 +60,7 @@ def remove_old_work(max_age: timedelta, now: datetime | None = None) -> dict:
             if not os.path.exists(folder):
                 folders.append(folder.name)
                 freed += size
-    return {"containers": containers, "scratch_folders": folders, "bytes": freed}
+    return folders, freed
 
 
 def report(removed: dict, max_age: timedelta) -> str:

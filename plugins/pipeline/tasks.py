@@ -9,13 +9,17 @@ What a task returns goes to XCom and is small.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -66,8 +70,16 @@ def scoring(*args: str, ranks: int = 1, threads: int | None = None) -> dict:
     else stays a bug. The step parses untrusted files, so it sees none of the worker's
     credentials (``child_env``)."""
     env = child_env() | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-    result = subprocess.run(scoring_command(list(args), ranks), capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, env=env)
+    # its own process group, so that whatever ends this task (a kill: see own_scratch) ends
+    # every rank too, instead of leaving them to run on and write into the scratch folder
+    process = subprocess.Popen(scoring_command(list(args), ranks), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate()
+    except BaseException:
+        stop_group(process)
+        raise
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if result.stderr:
         print(result.stderr[-4000:], file=sys.stderr)
     if result.returncode == 2:  # under mpiexec every rank says it, and the lines can run together
@@ -78,6 +90,53 @@ def scoring(*args: str, ranks: int = 1, threads: int | None = None) -> dict:
     return json.loads(result.stdout) if result.stdout.strip() else {}
 
 
+def stop_group(process: subprocess.Popen, grace: float = 2.0) -> None:
+    """SIGTERM to the step's process group (a rank removes its half-written segment and exits),
+    SIGKILL to what is left after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class Killed(BaseException):
+    """Airflow's SIGTERM to a task it stops (the run marked failed, the task cleared): raised in
+    the task so that what it started and wrote is cleaned up before the SIGKILL that follows."""
+
+
+@contextmanager
+def own_scratch(key: str, name: str):
+    """A task's own folder in the run's scratch folder on this worker, removed when the task
+    ends, however it ends: success, failure, or a kill (Airflow sends SIGTERM, then SIGKILL 5 s
+    later; the SIGTERM becomes ``Killed`` here, the Task SDK's own handler still called). Then
+    the run's folder goes too, once no other task of the run has a folder in it. For the tasks
+    of the ``scoring`` queue: no clean_up runs on that queue's workers."""
+    folder = scratch(key) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def killed(signum, frame):
+            if callable(previous):
+                previous(signum, frame)
+            raise Killed(f"stopped by signal {signum}")
+
+        signal.signal(signal.SIGTERM, killed)
+    try:
+        yield folder
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # only when empty
+
+
 # --------------------------------------------------------------------------- tasks
 
 
@@ -85,12 +144,18 @@ def probe(params: dict, run_id: str) -> dict:
     """Fetch and validate the accepted upload: the snapshot ``input_version`` where the run has
     one (the watcher pins each upload's), else the current version, which every later read
     then insists on. A bad one is copied to quarantine with its reason."""
+    from intake.settings import InvalidSettings, check_run
+
     started = time.monotonic()
     name, snapshot = params["input_blob"], params.get("input_version")
     try:
         blobs.check_blob_name(name)
     except blobs.InvalidBlobName as exc:
         raise BadInput(f"input_blob: {exc}") from None
+    try:
+        check_run(params)  # what the form's schema cannot say (a style weighing 0, a model and a picture)
+    except InvalidSettings as exc:
+        raise BadInput(str(exc)) from None
     data = BlobStore(DATA_CONN)
     style_etag = check_style_image(data, params)  # a parameter's problem: the input is not quarantined
     model_etag = model_version(data, params)
@@ -192,18 +257,18 @@ def preview(params: dict, probed: dict, run_id: str) -> dict:
     data = BlobStore(DATA_CONN)
     name = probed["output_blob"] + PREVIEW_SUFFIX
     try:
-        local = scratch(probed["run_key"]) / "preview"  # its own copies: split fetches the same files meanwhile
-        image = local / "preview.jpg"
-        if params.get("style_image"):
-            fetch_style_image(params, local, probed["style_etag"])
-        args = ["preview", str(local_input(probed)), str(image), "--frames", str(PREVIEW_FRAMES),
-                *model_args(params, local, probed.get("model_etag")), *_limit_args(params)]
-        if params.get("max_side"):
-            args += ["--max-side", str(params["max_side"])]
-        # one thread: it runs beside split and score, and torch's threads spin-wait for each
-        # other when the cores are taken (measured: docs/performance.md#upload-to-video)
-        scoring(*args, threads=1)
-        data.upload(image, OUTPUTS, name, content_type="image/jpeg")
+        with own_scratch(probed["run_key"], "preview") as local:  # its own copies: split fetches the same files
+            image = local / "preview.jpg"
+            if params.get("style_image"):
+                fetch_style_image(params, local, probed["style_etag"])
+            args = ["preview", str(local_input(probed, fetch_into=local)), str(image), "--frames", str(PREVIEW_FRAMES),
+                    *model_args(params, local, probed.get("model_etag")), *_limit_args(params)]
+            if params.get("max_side"):
+                args += ["--max-side", str(params["max_side"])]
+            # one thread: it runs beside split and score, and torch's threads spin-wait for each
+            # other when the cores are taken (measured: docs/performance.md#upload-to-video)
+            scoring(*args, threads=1)
+            data.upload(image, OUTPUTS, name, content_type="image/jpeg")
     except Exception as exc:  # noqa: BLE001 - see the docstring; the log keeps the traceback
         log.warning("no preview for %s: %s", probed["input_blob"], exc, exc_info=not isinstance(exc, BadInput))
         return {"preview_blob": None, "reason": str(exc)[:300]}
@@ -236,19 +301,25 @@ def split(params: dict, probed: dict, run_id: str) -> dict:
 
 
 def score_local(params: dict, probed: dict) -> dict:
-    """mpiexec over the segments; finished segments in storage are fetched first and skipped."""
+    """mpiexec over the segments; finished segments in storage are fetched first and skipped.
+    Its files on this worker go when it ends; only a worker killed with it keeps them, and
+    the retry on that worker skips the segments finished there (housekeeping removes the rest)."""
     started = time.monotonic()
-    local = scratch(probed["run_key"])
     system = BlobStore(SYSTEM_CONN)
-    system.sync_down(probed["work_in"], "segments/", local / "segments")
-    if params.get("style_image") and not (local / STYLE_IMAGE).is_file():  # the run's copy, from split
-        system.download(probed["work_in"], STYLE_IMAGE, local / STYLE_IMAGE)
-    resumed = system.sync_down(probed["work_out"], "styled/", local / "styled")
-    ranks = Plan.load(local / "segments").useful_ranks(int(params["ranks"]))
-    try:
-        summary = scoring("score", "--segments", str(local / "segments"), "--out", str(local / "styled"),
-                          *model_args(params, local, probed.get("model_etag")), ranks=ranks)
-    finally:  # what finished is kept in storage even if this attempt fails
+    with own_scratch(probed["run_key"], "score") as local:
+        system.sync_down(probed["work_in"], "segments/", local / "segments")
+        if params.get("style_image"):  # the run's copy, from split
+            system.download(probed["work_in"], STYLE_IMAGE, local / STYLE_IMAGE)
+        resumed = system.sync_down(probed["work_out"], "styled/", local / "styled")
+        ranks = Plan.load(local / "segments").useful_ranks(int(params["ranks"]))
+        try:
+            summary = scoring("score", "--segments", str(local / "segments"), "--out", str(local / "styled"),
+                              *model_args(params, local, probed.get("model_etag")), ranks=ranks)
+        except Killed:
+            raise  # the run is over and the SIGKILL near: the scratch goes first
+        except BaseException:  # what finished is kept in storage even if this attempt fails
+            system.sync_up(local / "styled", probed["work_out"], "styled/", suffixes=(".done",))
+            raise
         system.sync_up(local / "styled", probed["work_out"], "styled/", suffixes=(".done",))
     return {k: summary.get(k) for k in ("segments", "scored", "skipped", "frames_scored", "ranks")} | {
         "fetched_done_files": resumed, "seconds": round(time.monotonic() - started, 3)}
@@ -266,12 +337,15 @@ def model_args(params: dict, local: Path, model_etag: str | None = None) -> list
     return ["--style", str(params.get("style") or "0"), *args]
 
 
-def local_input(probed: dict) -> Path:
+def local_input(probed: dict, fetch_into: Path | None = None) -> Path:
     """The upload in this worker's scratch folder: the probed copy, or on another worker
-    exactly the version that was probed, fetched again."""
+    exactly the version that was probed, fetched again (into ``fetch_into``, a task's own
+    folder, where given)."""
     source = scratch(probed["run_key"]) / ("input" + _safe_suffix(probed["input_blob"]))
     if not source.is_file():
-        download_input(BlobStore(DATA_CONN), probed["input_blob"], probed, source)
+        source = (fetch_into or source.parent) / source.name
+        if not source.is_file():
+            download_input(BlobStore(DATA_CONN), probed["input_blob"], probed, source)
     return source
 
 
@@ -336,8 +410,6 @@ def check_style_image(data: BlobStore, params: dict) -> str | None:
     """The ``style_image`` blob's etag (the version this run uses), after the checks that need no download."""
     if not params.get("style_image"):
         return None
-    if params.get("model_blob"):
-        raise BadInput("style_image and model_blob each replace the style: give only one")
     try:
         name = blobs.check_blob_name(params["style_image"])
     except blobs.InvalidBlobName as exc:
@@ -437,7 +509,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
 def clean_up(run_id: str) -> int:
     """Once the run is final (published, failed or skipped), its work containers and this
     worker's scratch folder are no longer needed: both follow from the run id alone, so this
-    works whatever step the run ended at. Other workers' scratch is the housekeeping DAG's."""
+    works whatever step the run ended at. The ``scoring`` queue's tasks remove their own files
+    (``own_scratch``); what another ``default`` worker holds is the housekeeping DAG's."""
     system = BlobStore(SYSTEM_CONN)
     removed = sum(system.delete_container(name) for name in blobs.run_containers(run_id))
     shutil.rmtree(scratch_root() / run_key(run_id), ignore_errors=True)

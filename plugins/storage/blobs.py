@@ -3,8 +3,9 @@
 The **data** account is what users touch: ``videos-in`` (the inbox: uploads not yet taken
 in), ``accepted`` (uploads taken in, each processing run reading its own snapshot, never
 modified), ``videos-out`` (results), ``quarantine`` (rejected uploads with a reason), ``styles``
-(users' style models and style pictures). The **system** account holds ``logs`` and each
-run's intermediate work in two containers of the run's own (``run_containers``). Both are
+(users' style models and style pictures). The **system** account holds ``logs``, the
+acceptance ledger (``intake-ledger``: which upload versions were taken in, hour by hour) and
+each run's intermediate work in two containers of the run's own (``run_containers``). Both are
 reached through Airflow connections, so Azurite and real Azure differ only in the connection
 string.
 """
@@ -22,9 +23,9 @@ from pathlib import Path
 DATA_CONN = "wasb_data"
 SYSTEM_CONN = "wasb_system"
 INPUTS, ACCEPTED, OUTPUTS, QUARANTINE, STYLES = "videos-in", "accepted", "videos-out", "quarantine", "styles"
-LOGS = "logs"
+LOGS, LEDGER = "logs", "intake-ledger"
 DATA_CONTAINERS = (INPUTS, ACCEPTED, OUTPUTS, QUARANTINE, STYLES)
-SYSTEM_CONTAINERS = (LOGS,)
+SYSTEM_CONTAINERS = (LOGS, LEDGER)
 
 # The SDK logs every request's headers at INFO: noise in task logs, and nothing we need.
 logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
@@ -95,8 +96,17 @@ class BlobStore:
         except ResourceNotFoundError as exc:
             if exc.error_code != "ContainerNotFound":
                 raise
-            raise MissingContainer(f"container {container} does not exist in storage account "
-                                   f"{self.client.account_name}: create it, then retry the run") from None
+            raise MissingContainer(missing(container, self.client.account_name)) from None
+
+    def require(self, *containers: str) -> None:
+        """MissingContainer, in one line naming it, unless every one of ``containers`` exists."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        for container in containers:
+            try:
+                self.client.get_container_client(container).get_container_properties()
+            except ResourceNotFoundError:
+                raise MissingContainer(missing(container, self.client.account_name)) from None
 
     def list(self, container: str, prefix: str = "") -> list[BlobInfo]:
         with self._container_must_exist(container):
@@ -184,12 +194,34 @@ class BlobStore:
                 text.encode(), overwrite=True, content_settings=ContentSettings(content_type=content_type))
 
     def read_text(self, container: str, name: str) -> str | None:
+        """The blob's text, or None where there is no such blob (a missing container raises)."""
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return self.client.get_blob_client(container, name).download_blob().readall().decode()
+            with self._container_must_exist(container):
+                return self.client.get_blob_client(container, name).download_blob().readall().decode()
         except ResourceNotFoundError:
             return None
+
+    def append_text(self, container: str, name: str, text: str) -> None:
+        """Append ``text`` to the append blob ``name`` as one block, making the blob if it is
+        not there yet (never over one that is: a blob holds at most 50,000 blocks)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        blob = self.client.get_blob_client(container, name)
+        with self._container_must_exist(container):
+            try:
+                blob.append_block(text.encode())
+                return
+            except ResourceNotFoundError as exc:
+                if exc.error_code == "ContainerNotFound":
+                    raise
+            try:
+                blob.create_append_blob(match_condition=MatchConditions.IfMissing)
+            except ResourceExistsError:
+                pass  # made by another writer meanwhile
+            blob.append_block(text.encode())
 
     def delete(self, container: str, name: str, etag: str | None = None) -> bool:
         """Delete the blob; with ``etag``, only while it is that version. False if it is gone
@@ -303,13 +335,18 @@ class BlobStore:
                                   protocol="https,http" if blob.url.startswith("http://") else "https")
         return f"{blob.url}?{token}"
 
-    def ensure_container(self, container: str) -> None:
+    def ensure_container(self, container: str) -> bool:
+        """Create the container unless it exists; True if it was made."""
         from azure.core.exceptions import ResourceExistsError
 
         try:
             self.client.create_container(container)
-        except ResourceExistsError:
-            pass
+        except ResourceExistsError as exc:
+            if exc.error_code == "ContainerBeingDeleted":  # deleted moments ago: not there, not makeable yet
+                raise MissingContainer(f"container {container} in storage account {self.client.account_name} "
+                                       "is still being deleted: try again in a minute") from None
+            return False
+        return True
 
     def delete_container(self, container: str) -> bool:
         from azure.core.exceptions import ResourceNotFoundError
@@ -326,7 +363,16 @@ def _blob_info(props) -> BlobInfo:
                     last_modified=props.last_modified.isoformat(), metadata=dict(props.metadata or {}))
 
 
-def create_containers(data: BlobStore, system: BlobStore) -> None:
+def missing(container: str, account: str) -> str:
+    return (f"container {container} does not exist in storage account {account}: "
+            "`python -m deployment init` makes every container the pipeline needs (docs/deploying.md)")
+
+
+def create_containers(data: BlobStore, system: BlobStore) -> list[str]:
+    """Every container the pipeline needs, in both accounts; returns those that were missing."""
+    made = []
     for store, names in ((data, DATA_CONTAINERS), (system, SYSTEM_CONTAINERS)):
         for name in names:
-            store.ensure_container(name)
+            if store.ensure_container(name):
+                made.append(f"{store.client.account_name}/{name}")
+    return made

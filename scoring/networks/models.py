@@ -24,34 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..media.errors import UserError
+from ..options import NUM_STYLES, style_weights
 from .layers import InstanceNorm, double_then_conv3, instance_norm, wide_conv
-
-NUM_STYLES = 26
-
 
 # --------------------------------------------------------------------------- style specs
 
 
 def parse_style(spec: str) -> torch.Tensor:
-    """``"7"`` or ``"3:0.5,12:0.5"`` -> normalised weights over the 26 built-in styles."""
-    weights = torch.zeros(NUM_STYLES)
-    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
-    if not parts:
-        raise UserError(f"empty style spec {spec!r}; use an index 0-25 or a blend like 3:0.5,12:0.5")
-    for part in parts:
-        index, _, weight = part.partition(":")
-        try:
-            i, w = int(index), float(weight) if weight else 1.0
-        except ValueError:
-            raise UserError(f"bad style spec {spec!r}; use an index 0-25 or a blend like 3:0.5,12:0.5") from None
-        if not 0 <= i < NUM_STYLES:
-            raise UserError(f"unknown style {i}: the built-in styles are 0-{NUM_STYLES - 1}")
-        if not (w >= 0 and w != float("inf")):
-            raise UserError(f"bad style weight {weight!r} in {spec!r}: weights must be finite and >= 0")
-        weights[i] += w
-    if weights.sum() <= 0:
-        raise UserError(f"style spec {spec!r} has no positive weight")
-    return weights / weights.sum()
+    """``"7"`` or ``"3:0.5,12:0.5"`` -> normalised weights over the 26 built-in styles
+    (``scoring.options.style_weights`` says what a valid spec is)."""
+    return torch.tensor(style_weights(spec))
 
 
 # --------------------------------------------------------------------------- built-in 26 styles

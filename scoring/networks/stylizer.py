@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..media.errors import UserError
+from ..options import check_style_strength as check_strength
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -65,13 +66,6 @@ AUTO_BATCH = {"cpu": 1, "cuda": 4}
 def resolve_batch(batch: int | str, device: str = "auto") -> int:
     """``auto`` -> the batch for this device; a number passes through."""
     return AUTO_BATCH[resolve_device(device).type] if batch == "auto" else int(batch)
-
-
-def check_strength(strength: float) -> float:
-    strength = float(strength)
-    if not 0.0 <= strength <= 1.0:  # NaN fails too
-        raise UserError(f"style strength must be between 0 and 1 (1: fully styled, 0: the original), got {strength}")
-    return strength
 
 
 def keep_freed_memory() -> None:

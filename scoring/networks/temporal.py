@@ -28,9 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..media.errors import UserError
+from ..options import check_temporal as check_strength  # the one rule (scoring/options.py), as score.py names it
 
-MAX_STRENGTH = 0.95
 # Mean input change in a block (0-255 levels) up to which it counts as fully still (camera and
 # codec noise: about 2 levels), and from which on as fully moving (an edge that moves by a
 # pixel changes a 4x4 block by a quarter of its contrast). Chosen on bench/flicker.py's clip:
@@ -45,18 +44,6 @@ MOTION_BLOCK = 4
 # warm-up a segment's first frames differ from a one-pass run by about x264's own error; 3
 # frames remove most of that, and each frame more costs a little network time for less seam.
 WARMUP_FRAMES = 3
-
-
-def check_strength(strength: float) -> float:
-    """A valid strength as a float; a UserError with one line otherwise."""
-    try:
-        value = float(strength)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0.0 <= value <= MAX_STRENGTH:  # also refuses nan
-        raise UserError(f"temporal strength (--temporal) must be a number from 0 (off) to {MAX_STRENGTH}, "
-                        f"got {strength!r}")
-    return value
 
 
 def work_tag(strength: float) -> str:
