@@ -44,6 +44,16 @@ RECOVERY_SETTINGS = {
 # password of its own in AIRFLOW_HOME/passwords.json (docs/deploying.md: Entra ID instead).
 AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 USERS = {"admin": "Admin", "op": "Op", "user": "User", "viewer": "Viewer"}
+# Task logs go to the system account's `logs` container (the Azure provider's wasb handler,
+# under `tasks/`), are removed from the machine that wrote them once uploaded, and are read back
+# from there by the API server (docs/deploying.md#task-logs).
+REMOTE_LOGGING_SETTINGS = {
+    "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+    "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": "wasb://tasks",
+    "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "wasb_system",
+    "AIRFLOW__AZURE_REMOTE_LOGGING__REMOTE_WASB_LOG_CONTAINER": "logs",
+    "AIRFLOW__LOGGING__DELETE_LOCAL_LOGS": "True",
+}
 # Shared by every Airflow process (a real deployment takes them from its secrets backend).
 DEV_SECRETS = {
     "AIRFLOW__API_AUTH__JWT_SECRET": "devstack-prod-jwt-secret-not-for-real-use",
@@ -87,7 +97,7 @@ class ProdStack(Stack):
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://airflow@127.0.0.1:{self.pg_port}/airflow",
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
             "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
-        } | RECOVERY_SETTINGS | DEV_SECRETS
+        } | RECOVERY_SETTINGS | REMOTE_LOGGING_SETTINGS | DEV_SECRETS
         return env | self.extra_env
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -183,9 +193,11 @@ class ProdStack(Stack):
         return self.start_part(f"worker-{queue}", "celery", "worker", "--queues", queue, "--concurrency",
                                str(concurrency), "--celery-hostname", f"{queue}@%h", venv=venv,
                                env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                                    # a scratch folder of its own, as on its own machine: tasks
-                                    # hand their files over through blob storage only
-                                    "VST_SCRATCH": str(self.root / f"scratch-{queue}")})
+                                    # a scratch folder and task logs of its own, as on its own
+                                    # machine: tasks hand their files over through blob storage
+                                    # only, and the API server reads their logs from there
+                                    "VST_SCRATCH": str(self.root / f"scratch-{queue}"),
+                                    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.root / f"logs-{queue}")})
 
     def start_airflow(self) -> subprocess.Popen:
         """The API server first (workers run their tasks through its execution API), then the
