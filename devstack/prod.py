@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -54,6 +57,8 @@ REMOTE_LOGGING_SETTINGS = {
     "AIRFLOW__AZURE_REMOTE_LOGGING__REMOTE_WASB_LOG_CONTAINER": "logs",
     "AIRFLOW__LOGGING__DELETE_LOCAL_LOGS": "True",
 }
+# Airflow's metrics and the product's (plugins/observability/metrics.py), as StatsD.
+METRICS_PREFIX = "airflow"
 # Shared by every Airflow process (a real deployment takes them from its secrets backend).
 DEV_SECRETS = {
     "AIRFLOW__API_AUTH__JWT_SECRET": "devstack-prod-jwt-secret-not-for-real-use",
@@ -74,14 +79,15 @@ class ProdStack(Stack):
     """Paths, ports and processes of the production topology on this machine."""
 
     def __init__(self, root: Path | str = REPO / ".demo-prod", blob_port: int = 10001, api_port: int = 8081,
-                 pg_port: int = 5433, redis_port: int = 6380):
+                 pg_port: int = 5433, redis_port: int = 6380, statsd_port: int = 8135, statsd_admin_port: int = 8136):
         super().__init__(root, blob_port, api_port)
         self.pg_port, self.redis_port = pg_port, redis_port
+        self.statsd_port, self.statsd_admin_port = statsd_port, statsd_admin_port
         self.pg_data = postgres_folder(self.root)
 
     @classmethod
     def on_free_ports(cls, root: Path | str) -> ProdStack:
-        return cls(root, free_port(), free_port(), free_port(), free_port())
+        return cls(root, free_port(), free_port(), free_port(), free_port(), free_port(), free_port())
 
     @property
     def database_url(self) -> str:
@@ -97,6 +103,10 @@ class ProdStack(Stack):
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://airflow@127.0.0.1:{self.pg_port}/airflow",
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
             "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
+            "AIRFLOW__METRICS__STATSD_ON": "True",
+            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": str(self.statsd_port),
+            "AIRFLOW__METRICS__STATSD_PREFIX": METRICS_PREFIX,
         } | RECOVERY_SETTINGS | REMOTE_LOGGING_SETTINGS | DEV_SECRETS
         return env | self.extra_env
 
@@ -153,6 +163,46 @@ class ProdStack(Stack):
         wait_for_port(self.redis_port, process=process)
         return process
 
+    def start_statsd(self) -> subprocess.Popen:
+        """The metrics collector: Etsy's StatsD daemon (npm ``statsd``), which keeps what it
+        received for an hour (its flush interval) and answers ``counters`` / ``timers`` on its
+        admin port (:meth:`received`); in Azure the collector forwards to Azure Monitor instead
+        (docs/deploying.md#metrics)."""
+        binary = REPO / "node_modules" / ".bin" / "statsd"
+        if not binary.exists():
+            raise RuntimeError("StatsD is not installed: run `npm ci` in the repo (make does it)")
+        config = self.root / "statsd.json"
+        config.write_text(json.dumps({
+            "address": "127.0.0.1", "port": self.statsd_port, "mgmt_address": "127.0.0.1",
+            "mgmt_port": self.statsd_admin_port, "flushInterval": 3_600_000, "backends": ["./backends/console"],
+            "automaticConfigReload": False}))
+        log = open(self.root / "statsd.log", "ab")
+        process = subprocess.Popen([str(binary), str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        self._write_pid("statsd", process.pid)
+        wait_for_port(self.statsd_admin_port, process=process)
+        return process
+
+    def received(self, kind: str = "counters") -> dict[str, float]:
+        """What StatsD has received since it last flushed: ``counters`` (summed), ``timers``
+        (the last value it shows of each: it shows 100) or ``gauges``, by metric name."""
+        with socket.create_connection(("127.0.0.1", self.statsd_admin_port), timeout=10) as admin:
+            admin.sendall(f"{kind}\n".encode())
+            answer = b""
+            while b"END" not in answer:
+                chunk = admin.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        # util.inspect of a flat object: 'name': 3  or  'name': [ 1.5, 2, ... 98 more items ]
+        number = r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+        found = {}
+        for name, value in re.findall(rf"'([^']+)': (\[[^\]]*\]|{number})", answer.decode()):
+            values = re.findall(rf"(?<![\w.]){number}(?= *[,\]]|$)", value)
+            if values:
+                found[name] = float(values[-1])
+        return found
+
     def prepare_airflow(self, scoring_slots: int = SCORING_SLOTS) -> None:
         """What the compose file's ``airflow-init`` does: migrate, create the pool and the users."""
         self.airflow_home.mkdir(parents=True, exist_ok=True)
@@ -162,7 +212,6 @@ class ProdStack(Stack):
 
     def create_users(self) -> None:
         """One FAB user per role; a stack started again keeps its users and their passwords."""
-        import json
         import secrets
 
         path = self.airflow_home / "passwords.json"
@@ -228,6 +277,7 @@ class ProdStack(Stack):
         self.stop()  # a previous run's processes, if any
         self.start_postgres()
         self.start_redis()
+        self.start_statsd()
         self.start_azurite()
         self.create_containers()
         self.prepare_airflow()
@@ -237,7 +287,7 @@ class ProdStack(Stack):
 
     def stop(self) -> list[str]:
         """Airflow first (its connections end), then Postgres in fast mode, then the rest."""
-        services = ("postgres", "redis", "azurite")
+        services = ("postgres", "redis", "azurite", "statsd")
         stopped = super().stop([p for p in sorted(self.root.glob("*.pid")) if p.stem not in services])
         postgres = self.root / "postgres.pid"
         if postgres.exists():

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
+from observability import metrics
+
 from .links import JOB_NAME_KEY, STUDIO_URL_KEY, AzureMLJobLink, studio_url
 from .orphans import RUN_TAG, datastore_prefix
 from .trigger import AzureMLJobTrigger
@@ -147,6 +149,9 @@ class AzureMLScoreOperator(BaseOperator):
         status, job_status = event.get("status"), event.get("job_status")
         if status == "error" and job_status not in TERMINAL:  # status unreadable: the job may run on
             raise AirflowException(f"{event.get('message')}; a retry re-attaches to the job")
+        job = carry["usage"][-1]  # issue 26: its metrics; the wait for nodes is the job's time not running
+        queued = time.time() - carry["submitted_at"] - job["running_seconds"] if carry.get("submitted_at") else None
+        metrics.azureml_job(job["vm_size"], job["tier"], queued, job["node_seconds"], job["restarts"])
         self._copy_logs(context, name)
         if status == "success":
             self._remove_datastores(carry)
@@ -163,6 +168,7 @@ class AzureMLScoreOperator(BaseOperator):
                 self.log.warning("job %s ended %s (%s); resubmitting (%d of %d) with fresh tokens: finished segments "
                                  "are kept", name, job_status, error or "the cluster's nodes were preempted",
                                  carry["resubmits"] + 1, int(self.max_resubmits))
+                metrics.azureml_resubmitted(preempted)  # issue 26
                 self._submit_and_defer(context, {**carry, "resubmits": carry["resubmits"] + 1})
             self._remove_datastores(carry)
             raise AirflowException(f"Azure ML job {name} was preempted again after {carry['resubmits']} "
@@ -228,7 +234,7 @@ class AzureMLScoreOperator(BaseOperator):
         self.job_name = submitted.name
         self.log.info("submitted Azure ML job %s (%s x %s GPUs, %s %s)", submitted.name, self.nodes, cluster["gpus"],
                       cluster["tier"], cluster["vm_size"])
-        self._defer(context, submitted, {**carry, "next": carry["next"] + 1,
+        self._defer(context, submitted, {**carry, "next": carry["next"] + 1, "submitted_at": time.time(),  # issue 26
                                          "job_names": [*carry["job_names"], submitted.name]})
 
     def _defer(self, context, job, carry: dict) -> None:

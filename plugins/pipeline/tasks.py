@@ -20,6 +20,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from observability import metrics
 from storage import blobs
 from storage.blobs import ACCEPTED, DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 from storage.scratch import run_key, scratch, scratch_root
@@ -128,6 +129,7 @@ def probe(params: dict, run_id: str) -> dict:
     system = BlobStore(SYSTEM_CONN)
     system.ensure_container(work_in)
     system.ensure_container(work_out)
+    metrics.run_started(params.get("backend") or "local")
     return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag,
             "snapshot": snapshot,
             "size": blob.size, "output_blob": output, "style_etag": style_etag, "model_etag": model_etag,
@@ -168,6 +170,7 @@ def quarantine(data: BlobStore, container: str, name: str, reason: str, run_id: 
     source = f"{container}/{name}" + (f"?snapshot={snapshot}" if snapshot else "")
     data.upload_text(json.dumps({"input": source, "reason": reason, "run_id": run_id}, indent=2),
                      QUARANTINE, reason_blob(name), "application/json")
+    metrics.run_quarantined()
 
 
 def reason_blob(name: str) -> str:
@@ -430,6 +433,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     if not data.publish_beside(json.dumps(manifest, indent=2).encode(), OUTPUTS, output + ".manifest.json", output,
                                video_etag, "application/json"):
         print(f"{OUTPUTS}/{output} was replaced by a later run before its manifest was written: that run writes it")
+    metrics.run_published()
+    metrics.frames_styled(params.get("backend") or "local", stitched["frames"], scored.get("seconds"))
     return {"output_blob": output, "published": True, "frames": stitched["frames"],
             "preview_blob": preview_blob, "strip_blob": output + STRIP_SUFFIX}
 
