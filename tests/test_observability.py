@@ -1,14 +1,127 @@
-"""What operators see besides Airflow's own pages, piece by piece: the product's metrics
-reaching a real StatsD daemon. No Airflow stack (a few seconds); tests/test_prod.py checks the
-same on the running production topology."""
+"""What operators see besides Airflow's own pages, piece by piece: progress from the done
+markers (on a worker's disk and in a run's -out container on Azurite), and the product's
+metrics reaching a real StatsD daemon. No Airflow stack (a few seconds);
+tests/test_prod.py checks the same on the running production topology."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
-from devstack import DEV_KEY, REPO
+import pytest
+
+from devstack import DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, connection_string, free_port
+from scoring.media.segments import Segment, mark_done
+
+sys.path.insert(0, str(REPO / "plugins"))
+from observability import progress  # noqa: E402
+
+
+def plan(*frames: int) -> dict:
+    starts = [sum(frames[:i]) for i in range(len(frames))]
+    return {"segments": [{"index": i, "first_frame": s, "frames": f} for i, (s, f) in enumerate(zip(starts, frames))]}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_counts_the_frames_of_done_segments_and_times_only_this_attempt(monkeypatch):
+    """A resumed run starts with segments done: they count toward frames done, not toward the
+    rate its ETA comes from. Before any segment of this attempt is done, the ETA is what is left
+    of probe's estimate."""
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    tracker = progress.Tracker.from_plan(plan(10, 10, 10, 5), "local", estimate=60)
+    first = tracker.update(["seg-00000.h264.done"])  # resumed: one segment done before this attempt
+    assert (first["frames_done"], first["frames_total"], first["percent"], first["eta_seconds"]) == (10, 35, 28.6, 60)
+    clock.now += 20
+    later = tracker.update(["x/seg-00000.h264.done", "x/seg-00001.h264.done", "x/seg-00003.h264.done"])
+    assert later["frames_done"] == 25 and later["eta_seconds"] == 13  # 15 frames in 20 s, 10 left
+    assert later["text"] == "25 of 35 frames (71%), about 13 s left"
+    clock.now += 10
+    done = tracker.update([f"seg-0000{i}.h264.done" for i in range(4)])
+    assert (done["frames_done"], done["percent"], done["eta_seconds"], done["text"]) == \
+        (35, 100.0, 0, "35 of 35 frames (100%), done")
+
+
+def test_a_reporter_publishes_at_its_pace_and_survives_a_failed_publish(monkeypatch):
+    clock, sent = Clock(), []
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    reporter = progress.Reporter(progress.Tracker.from_plan(plan(4), "local"), list, sent.append, every=10)
+    assert reporter.tick(force=True)["frames_done"] == 0
+    clock.now += 5
+    assert reporter.tick() is None  # not yet
+    clock.now += 5
+    assert reporter.tick() is not None and len(sent) == 2
+
+    def refuse(value):
+        raise ConnectionError("API server away")
+
+    reporter.publish = refuse
+    clock.now += 10
+    assert reporter.tick() is None  # logged, not raised: the score step goes on
+
+
+def test_local_progress_from_the_markers_the_score_step_writes(tmp_path):
+    segments = [Segment(0, 0, 6), Segment(1, 6, 6), Segment(2, 12, 3)]
+    for segment in segments[:2]:
+        (tmp_path / segment.name).write_bytes(b"h264")
+        mark_done(tmp_path, segment, "work", 1.0)
+    (tmp_path / ".seg-00002.h264.partial").write_bytes(b"half")  # in flight: not done
+    tracker = progress.Tracker.from_plan(plan(6, 6, 3), "local")
+    assert tracker.update(progress.local_markers(tmp_path))["frames_done"] == 12
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("azurite"), blob_port=free_port(), api_port=free_port())
+    if not (REPO / "node_modules" / ".bin" / "azurite-blob").exists():
+        pytest.skip("Azurite is not installed (make setup runs npm ci)")
+    stack.start_azurite()
+    yield stack
+    stack.stop()
+
+
+def test_azureml_progress_from_the_done_markers_in_the_runs_out_container(azurite, monkeypatch):
+    """What the trigger does at each poll while the job runs: one listing of the run's -out
+    container; the plan is read once from its -in container. Markers appear as the job writes them."""
+    from storage.blobs import BlobStore
+
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_SYSTEM", json.dumps(
+        {"conn_type": "wasb", "extra": {"connection_string": connection_string(SYSTEM_ACCOUNT, azurite.blob_port)}}))
+    system = azurite.blob_client(SYSTEM_ACCOUNT)
+    for name in ("run-p-in", "run-p-out"):
+        system.create_container(name)
+    system.get_blob_client("run-p-in", "segments/plan.json").upload_blob(json.dumps(plan(4, 4, 4, 2)))
+    where = progress.job_where("run-p-in/segments", "run-p-out/styled", "wasb_system")
+    job = progress.JobProgress(where)
+    seen = [job.tick()["frames_done"]]
+    for index in range(4):  # the job finishes a segment: styled stream, then its marker
+        system.get_blob_client("run-p-out", f"styled/seg-{index:05d}.h264").upload_blob(b"h264")
+        system.get_blob_client("run-p-out", f"styled/seg-{index:05d}.h264.done").upload_blob(b"{}")
+        seen.append(job.tick()["frames_done"])
+    assert seen == [0, 4, 8, 12, 14]
+    assert job.reporter.tracker.backend == "azureml" and BlobStore("wasb_system").info("run-p-out", "x") is None
+
+
+def test_the_trigger_gets_where_to_look_from_the_operator_and_keeps_it_when_serialized():
+    from aml_backend.trigger import AzureMLJobTrigger
+
+    where = progress.job_where("run-a-in/segments", "run-a-out/styled", "wasb_system")
+    trigger = AzureMLJobTrigger("vst-x-0", "azureml_default", carry={"progress": where})
+    classpath, kwargs = trigger.serialize()
+    again = AzureMLJobTrigger(**kwargs)
+    assert progress.JobProgress.for_trigger(again).where == where == {
+        "conn_id": "wasb_system", "segments": "run-a-in/segments", "styled": "run-a-out/styled"}
+    assert progress.job_where("azureml://datastores/d/paths/s", "run-a-out/styled", "wasb_system") is None
+    assert progress.JobProgress.for_trigger(AzureMLJobTrigger("vst-x-0", "azureml_default")).tick() is None
 
 
 def test_the_products_metrics_reach_a_statsd_daemon(tmp_path):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
 from observability import metrics
+from observability.progress import job_where
 
 from .links import JOB_NAME_KEY, STUDIO_URL_KEY, AzureMLJobLink, studio_url
 from .orphans import RUN_TAG, datastore_prefix
@@ -127,7 +128,8 @@ class AzureMLScoreOperator(BaseOperator):
         """Re-attach to the run's job if one is queued, running or completed; else submit the next."""
         cluster = self._cluster()
         carry = {"cluster": cluster, "resubmits": 0, "job_names": [], "usage": [],
-                 "datastores": self._store_names(context), "deadline": time.time() + self.time_limit.total_seconds()}
+                 "datastores": self._store_names(context), "deadline": time.time() + self.time_limit.total_seconds(),
+                 "progress": job_where(self.segments, self.styled, self.storage_conn_id)}  # issue 26
         n, found = 0, None
         while (job := self.hook.find_job(job_name(context, n))) is not None:
             n, found = n + 1, job

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from observability.progress import JobProgress  # issue 26: live progress
 
 TERMINAL_STATES = ("Completed", "Failed", "Canceled")  # the same as hook.TERMINAL_STATES, without importing the SDK
 QUEUED_STATES = ("Queued", "Preparing", "Starting", "Provisioning", "NotStarted")
@@ -69,6 +70,7 @@ class AzureMLJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self._hook()
         errors, last, running, since, restarts = 0, None, 0.0, None, 0
+        progress = JobProgress.for_trigger(self)  # issue 26: frames done from the done markers in storage
         while True:
             try:
                 status = await asyncio.to_thread(hook.get_status, self.job_name)
@@ -93,6 +95,8 @@ class AzureMLJobTrigger(BaseTrigger):
             if status != last:
                 self.log.info("job %s is %s", self.job_name, status)
                 last = status
+            if status in ("Running", "Completed"):  # issue 26: the task's XCom "progress", once a poll
+                await asyncio.to_thread(progress.tick)
             if status == "Completed":
                 yield self._event("success", status, f"job {self.job_name} completed", running, restarts)
                 return

@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
-from observability import metrics
+from observability import metrics, progress
 from storage import blobs
 from storage.blobs import ACCEPTED, DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 from storage.scratch import run_key, scratch, scratch_root
@@ -61,14 +63,26 @@ def default_output_name(input_blob: str, style: str | None, model_blob: str | No
     return str(path.with_name(f"{path.stem}.{tag}.mp4"))
 
 
-def scoring(*args: str, ranks: int = 1, threads: int | None = None) -> dict:
+def scoring(*args: str, ranks: int = 1, threads: int | None = None,
+            while_running: Callable[[], object] | None = None) -> dict:
     """Run ``python -m scoring ARGS`` (under ``mpiexec -n ranks`` when ranks > 1, on ``threads``
     threads where given) and return its JSON answer; a user error becomes BadInput, anything
     else stays a bug. The step parses untrusted files, so it sees none of the worker's
-    credentials (``child_env``)."""
+    credentials (``child_env``). ``while_running`` is called every second until it ends."""
     env = child_env() | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-    result = subprocess.run(scoring_command(list(args), ranks), capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, env=env)
+    with subprocess.Popen(scoring_command(list(args), ranks), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, stdin=subprocess.DEVNULL, env=env) as process:
+        try:
+            while True:
+                try:
+                    stdout, stderr = process.communicate(timeout=1 if while_running else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    while_running()
+        except BaseException:  # as subprocess.run does: a task that is stopped stops its step
+            process.kill()
+            raise
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     if result.stderr:
         print(result.stderr[-4000:], file=sys.stderr)
     if result.returncode == 2:  # under mpiexec every rank says it, and the lines can run together
@@ -129,7 +143,8 @@ def probe(params: dict, run_id: str) -> dict:
     system = BlobStore(SYSTEM_CONN)
     system.ensure_container(work_in)
     system.ensure_container(work_out)
-    metrics.run_started(params.get("backend") or "local")
+    backend = params.get("backend") or "local"
+    metrics.run_started(backend)
     return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag,
             "snapshot": snapshot,
             "size": blob.size, "output_blob": output, "style_etag": style_etag, "model_etag": model_etag,
@@ -238,8 +253,9 @@ def split(params: dict, probed: dict, run_id: str) -> dict:
     return plan | {"uploaded": uploaded, "seconds": round(time.monotonic() - started, 3)}
 
 
-def score_local(params: dict, probed: dict) -> dict:
-    """mpiexec over the segments; finished segments in storage are fetched first and skipped."""
+def score_local(params: dict, probed: dict, report: Callable[[dict], None] | None = None) -> dict:
+    """mpiexec over the segments; finished segments in storage are fetched first and skipped.
+    While it runs, ``report`` gets the progress (frames done, ETA) from the done markers."""
     started = time.monotonic()
     local = scratch(probed["run_key"])
     system = BlobStore(SYSTEM_CONN)
@@ -247,12 +263,18 @@ def score_local(params: dict, probed: dict) -> dict:
     if params.get("style_image") and not (local / STYLE_IMAGE).is_file():  # the run's copy, from split
         system.download(probed["work_in"], STYLE_IMAGE, local / STYLE_IMAGE)
     resumed = system.sync_down(probed["work_out"], "styled/", local / "styled")
-    ranks = Plan.load(local / "segments").useful_ranks(int(params["ranks"]))
+    plan = Plan.load(local / "segments")
+    ranks = plan.useful_ranks(int(params["ranks"]))
+    tracker = progress.Tracker.from_plan(asdict(plan), "local", (probed.get("estimate") or {}).get("score_seconds"))
+    reporter = progress.Reporter(tracker, lambda: progress.local_markers(local / "styled"), report or (lambda _: None))
+    reporter.tick(force=True)
     try:
         summary = scoring("score", "--segments", str(local / "segments"), "--out", str(local / "styled"),
-                          *model_args(params, local, probed.get("model_etag")), ranks=ranks)
+                          *model_args(params, local, probed.get("model_etag")), ranks=ranks,
+                          while_running=reporter.tick)
     finally:  # what finished is kept in storage even if this attempt fails
         system.sync_up(local / "styled", probed["work_out"], "styled/", suffixes=(".done",))
+    reporter.tick(force=True)
     return {k: summary.get(k) for k in ("segments", "scored", "skipped", "frames_scored", "ranks")} | {
         "fetched_done_files": resumed, "seconds": round(time.monotonic() - started, 3)}
 
