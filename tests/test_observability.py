@@ -1,12 +1,13 @@
 """What operators see besides Airflow's own pages, piece by piece: progress from the done
-markers (on a worker's disk and in a run's -out container on Azurite), and the product's
-metrics reaching a real StatsD daemon. No Airflow stack (a few seconds);
+markers (on a worker's disk and in a run's -out container on Azurite), the estimate before a
+run, and the product's metrics reaching a real StatsD daemon. No Airflow stack (a few seconds);
 tests/test_prod.py checks the same on the running production topology."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from devstack import DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, connection_string, fr
 from scoring.media.segments import Segment, mark_done
 
 sys.path.insert(0, str(REPO / "plugins"))
+from observability import estimate as estimates  # noqa: E402
 from observability import progress  # noqa: E402
 
 
@@ -122,6 +124,45 @@ def test_the_trigger_gets_where_to_look_from_the_operator_and_keeps_it_when_seri
         "conn_id": "wasb_system", "segments": "run-a-in/segments", "styled": "run-a-out/styled"}
     assert progress.job_where("azureml://datastores/d/paths/s", "run-a-out/styled", "wasb_system") is None
     assert progress.JobProgress.for_trigger(AzureMLJobTrigger("vst-x-0", "azureml_default")).tick() is None
+
+
+def test_the_estimate_from_frames_size_rate_and_price():
+    from aml_backend.cluster import ClusterConfig
+
+    local = estimates.estimate(180, 640, 360, {"backend": "local", "style": "19"})
+    assert local["score_seconds"] == pytest.approx(180 * 0.2304 * estimates.RATES["local"].seconds_per_megapixel_frame,
+                                                   abs=0.1)
+    model = estimates.estimate(180, 640, 360, {"backend": "local", "model_blob": "mine.pth"})
+    assert model["score_seconds"] > local["score_seconds"]
+
+    cluster = ClusterConfig.from_settings({"vm_size": "Standard_NC48ads_A100_v4", "price_per_node_hour": "7.35"})
+    assert cluster.price_per_node_hour == 7.35
+    gpu = estimates.estimate(3600, 1920, 1080, {"backend": "azureml", "style": "7", "azureml_nodes": 2}, cluster)
+    rate = estimates.RATES["Standard_NC24ads_A100_v4"].seconds_per_megapixel_frame  # the same GPU's rate
+    seconds = 3600 * 2.0736 * rate / 4  # 2 nodes of 2 GPUs
+    assert gpu["rate"]["machine"] == "Standard_NC24ads_A100_v4" and gpu["rate"]["when"] == "estimated"
+    assert gpu["score_seconds"] == pytest.approx(seconds, abs=0.1)
+    assert gpu["node_seconds"] == pytest.approx(2 * seconds, abs=0.1)
+    assert gpu["cost"] == pytest.approx(2 * seconds / 3600 * 7.35, abs=1e-3)
+    unpriced = estimates.estimate(10, 64, 64, {"backend": "azureml"}, ClusterConfig())
+    assert unpriced["cost"] is None and unpriced["vm_size"] == "Standard_NC4as_T4_v3"
+
+    scored = {"seconds": 812.5, "cost": {"node_seconds": {"low_priority/Standard_NC48ads_A100_v4": 1500.0}}}
+    both = estimates.actual(gpu, scored)
+    assert both["estimated"] is gpu
+    assert both["actual"] == {"score_seconds": 812.5, "node_seconds": 1500.0, "cost": round(1500 / 3600 * 7.35, 4)}
+    assert estimates.actual(local, {"seconds": 3.0})["actual"] == {"score_seconds": 3.0}
+
+
+def test_the_rates_table_in_the_docs_is_the_code():
+    """docs/azureml.md shows every rate the estimate uses, with its date or "estimated"."""
+    text = (REPO / "docs" / "azureml.md").read_text().split("## Cost", 1)[1]
+    rows = {m[0]: m[1] for m in re.findall(r"^\| `([^`]+)` \| ([^|]+) \|", text, re.MULTILINE)}
+    for name, rate in estimates.RATES.items():
+        assert name in rows, f"docs/azureml.md has no row for {name}"
+        assert rows[name].strip() == f"{rate.seconds_per_megapixel_frame:g}", (name, rows[name])
+        assert re.search(rf"^\| `{name}` \|[^\n]*{re.escape(rate.when)}[^\n]*{re.escape(rate.machine)}", text,
+                         re.MULTILINE), name
 
 
 def test_the_products_metrics_reach_a_statsd_daemon(tmp_path):

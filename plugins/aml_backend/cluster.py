@@ -3,7 +3,8 @@ connection's extra says under ``"cluster"`` (or the ``vst_azureml_cluster`` Vari
 which wins when set), never a run's parameter.
 
     {"cluster": {"name": "vst-gpu", "vm_size": "Standard_NC4as_T4_v3", "tier": "low_priority",
-                 "min_nodes": 0, "max_nodes": 4, "idle_seconds": 120, "keep_warm": false}}
+                 "min_nodes": 0, "max_nodes": 4, "idle_seconds": 120, "keep_warm": false,
+                 "price_per_node_hour": null}}
 
 The operator creates the cluster from it when the workspace has none, and otherwise uses the
 cluster as it is: it never resizes or recreates it (an administrator changes the cluster, then
@@ -34,6 +35,7 @@ class ClusterConfig:
     max_nodes: int = 4
     idle_seconds: int = DEFAULT_IDLE_SECONDS
     keep_warm: bool = False
+    price_per_node_hour: float | None = None  # the region's price, for the estimate before a run (observability)
 
     def __post_init__(self):
         if self.tier not in TIERS:
@@ -50,7 +52,7 @@ class ClusterConfig:
         if unknown:
             known = ", ".join(f.name for f in fields(cls))
             raise ValueError(f"unknown cluster settings {', '.join(unknown)}: use {known}")
-        types = {"min_nodes": int, "max_nodes": int, "idle_seconds": int,
+        types = {"min_nodes": int, "max_nodes": int, "idle_seconds": int, "price_per_node_hour": float,
                  "keep_warm": lambda v: str(v).lower() in ("1", "true", "yes")}
         return cls(**{k: types.get(k, str)(v) for k, v in settings.items()})
 

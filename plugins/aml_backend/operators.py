@@ -129,7 +129,8 @@ class AzureMLScoreOperator(BaseOperator):
         cluster = self._cluster()
         carry = {"cluster": cluster, "resubmits": 0, "job_names": [], "usage": [],
                  "datastores": self._store_names(context), "deadline": time.time() + self.time_limit.total_seconds(),
-                 "progress": job_where(self.segments, self.styled, self.storage_conn_id)}  # issue 26
+                 "progress": job_where(self.segments, self.styled, self.storage_conn_id),  # issue 26
+                 "started_at": time.time()}  # issue 26: the score step's time, for the manifest
         n, found = 0, None
         while (job := self.hook.find_job(job_name(context, n))) is not None:
             n, found = n + 1, job
@@ -159,7 +160,8 @@ class AzureMLScoreOperator(BaseOperator):
             self._remove_datastores(carry)
             self.log.info("%s after %d resubmission(s)", event.get("message"), carry["resubmits"])
             return {"job_name": name, "job_names": carry["job_names"], "resubmits": carry["resubmits"],
-                    "cost": {"node_seconds": node_seconds(carry["usage"]), "jobs": carry["usage"]}}
+                    "cost": {"node_seconds": node_seconds(carry["usage"]), "jobs": carry["usage"]},
+                    "seconds": round(time.time() - carry["started_at"], 3) if carry.get("started_at") else None}
         if status == "timeout":
             self._remove_datastores(carry)
             raise AirflowException(f"Azure ML job {name} {event.get('message')}")

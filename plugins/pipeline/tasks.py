@@ -23,6 +23,8 @@ from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
 from observability import metrics, progress
+from observability.estimate import azureml_cluster, estimate
+from observability.estimate import actual as estimate_and_actual
 from storage import blobs
 from storage.blobs import ACCEPTED, DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 from storage.scratch import run_key, scratch, scratch_root
@@ -144,13 +146,16 @@ def probe(params: dict, run_id: str) -> dict:
     system.ensure_container(work_in)
     system.ensure_container(work_out)
     backend = params.get("backend") or "local"
+    price = estimate(info["frames"], info["width"], info["height"], params,
+                     azureml_cluster() if backend == "azureml" else None)
+    print(f"estimate: {json.dumps(price)}")
     metrics.run_started(backend)
     return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag,
             "snapshot": snapshot,
             "size": blob.size, "output_blob": output, "style_etag": style_etag, "model_etag": model_etag,
             "frames": info["frames"], "duration": info["duration"], "frame_rate": info["frame_rate"],
             "width": info["width"], "height": info["height"], "audio": info["has_audio"],
-            "seconds": round(time.monotonic() - started, 3)}
+            "estimate": price, "seconds": round(time.monotonic() - started, 3)}
 
 
 def download_input(data: BlobStore, name: str, version: dict, path: Path) -> None:
@@ -447,6 +452,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
         "scoring": {k: v for k, v in scored.items() if k not in ("seconds", "fetched_done_files", "cost")},
         # Azure ML: node-seconds per "tier/vm_size" over every job of the run, resubmissions included
         "cost": scored.get("cost"),
+        # probe's estimate of the score step beside what it took (docs/azureml.md#the-price-before-the-wait)
+        "estimate": estimate_and_actual(probed.get("estimate"), scored),
         "seconds": {"probe": probed["seconds"], "split": split_facts["seconds"], "score": scored.get("seconds"),
                     "stitch": round(stitch_seconds, 3),
                     "publish": round(time.monotonic() - started - stitch_seconds, 3)},
