@@ -105,11 +105,12 @@ def test_azureml_progress_from_the_done_markers_in_the_runs_out_container(azurit
     where = progress.job_where("run-p-in/segments", "run-p-out/styled", "wasb_system")
     job = progress.JobProgress(where)
     seen = [job.tick()["frames_done"]]
-    for index in range(4):  # the job finishes a segment: styled stream, then its marker
+    for index in range(4):  # the job finishes a segment: styled stream (not done yet), then its marker
         system.get_blob_client("run-p-out", f"styled/seg-{index:05d}.h264").upload_blob(b"h264")
+        seen.append(job.tick()["frames_done"])
         system.get_blob_client("run-p-out", f"styled/seg-{index:05d}.h264.done").upload_blob(b"{}")
         seen.append(job.tick()["frames_done"])
-    assert seen == [0, 4, 8, 12, 14]
+    assert seen == [0, 0, 4, 4, 8, 8, 12, 12, 14]
     assert job.reporter.tracker.backend == "azureml" and BlobStore("wasb_system").info("run-p-out", "x") is None
 
 
