@@ -33,6 +33,7 @@ from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from aml_backend.operators import AzureMLScoreOperator
 from intake.settings import PARAMS
+from observability.progress import XCOM_KEY as PROGRESS
 from pipeline.notifications import RunNotifier
 from pipeline.preview import PreviewOperator
 
@@ -90,7 +91,8 @@ def video_style_transfer():
 
     @task(pool="scoring", queue=SCORING_QUEUE, execution_timeout=timedelta(hours=6))
     def score_local(probed: dict) -> dict:
-        return _run(lambda p, params, run_id: p.score_local(params, probed))
+        ti = get_current_context()["ti"]  # its XCom "progress": frames done and ETA while it runs
+        return _run(lambda p, params, run_id: p.score_local(params, probed, lambda v: ti.xcom_push(PROGRESS, v)))
 
 
     @task(trigger_rule="none_failed_min_one_success")

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -44,6 +47,18 @@ RECOVERY_SETTINGS = {
 # password of its own in AIRFLOW_HOME/passwords.json (docs/deploying.md: Entra ID instead).
 AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 USERS = {"admin": "Admin", "op": "Op", "user": "User", "viewer": "Viewer"}
+# Task logs go to the system account's `logs` container (the Azure provider's wasb handler,
+# under `tasks/`), are removed from the machine that wrote them once uploaded, and are read back
+# from there by the API server (docs/deploying.md#task-logs).
+REMOTE_LOGGING_SETTINGS = {
+    "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+    "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": "wasb://tasks",
+    "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "wasb_system",
+    "AIRFLOW__AZURE_REMOTE_LOGGING__REMOTE_WASB_LOG_CONTAINER": "logs",
+    "AIRFLOW__LOGGING__DELETE_LOCAL_LOGS": "True",
+}
+# Airflow's metrics and the product's (plugins/observability/metrics.py), as StatsD.
+METRICS_PREFIX = "airflow"
 # Shared by every Airflow process (a real deployment takes them from its secrets backend).
 DEV_SECRETS = {
     "AIRFLOW__API_AUTH__JWT_SECRET": "devstack-prod-jwt-secret-not-for-real-use",
@@ -64,14 +79,15 @@ class ProdStack(Stack):
     """Paths, ports and processes of the production topology on this machine."""
 
     def __init__(self, root: Path | str = REPO / ".demo-prod", blob_port: int = 10001, api_port: int = 8081,
-                 pg_port: int = 5433, redis_port: int = 6380):
+                 pg_port: int = 5433, redis_port: int = 6380, statsd_port: int = 8135, statsd_admin_port: int = 8136):
         super().__init__(root, blob_port, api_port)
         self.pg_port, self.redis_port = pg_port, redis_port
+        self.statsd_port, self.statsd_admin_port = statsd_port, statsd_admin_port
         self.pg_data = postgres_folder(self.root)
 
     @classmethod
     def on_free_ports(cls, root: Path | str) -> ProdStack:
-        return cls(root, free_port(), free_port(), free_port(), free_port())
+        return cls(root, free_port(), free_port(), free_port(), free_port(), free_port(), free_port())
 
     @property
     def database_url(self) -> str:
@@ -87,7 +103,11 @@ class ProdStack(Stack):
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://airflow@127.0.0.1:{self.pg_port}/airflow",
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
             "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
-        } | RECOVERY_SETTINGS | DEV_SECRETS
+            "AIRFLOW__METRICS__STATSD_ON": "True",
+            "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": str(self.statsd_port),
+            "AIRFLOW__METRICS__STATSD_PREFIX": METRICS_PREFIX,
+        } | RECOVERY_SETTINGS | REMOTE_LOGGING_SETTINGS | DEV_SECRETS
         return env | self.extra_env
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -142,6 +162,46 @@ class ProdStack(Stack):
         self._write_pid("redis", process.pid)
         wait_for_port(self.redis_port, process=process)
         return process
+
+    def start_statsd(self) -> subprocess.Popen:
+        """The metrics collector: Etsy's StatsD daemon (npm ``statsd``), which keeps what it
+        received for an hour (its flush interval) and answers ``counters`` / ``timers`` on its
+        admin port (:meth:`received`); in Azure the collector forwards to Azure Monitor instead
+        (docs/deploying.md#metrics)."""
+        binary = REPO / "node_modules" / ".bin" / "statsd"
+        if not binary.exists():
+            raise RuntimeError("StatsD is not installed: run `npm ci` in the repo (make does it)")
+        config = self.root / "statsd.json"
+        config.write_text(json.dumps({
+            "address": "127.0.0.1", "port": self.statsd_port, "mgmt_address": "127.0.0.1",
+            "mgmt_port": self.statsd_admin_port, "flushInterval": 3_600_000, "backends": ["./backends/console"],
+            "automaticConfigReload": False}))
+        log = open(self.root / "statsd.log", "ab")
+        process = subprocess.Popen([str(binary), str(config)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        self._write_pid("statsd", process.pid)
+        wait_for_port(self.statsd_admin_port, process=process)
+        return process
+
+    def received(self, kind: str = "counters") -> dict[str, float]:
+        """What StatsD has received since it last flushed: ``counters`` (summed), ``timers``
+        (the last value it shows of each: it shows 100) or ``gauges``, by metric name."""
+        with socket.create_connection(("127.0.0.1", self.statsd_admin_port), timeout=10) as admin:
+            admin.sendall(f"{kind}\n".encode())
+            answer = b""
+            while b"END" not in answer:
+                chunk = admin.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        # util.inspect of a flat object: 'name': 3  or  'name': [ 1.5, 2, ... 98 more items ]
+        number = r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+        found = {}
+        for name, value in re.findall(rf"'([^']+)': (\[[^\]]*\]|{number})", answer.decode()):
+            values = re.findall(rf"(?<![\w.]){number}(?= *[,\]]|$)", value)
+            if values:
+                found[name] = float(values[-1])
+        return found
 
     def prepare_airflow(self, scoring_slots: int = SCORING_SLOTS) -> subprocess.CompletedProcess:
         """What the compose file's ``airflow-init`` runs (``python -m deployment init``, from the
@@ -198,9 +258,11 @@ class ProdStack(Stack):
         return self.start_part(f"worker-{queue}", "celery", "worker", "--queues", queue, "--concurrency",
                                str(concurrency), "--celery-hostname", f"{queue}@%h", venv=venv,
                                env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-                                    # a scratch folder of its own, as on its own machine: tasks
-                                    # hand their files over through blob storage only
-                                    "VST_SCRATCH": str(self.root / f"scratch-{queue}")})
+                                    # a scratch folder and task logs of its own, as on its own
+                                    # machine: tasks hand their files over through blob storage
+                                    # only, and the API server reads their logs from there
+                                    "VST_SCRATCH": str(self.root / f"scratch-{queue}"),
+                                    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.root / f"logs-{queue}")})
 
     def start_airflow(self, workers: bool = True) -> subprocess.Popen:
         """The API server first (workers run their tasks through its execution API), then the
@@ -233,6 +295,7 @@ class ProdStack(Stack):
         self.stop()  # a previous run's processes, if any
         self.start_postgres()
         self.start_redis()
+        self.start_statsd()
         self.start_azurite()
         self.prepare_airflow()
         self.start_airflow(workers)
@@ -241,7 +304,7 @@ class ProdStack(Stack):
 
     def stop(self) -> list[str]:
         """Airflow first (its connections end), then Postgres in fast mode, then the rest."""
-        services = ("postgres", "redis", "azurite")
+        services = ("postgres", "redis", "azurite", "statsd")
         stopped = super().stop([p for p in sorted(self.root.glob("*.pid")) if p.stem not in services])
         postgres = self.root / "postgres.pid"
         if postgres.exists():

@@ -10,7 +10,8 @@ import sys
 import pytest
 import yaml
 
-from devstack.prod import AUTH_MANAGER, QUEUES, RECOVERY_SETTINGS, SCORING_SLOTS, TRIGGERERS
+from devstack.prod import (AUTH_MANAGER, METRICS_PREFIX, QUEUES, RECOVERY_SETTINGS, REMOTE_LOGGING_SETTINGS,
+                           SCORING_SLOTS, TRIGGERERS)
 
 from .helpers import REPO
 
@@ -69,8 +70,9 @@ def test_settings_are_the_tested_ones(compose):
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
         assert env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == "default"
         assert env["AIRFLOW__CORE__AUTH_MANAGER"] == AUTH_MANAGER  # the one the production tests sign in to
-        for key, value in RECOVERY_SETTINGS.items():
+        for key, value in RECOVERY_SETTINGS.items() | REMOTE_LOGGING_SETTINGS.items():
             assert env.get(key) == value, f"{name}: {key}={env.get(key)}, the tests run {value}"
+        assert env["AIRFLOW__METRICS__STATSD_ON"] == "True" and env["AIRFLOW__METRICS__STATSD_PREFIX"] == METRICS_PREFIX
         for conn in ("AIRFLOW_CONN_WASB_DATA", "AIRFLOW_CONN_WASB_SYSTEM", "AIRFLOW__SECRETS__BACKEND"):
             assert conn in env, f"{name} takes no {conn} from the environment"
 

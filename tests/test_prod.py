@@ -43,7 +43,8 @@ TOKENS: dict[str, str] = {}
 def prod(tmp_path_factory):
     stack = ProdStack.on_free_ports(tmp_path_factory.mktemp("prod"))
     # the sweep live from the start, once a minute: by the backfill test it has minutes of runs
-    stack.extra_env = {"VST_SWEEP_MINUTES": "1", "VST_WATCH_POLL_SECONDS": "2"}
+    stack.extra_env = {"VST_SWEEP_MINUTES": "1", "VST_WATCH_POLL_SECONDS": "2",
+                       "VST_PROGRESS_SECONDS": "2"}
     began = time.monotonic()
     try:
         stack.start()
@@ -457,3 +458,149 @@ def test_the_scoring_workers_scratch_is_empty_after_success_failure_and_kill(pro
                                              f" {sorted(str(p.relative_to(scratch)) for p in scratch.rglob('*'))}")
         time.sleep(2)
     assert runs(prod)[killed] == "failed"
+
+
+# --------------------------------------------------------------------------- what operators see
+
+
+@pytest.fixture(scope="module")
+def watched(prod, clip_factory):
+    """One run whose score step takes tens of seconds (60 frames of 640x360 in 10 segments on
+    two busy cores), its score task's XCom ``progress`` read as a Viewer every second while it
+    scores, the way a person watching it would."""
+    from urllib.parse import quote
+
+    pause_watcher(prod)
+    upload(prod, "prod/watched.mp4", clip_factory(seconds=6.0, fps="10", size=(640, 360)), "accepted")
+    run_id = "cli__prod-watched"
+    status, answer = api(prod, "POST", f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "dag_run_id": run_id,
+                         "conf": {"input_blob": "prod/watched.mp4", "segment_frames": 6, "ranks": 2,
+                                  "output_name": "prod/watched.mp4"}})
+    assert status == 200, answer
+    task = f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances/score_local"
+    seen, deadline = [], time.monotonic() + 600
+    while runs(prod).get(run_id) not in ("success", "failed"):
+        assert time.monotonic() < deadline, f"run {run_id} did not finish: {runs(prod)}"
+        status, entry = api(prod, "GET", f"{task}/xcomEntries/progress", user="viewer")
+        if status == 200:
+            value = xcom_value(entry)
+            if not seen or value != seen[-1][1]:
+                seen.append((time.monotonic(), value, api(prod, "GET", task, user="viewer")[1]["state"]))
+        time.sleep(1)
+    assert runs(prod)[run_id] == "success"
+    return {"run_id": run_id, "task": task, "progress": seen, "output": "prod/watched.mp4"}
+
+
+def xcom_value(entry: dict):
+    """An XCom entry's value as the REST API gives it (a JSON value, or its string form)."""
+    import ast
+
+    value = entry["value"]
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return ast.literal_eval(value)
+    return value
+
+
+def test_progress_moves_while_it_scores_and_reaches_100_percent(prod, watched):
+    """frames done of total and an ETA, readable by a Viewer through the REST API while
+    score_local runs, published at least every 30 s (here every 2 s: VST_PROGRESS_SECONDS)."""
+    while_running = [(t, v) for t, v, state in watched["progress"] if state == "running"]
+    done = [v["frames_done"] for _, v in while_running]
+    assert len(set(done)) >= 4, watched["progress"]  # moved at least three times while it scored
+    assert done == sorted(done)
+    assert all(v["frames_total"] == 60 and v["backend"] == "local" for _, v in while_running)
+    assert all(b - a <= 30 for a, b in zip([t for t, _ in while_running], [t for t, _ in while_running][1:]))
+    assert any(v["eta_seconds"] is not None and 0 < v["frames_done"] < 60 for _, v in while_running)
+    last = watched["progress"][-1][1]
+    assert (last["frames_done"], last["percent"], last["eta_seconds"]) == (60, 100.0, 0), last
+    assert last["text"] == "60 of 60 frames (100%), done"
+    TIMINGS["progress: distinct values a Viewer saw while score_local ran"] = len(set(done))
+
+
+def test_the_manifest_holds_the_estimate_beside_the_actual(prod, watched):
+    manifest = json.loads(prod.blob_client().get_blob_client(
+        "videos-out", watched["output"] + ".manifest.json").download_blob().readall())
+    estimated, took = manifest["estimate"]["estimated"], manifest["estimate"]["actual"]
+    assert estimated["backend"] == "local" and estimated["score_seconds"] > 0, estimated
+    assert estimated["rate"]["machine"] == "local" and estimated["rate"]["when"]
+    assert took["score_seconds"] == manifest["seconds"]["score"] > 0
+    TIMINGS["score step: estimated (s)"] = estimated["score_seconds"]
+    TIMINGS["score step: took (s)"] = took["score_seconds"]
+
+
+def test_metrics_of_a_published_run_reach_the_collector(prod, watched):
+    """The product's metrics and Airflow's own, read back from the StatsD daemon they went to."""
+    counters, timers = prod.received("counters"), prod.received("timers")
+    assert counters.get("airflow.vst.runs.started.local", 0) >= 1, counters
+    assert counters.get("airflow.vst.runs.published", 0) >= 1, counters
+    assert counters.get("airflow.vst.frames.styled.local", 0) >= 60, counters
+    assert timers.get("airflow.vst.score.frame_time.local", 0) > 0, timers
+    # Airflow's own, from the scheduler and the workers' task runners
+    assert any(name.startswith("airflow.ti.finish") for name in counters), sorted(counters)
+    assert any(name.startswith("airflow.dagrun.duration") for name in timers), sorted(timers)
+
+
+def test_task_logs_are_in_blob_storage_and_shown_once_the_workers_copies_are_gone(prod, watched):
+    """Each task's log is uploaded to the system account's logs container and removed from the
+    worker; with the workers' log folders deleted as well, a Viewer still reads it through
+    the API. No secret is in any of the uploaded logs."""
+    from devstack import DEV_KEY, SYSTEM_ACCOUNT
+    from devstack.prod import DEV_SECRETS
+
+    logs = prod.blob_client(SYSTEM_ACCOUNT).get_container_client("logs")
+    prefix = f"tasks/dag_id={DAG}/run_id={watched['run_id']}/"
+    tasks = ("probe", "preview", "split", "score_local", "stitch_and_publish", "clean_up", "notify")
+    deadline = time.monotonic() + 120  # a task's state is final a moment before its worker uploads the log
+    while True:
+        names = [b.name for b in logs.list_blobs(name_starts_with=prefix)]
+        left = [p for queue in QUEUES for p in (prod.root / f"logs-{queue}").rglob(f"run_id={watched['run_id']}/*/*")]
+        if (all(any(n.startswith(f"{prefix}task_id={t}/") for n in names) for t in tasks) and not left) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    for step in tasks:
+        assert any(name.startswith(f"{prefix}task_id={step}/") for name in names), (step, names)
+    assert not left, f"the workers kept {left}"
+    for queue in QUEUES:
+        shutil.rmtree(prod.root / f"logs-{queue}", ignore_errors=True)
+
+    status, answer = api(prod, "GET", f"{watched['task']}/logs/1?full_content=true", user="viewer")
+    assert status == 200, answer
+    shown = json.dumps(answer)
+    assert f"/{SYSTEM_ACCOUNT}/logs/{prefix}task_id=score_local/attempt=1.log" in shown  # its source
+    assert "frames" in shown and "fps" in shown  # the ranks' progress lines, as the task printed them
+
+    secrets = [DEV_KEY, *DEV_SECRETS.values(), *json.loads((prod.airflow_home / "passwords.json").read_text()).values()]
+    everything = [logs.download_blob(b.name).readall().decode(errors="replace") for b in logs.list_blobs(
+        name_starts_with="tasks/")]
+    assert len(everything) >= 5
+    assert not [s for s in secrets if any(s in text for text in everything)]
+
+
+def test_screenshot_of_the_runs_progress(prod, watched, browser):
+    """The run's progress as a Viewer sees it in the UI; the picture goes to docs/ (only the
+    page's text is compared)."""
+    from urllib.parse import quote
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 180)
+    base = f"http://127.0.0.1:{prod.api_port}"
+    browser.get(f"{base}/auth/logout/")  # the UI test signed in as admin
+    browser.delete_all_cookies()
+    browser.execute_script("window.localStorage.clear(); window.sessionStorage.clear();")
+    browser.get(f"{base}/auth/login/")
+    wait.until(ready.presence_of_element_located((By.NAME, "username"))).send_keys("viewer")
+    browser.find_element(By.NAME, "password").send_keys(prod.password("viewer"))
+    browser.find_element(By.CSS_SELECTOR, "[type=submit]").click()
+    wait.until(lambda b: "/auth/login" not in b.current_url)
+    browser.get(f"{base}/dags/{DAG}/runs/{quote(watched['run_id'], safe='')}/tasks/score_local/xcom")
+    # the XCom tab shows a JSON value folded; its button unfolds them all
+    wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, "[aria-label='Expand all extra JSON']"))).click()
+    wait.until(lambda b: "60 of 60 frames (100%), done" in b.find_element(By.TAG_NAME, "body").text)
+    browser.save_screenshot(str(REPO / "docs" / "progress.png"))

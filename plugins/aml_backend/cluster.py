@@ -4,7 +4,8 @@ which wins when set), never a run's parameter.
 
     {"cluster": {"name": "vst-gpu", "vm_size": "Standard_NC4as_T4_v3", "tier": "low_priority",
                  "min_nodes": 0, "max_nodes": 4, "idle_seconds": 120, "keep_warm": false,
-                 "subnet": null, "node_public_ip": true, "ssh": false, "identity": ""}}
+                 "subnet": null, "node_public_ip": true, "ssh": false, "identity": "",
+                 "price_per_node_hour": null}}
 
 Placement and identity (docs/azureml.md, "Network and identity"): ``subnet``, the ARM id of a
 subnet of the workspace's VNet, places the nodes there; ``node_public_ip: false`` gives them
@@ -45,6 +46,7 @@ class ClusterConfig:
     node_public_ip: bool = True
     ssh: bool = False
     identity: str = ""
+    price_per_node_hour: float | None = None  # the region's price, for the estimate before a run (observability)
 
     def __post_init__(self):
         if self.tier not in TIERS:
@@ -70,8 +72,8 @@ class ClusterConfig:
             known = ", ".join(f.name for f in fields(cls))
             raise ValueError(f"unknown cluster settings {', '.join(unknown)}: use {known}")
         flag = lambda v: str(v).lower() in ("1", "true", "yes")  # noqa: E731
-        types = {"min_nodes": int, "max_nodes": int, "idle_seconds": int, "keep_warm": flag,
-                 "node_public_ip": flag, "ssh": flag, "subnet": lambda v: str(v) if v else None,
+        types = {"min_nodes": int, "max_nodes": int, "idle_seconds": int, "price_per_node_hour": float,
+                 "keep_warm": flag, "node_public_ip": flag, "ssh": flag, "subnet": lambda v: str(v) if v else None,
                  "identity": lambda v: str(v or "")}
         return cls(**{k: types.get(k, str)(v) for k, v in settings.items()})
 

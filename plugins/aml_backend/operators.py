@@ -35,6 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, BaseOperator
 
+from observability import metrics
+from observability.progress import job_where
+
 from .links import JOB_NAME_KEY, STUDIO_URL_KEY, AzureMLJobLink, studio_url
 from .orphans import RUN_TAG, datastore_prefix
 from .trigger import AzureMLJobTrigger
@@ -129,7 +132,9 @@ class AzureMLScoreOperator(BaseOperator):
         """Re-attach to the run's job if one is queued, running or completed; else submit the next."""
         cluster = self._cluster()
         carry = {"cluster": cluster, "resubmits": 0, "job_names": [], "usage": [],
-                 "datastores": self._store_names(context), "deadline": time.time() + self.time_limit.total_seconds()}
+                 "datastores": self._store_names(context), "deadline": time.time() + self.time_limit.total_seconds(),
+                 "progress": job_where(self.segments, self.styled, self.storage_conn_id),  # issue 26
+                 "started_at": time.time()}  # issue 26: the score step's time, for the manifest
         n, found = 0, None
         while (job := self.hook.find_job(job_name(context, n))) is not None:
             n, found = n + 1, job
@@ -154,12 +159,16 @@ class AzureMLScoreOperator(BaseOperator):
         status, job_status = event.get("status"), event.get("job_status")
         if status == "error" and job_status not in TERMINAL:  # status unreadable: the job may run on
             raise AirflowException(f"{event.get('message')}; a retry re-attaches to the job")
+        job = carry["usage"][-1]  # issue 26: its metrics; the wait for nodes is the job's time not running
+        queued = time.time() - carry["submitted_at"] - job["running_seconds"] if carry.get("submitted_at") else None
+        metrics.azureml_job(job["vm_size"], job["tier"], queued, job["node_seconds"], job["restarts"])
         self._copy_logs(context, name)
         if status == "success":
             self._remove_datastores(carry)
             self.log.info("%s after %d resubmission(s)", event.get("message"), carry["resubmits"])
             return {"job_name": name, "job_names": carry["job_names"], "resubmits": carry["resubmits"],
-                    "cost": {"node_seconds": node_seconds(carry["usage"]), "jobs": carry["usage"]}}
+                    "cost": {"node_seconds": node_seconds(carry["usage"]), "jobs": carry["usage"]},
+                    "seconds": round(time.time() - carry["started_at"], 3) if carry.get("started_at") else None}
         if status == "timeout":
             self._remove_datastores(carry)
             raise AirflowException(f"Azure ML job {name} {event.get('message')}")
@@ -175,6 +184,7 @@ class AzureMLScoreOperator(BaseOperator):
                 self.log.warning("job %s ended %s (%s); resubmitting (%d of %d) with fresh tokens: finished segments "
                                  "are kept", name, job_status, error or "the cluster's nodes were preempted",
                                  carry["resubmits"] + 1, int(self.max_resubmits))
+                metrics.azureml_resubmitted(preempted)  # issue 26
                 self._submit_and_defer(context, {**carry, "resubmits": carry["resubmits"] + 1})
             self._remove_datastores(carry)
             raise AirflowException(f"Azure ML job {name} was preempted again after {carry['resubmits']} "
@@ -241,7 +251,7 @@ class AzureMLScoreOperator(BaseOperator):
         self.job_name = submitted.name
         self.log.info("submitted Azure ML job %s (%s x %s GPUs, %s %s)", submitted.name, self.nodes, cluster["gpus"],
                       cluster["tier"], cluster["vm_size"])
-        self._defer(context, submitted, {**carry, "next": carry["next"] + 1,
+        self._defer(context, submitted, {**carry, "next": carry["next"] + 1, "submitted_at": time.time(),  # issue 26
                                          "job_names": [*carry["job_names"], submitted.name]})
 
     def _defer(self, context, job, carry: dict) -> None:

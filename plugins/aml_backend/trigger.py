@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from observability.progress import JobProgress  # issue 26: live progress
 
 TERMINAL_STATES = ("Completed", "Failed", "Canceled")  # the same as hook.TERMINAL_STATES, without importing the SDK
 QUEUED_STATES = ("Queued", "Preparing", "Starting", "Provisioning", "NotStarted")
@@ -87,6 +88,7 @@ class AzureMLJobTrigger(BaseTrigger):
         tail = LogTail(hook, self.job_name)
         errors, last, running, since, restarts = 0, None, 0.0, None, 0
         queued_since = self.queued_since
+        progress = JobProgress.for_trigger(self)  # issue 26: frames done from the done markers in storage
         while True:
             try:
                 status = await asyncio.to_thread(hook.get_status, self.job_name)
@@ -118,6 +120,8 @@ class AzureMLJobTrigger(BaseTrigger):
             if status not in QUEUED_STATES:  # a queued job has printed nothing yet
                 for line in await asyncio.to_thread(tail.new_lines):
                     self.log.info("%s", line)
+            if status in ("Running", "Completed"):  # issue 26: the task's XCom "progress", once a poll
+                await asyncio.to_thread(progress.tick)
             if status == "Completed":
                 yield self._event("success", status, f"job {self.job_name} completed", running, restarts)
                 return

@@ -21,9 +21,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
+from observability import metrics, progress
+from observability.estimate import azureml_cluster, estimate
+from observability.estimate import actual as estimate_and_actual
 from storage import blobs
 from storage.blobs import ACCEPTED, DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYLES, SYSTEM_CONN, BlobStore
 from storage.scratch import run_key, scratch, scratch_root
@@ -64,18 +69,24 @@ def default_output_name(input_blob: str, style: str | None, model_blob: str | No
     return str(path.with_name(f"{path.stem}.{tag}.mp4"))
 
 
-def scoring(*args: str, ranks: int = 1, threads: int | None = None) -> dict:
+def scoring(*args: str, ranks: int = 1, threads: int | None = None,
+            while_running: Callable[[], object] | None = None) -> dict:
     """Run ``python -m scoring ARGS`` (under ``mpiexec -n ranks`` when ranks > 1, on ``threads``
     threads where given) and return its JSON answer; a user error becomes BadInput, anything
     else stays a bug. The step parses untrusted files, so it sees none of the worker's
-    credentials (``child_env``)."""
+    credentials (``child_env``). ``while_running`` is called every second until it ends."""
     env = child_env() | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     # its own process group, so that whatever ends this task (a kill: see own_scratch) ends
     # every rank too, instead of leaving them to run on and write into the scratch folder
     process = subprocess.Popen(scoring_command(list(args), ranks), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
-        stdout, stderr = process.communicate()
+        while True:
+            try:
+                stdout, stderr = process.communicate(timeout=1 if while_running else None)
+                break
+            except subprocess.TimeoutExpired:
+                while_running()
     except BaseException:
         stop_group(process)
         raise
@@ -193,12 +204,17 @@ def probe(params: dict, run_id: str) -> dict:
     system = BlobStore(SYSTEM_CONN)
     system.ensure_container(work_in)
     system.ensure_container(work_out)
+    backend = params.get("backend") or "local"
+    price = estimate(info["frames"], info["width"], info["height"], params,
+                     azureml_cluster() if backend == "azureml" else None)
+    print(f"estimate: {json.dumps(price)}")
+    metrics.run_started(backend)
     return {"run_key": key, "work_in": work_in, "work_out": work_out, "input_blob": name, "etag": blob.etag,
             "snapshot": snapshot,
             "size": blob.size, "output_blob": output, "style_etag": style_etag, "model_etag": model_etag,
             "frames": info["frames"], "duration": info["duration"], "frame_rate": info["frame_rate"],
             "width": info["width"], "height": info["height"], "audio": info["has_audio"],
-            "seconds": round(time.monotonic() - started, 3)}
+            "estimate": price, "seconds": round(time.monotonic() - started, 3)}
 
 
 def download_input(data: BlobStore, name: str, version: dict, path: Path) -> None:
@@ -233,6 +249,7 @@ def quarantine(data: BlobStore, container: str, name: str, reason: str, run_id: 
     source = f"{container}/{name}" + (f"?snapshot={snapshot}" if snapshot else "")
     data.upload_text(json.dumps({"input": source, "reason": reason, "run_id": run_id}, indent=2),
                      QUARANTINE, reason_blob(name), "application/json")
+    metrics.run_quarantined()
 
 
 def reason_blob(name: str) -> str:
@@ -300,10 +317,11 @@ def split(params: dict, probed: dict, run_id: str) -> dict:
     return plan | {"uploaded": uploaded, "seconds": round(time.monotonic() - started, 3)}
 
 
-def score_local(params: dict, probed: dict) -> dict:
+def score_local(params: dict, probed: dict, report: Callable[[dict], None] | None = None) -> dict:
     """mpiexec over the segments; finished segments in storage are fetched first and skipped.
-    Its files on this worker go when it ends; only a worker killed with it keeps them, and
-    the retry on that worker skips the segments finished there (housekeeping removes the rest)."""
+    While it runs, ``report`` gets the progress (frames done, ETA) from the done markers. Its
+    files on this worker go when it ends; only a worker killed with it keeps them, and the
+    retry on that worker skips the segments finished there (housekeeping removes the rest)."""
     started = time.monotonic()
     system = BlobStore(SYSTEM_CONN)
     with own_scratch(probed["run_key"], "score") as local:
@@ -311,16 +329,23 @@ def score_local(params: dict, probed: dict) -> dict:
         if params.get("style_image"):  # the run's copy, from split
             system.download(probed["work_in"], STYLE_IMAGE, local / STYLE_IMAGE)
         resumed = system.sync_down(probed["work_out"], "styled/", local / "styled")
-        ranks = Plan.load(local / "segments").useful_ranks(int(params["ranks"]))
+        plan = Plan.load(local / "segments")
+        ranks = plan.useful_ranks(int(params["ranks"]))
+        tracker = progress.Tracker.from_plan(asdict(plan), "local", (probed.get("estimate") or {}).get("score_seconds"))
+        reporter = progress.Reporter(tracker, lambda: progress.local_markers(local / "styled"),
+                                     report or (lambda _: None))
+        reporter.tick(force=True)
         try:
             summary = scoring("score", "--segments", str(local / "segments"), "--out", str(local / "styled"),
-                              *model_args(params, local, probed.get("model_etag")), ranks=ranks)
+                              *model_args(params, local, probed.get("model_etag")), ranks=ranks,
+                              while_running=reporter.tick)
         except Killed:
             raise  # the run is over and the SIGKILL near: the scratch goes first
         except BaseException:  # what finished is kept in storage even if this attempt fails
             system.sync_up(local / "styled", probed["work_out"], "styled/", suffixes=(".done",))
             raise
         system.sync_up(local / "styled", probed["work_out"], "styled/", suffixes=(".done",))
+        reporter.tick(force=True)
     return {k: summary.get(k) for k in ("segments", "scored", "skipped", "frames_scored", "ranks")} | {
         "fetched_done_files": resumed, "seconds": round(time.monotonic() - started, 3)}
 
@@ -494,6 +519,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
         "scoring": {k: v for k, v in scored.items() if k not in ("seconds", "fetched_done_files", "cost")},
         # Azure ML: node-seconds per "tier/vm_size" over every job of the run, resubmissions included
         "cost": scored.get("cost"),
+        # probe's estimate of the score step beside what it took (docs/azureml.md#the-price-before-the-wait)
+        "estimate": estimate_and_actual(probed.get("estimate"), scored),
         "seconds": {"probe": probed["seconds"], "split": split_facts["seconds"], "score": scored.get("seconds"),
                     "stitch": round(stitch_seconds, 3),
                     "publish": round(time.monotonic() - started - stitch_seconds, 3)},
@@ -502,6 +529,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     if not data.publish_beside(json.dumps(manifest, indent=2).encode(), OUTPUTS, output + ".manifest.json", output,
                                video_etag, "application/json"):
         print(f"{OUTPUTS}/{output} was replaced by a later run before its manifest was written: that run writes it")
+    metrics.run_published()
+    metrics.frames_styled(params.get("backend") or "local", stitched["frames"], scored.get("seconds"))
     return {"output_blob": output, "published": True, "frames": stitched["frames"],
             "preview_blob": preview_blob, "strip_blob": output + STRIP_SUFFIX}
 
