@@ -311,14 +311,13 @@ TRIGGERED = {  # kind -> (conf, outcome words)
     "zero bytes (in accepted; triggered)": ({"input_blob": "bad/empty.mp4"}, "is empty (0 bytes)"),
     "input_blob with ../": ({"input_blob": "../videos-out/x.mp4"}, "'..' path segment"),
     "input_blob that does not exist": ({"input_blob": "nowhere.mp4"}, "does not exist"),
-    "unknown style (30)": ({"input_blob": "load/clip-00.mp4", "style": "30", "output_name": "never/a.mp4"},
-                           "unknown style 30"),
     ".pth that is not a state dict": ({"input_blob": "load/clip-00.mp4", "model_blob": "junk.pth",
                                        "output_name": "never/b.mp4"}, "not a PyTorch checkpoint"),
     "output_name with ../": ({"input_blob": "load/clip-00.mp4", "output_name": "../x.mp4"}, "'..' path segment"),
 }
 REFUSED_BY_PARAMS = {  # kind -> conf the API must refuse before a run exists
     "style spec that does not parse": {"input_blob": "load/clip-00.mp4", "style": "seven"},
+    "unknown style (30)": {"input_blob": "load/clip-00.mp4", "style": "30"},
     "ranks 0 (out of range)": {"input_blob": "load/clip-00.mp4", "ranks": 0},
     "ranks 'two' (wrong type)": {"input_blob": "load/clip-00.mp4", "ranks": "two"},
     "backend 'gpu' (not in enum)": {"input_blob": "load/clip-00.mp4", "backend": "gpu"},

@@ -50,14 +50,19 @@ def test_score_args_output_name_and_settings(tmp_path):
     assert digest(BASE, None, '"0x1"') == before  # an etag without a model_blob changes nothing
 
 
-@pytest.mark.parametrize("params, words", [
-    ({"style_image": "wave.jpg", "model_blob": "m.pth"}, "style_image and model_blob each replace the style"),
-    ({"style_image": "../wave.jpg"}, "style_image: "),
-])
-def test_bad_style_image_params_fail_in_one_line_before_storage(params, words):
+def test_a_model_and_a_picture_together_are_refused_in_one_line_before_storage():
+    from intake.settings import InvalidSettings, check_run
+
+    with pytest.raises(InvalidSettings) as caught:
+        check_run(BASE | {"style_image": "wave.jpg", "model_blob": "m.pth"})  # no storage is reachable here
+    assert str(caught.value).startswith("the run's settings: style_image and model_blob each replace the style")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bad_style_image_name_fails_in_one_line_before_storage():
     with pytest.raises(tasks.BadInput) as caught:
-        tasks.check_style_image(None, BASE | params)  # refused before any storage call
-    assert str(caught.value).startswith(words) and "\n" not in str(caught.value)
+        tasks.check_style_image(None, BASE | {"style_image": "../wave.jpg"})  # refused before any storage call
+    assert str(caught.value).startswith("style_image: ") and "\n" not in str(caught.value)
 
 
 def test_a_picture_that_does_not_decode_is_refused_with_its_blob_name(tmp_path):

@@ -24,14 +24,13 @@ class Rate:
 
 # docs/azureml.md lists this table (tests/test_docs.py holds the two together).
 RATES = {
-    # `mpiexec -n 2 python -m scoring score --style 19` on `scoring sample --seconds 6 --size 640x360`
-    # (180 frames, bf16), whole step with the ranks' start-up: 99.9 s and 142.8 s in two runs while
-    # the machine was shared (load average 15 to 21 on its 2 cores); the faster one is the rate.
+    # `mpiexec -n 2 python -m scoring score --style 19` on `scoring sample --seconds 6 --size 640x360`,
+    # the whole step with the ranks' start-up; the runs and their load are in docs/azureml.md.
     LOCAL: Rate(2.4, "2026-12-02", "Intel Xeon (family 6 model 207, AVX-512 BF16/VNNI), 2 cores, 2 ranks, shared",
                 "score step, 180 frames of 640x360, style 19, bf16, load average 15-19"),
-    # GPU nodes: the network alone was measured on an H100 80GB HBM3 (3.4 ms/MP, fp16, batch 4,
-    # 2026-11-26, docs/performance.md); each size scales it by its GPU's memory bandwidth (the
-    # network is memory-bound there) and adds the node's CPU encode. Estimated until measured.
+    # GPU nodes: the network alone was measured on an H100 80GB HBM3 (docs/performance.md, on a
+    # CUDA GPU); each size scales it by its GPU's memory bandwidth (the network is memory-bound
+    # there) and adds the node's CPU encode. Estimated until measured.
     "Standard_NC40ads_H100_v5": Rate(0.005, "estimated", "NVIDIA H100 NVL (1 per node)",
                                      "H100 figure x 3.35/3.9 TB/s, plus encode on the node's 40 cores"),
     "Standard_NC24ads_A100_v4": Rate(0.009, "estimated", "NVIDIA A100 80GB PCIe (1 per node)",
@@ -40,7 +39,7 @@ RATES = {
                                  "H100 figure x 3.35/0.32 TB/s, plus encode on the node's 4 cores"),
 }
 # The other networks against the 26-style one, measured side by side on one 2-core CPU
-# (docs/performance.md: 187 vs 777 ms/frame for TransformerNet, 185 vs 128 for the picture's).
+# (the per-frame times are in docs/performance.md).
 NETWORK_FACTORS = {"style": 1.0, "model_blob": 4.2, "style_image": 0.7}
 
 

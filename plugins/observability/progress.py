@@ -70,7 +70,7 @@ class Tracker:
 
 
 def describe(done: int, total: int, eta: float | None) -> str:
-    """``120 of 240 frames (50%), about 2 min left``: what the UI shows."""
+    """``<done> of <total> frames (<percent>), about <time> left``: what the UI shows."""
     percent = 100 * done // total if total else 100
     if done >= total:
         return f"{done} of {total} frames (100%), done"
