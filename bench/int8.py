@@ -230,6 +230,21 @@ class Int8Net(nn.Module):
     psnr_db: float  # against the fp32 network on the calibration photos
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Both networks' shape: three convs down, residual blocks, up to the last layer."""
+        x = frames
+        for (conv, weight, bias), into in zip(self.contract, self.into):
+            x = norm_to_uint8(conv(x), weight, bias, into, relu=True)
+        conv, weight, bias = self.contract[2]
+        stream = F.relu(norm(conv(x), weight, bias))
+        for stream_q, (one, w1, b1), inner_q, (two, w2, b2) in self.blocks:
+            inner = norm_to_uint8(one(stream_q.quantize(stream)), w1, b1, inner_q, relu=True)
+            stream = stream + norm(two(inner), w2, b2)
+        x = self.up_in.quantize(stream)
+        for (conv, weight, bias), into in zip(self.expand, self.expand_into):
+            x = norm_to_uint8(conv(x), weight, bias, into, relu=True)
+        return self.last_layer(x)
+
+    def last_layer(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -257,18 +272,7 @@ class Int8MultiStyle(Int8Net):
         self.expand = [layer(up1, double=True), layer(up2, double=True), layer(last)]
         self.expand_into = [ranges.quant(up2), ranges.quant(last)]
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames
-        for (conv, weight, bias), into in zip(self.contract, self.into):
-            x = norm_to_uint8(conv(x), weight, bias, into, relu=True)
-        conv, weight, bias = self.contract[2]
-        stream = F.relu(norm(conv(x), weight, bias))
-        for stream_q, (one, w1, b1), inner_q, (two, w2, b2) in self.blocks:
-            inner = norm_to_uint8(one(stream_q.quantize(stream)), w1, b1, inner_q, relu=True)
-            stream = stream + norm(two(inner), w2, b2)
-        x = self.up_in.quantize(stream)
-        for (conv, weight, bias), into in zip(self.expand, self.expand_into):
-            x = norm_to_uint8(conv(x), weight, bias, into, relu=True)
+    def last_layer(self, x: torch.Tensor) -> torch.Tensor:
         conv, weight, bias = self.expand[2]
         return torch.sigmoid(norm(conv(x), weight, bias))
 
@@ -300,18 +304,7 @@ class Int8TransformerNet(Int8Net):
         self.last = Conv(net.deconv3.conv2d.weight.detach(), net.deconv3.conv2d.bias.detach(),
                          ranges.quant(net.deconv3))
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames
-        for (conv, weight, bias), into in zip(self.contract, self.into):
-            x = norm_to_uint8(conv(x), weight, bias, into, relu=True)
-        conv, weight, bias = self.contract[2]
-        stream = F.relu(norm(conv(x), weight, bias))
-        for stream_q, (one, w1, b1), inner_q, (two, w2, b2) in self.blocks:
-            inner = norm_to_uint8(one(stream_q.quantize(stream)), w1, b1, inner_q, relu=True)
-            stream = stream + norm(two(inner), w2, b2)
-        x = self.up_in.quantize(stream)
-        for (conv, weight, bias), into in zip(self.expand, self.expand_into):
-            x = norm_to_uint8(conv(x), weight, bias, into, relu=True)
+    def last_layer(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(x).div_(255.0).clamp_(0.0, 1.0)
 
 
