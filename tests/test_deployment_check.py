@@ -95,8 +95,11 @@ def receivers():
     """A webhook receiver and a mail server that accepts mail without sign-in."""
     from aiosmtpd.controller import Controller
 
+    posted, mailed = [], []
+
     class Quiet(http.server.BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
+            posted.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()
 
@@ -108,11 +111,12 @@ def receivers():
 
     class Sink:
         async def handle_DATA(self, server, session, envelope):  # noqa: N802
+            mailed.append(envelope)
             return "250 OK"
 
     smtp = Controller(Sink(), hostname="127.0.0.1", port=_free_port())
     smtp.start()
-    yield SimpleNamespace(web_port=web.server_address[1], smtp_port=smtp.port)
+    yield SimpleNamespace(web_port=web.server_address[1], smtp_port=smtp.port, posted=posted, mailed=mailed)
     smtp.stop()
     web.shutdown()
 
@@ -271,3 +275,33 @@ def test_optional_pieces_not_configured_are_skipped_not_failed(deployment, monke
     assert status == 0 and text.endswith("deployment ready")
     text, status = deployment_check.report(deployment_check.check(azureml=True, allow_account_keys=True))
     assert status == 1 and text.endswith("1 check(s) failed")
+
+
+def test_an_upload_the_watcher_refuses_reaches_its_uploader(deployment):
+    """No run exists for it, so no failure callback: the watcher itself sends the webhook and
+    the e-mail to the upload's notify_email, with the reason."""
+    from intake.inbox import Upload, refuse
+    from pipeline.notifications import verify_signature
+    from storage.blobs import BlobStore
+
+    inbox = deployment.blobs[DATA].get_container_client("videos-in")
+    done = inbox.get_blob_client("trip/refused.mp4").upload_blob(b"not a video", overwrite=True,
+                             metadata={"notify_email": "uploader@example.com", "style": "99"})
+    deployment.receivers.posted.clear()
+    deployment.receivers.mailed.clear()
+    reason = "metadata style: '99' is not a built-in style (0-25)"
+    upload = Upload("trip/refused.mp4", str(done["etag"]).strip('"'), 11, {"notify_email": "uploader@example.com"})
+    assert refuse(BlobStore("wasb_data"), upload, reason) == "quarantined"
+    headers, body = deployment.receivers.posted[-1]
+    assert verify_signature("signing-key", body, headers["X-Signature"])
+    assert json.loads(body) == {"status": "quarantined", "input_blob": "trip/refused.mp4", "error": reason,
+                                "quarantine_blob": "quarantine/trip/refused.mp4"}
+    mail = deployment.receivers.mailed[-1]
+    assert mail.rcpt_tos == ["uploader@example.com"] and mail.mail_from == "videos@example.com"
+    import email
+
+    message = email.message_from_bytes(mail.content)
+    text = "".join(part.get_payload(decode=True).decode() for part in message.walk() if not part.is_multipart())
+    assert "trip/refused.mp4" in message["Subject"] and "not a built-in style" in text
+    quarantine = deployment.blobs[DATA].get_container_client("quarantine")
+    assert quarantine.download_blob("trip/refused.mp4").readall() == b"not a video"  # the bytes as uploaded
