@@ -260,6 +260,10 @@ def refuse(data, upload: Upload, reason: str) -> str:
         return "failed"
     data.delete(INPUTS, upload.name, etag=upload.etag)
     print(f"quarantined {upload.name}: {reason}")
+    from pipeline.notifications import notify_quarantined
+    from storage.blobs import QUARANTINE
+
+    notify_quarantined(upload.name, reason, f"{QUARANTINE}/{upload.name}", (upload.metadata or {}).get("notify_email"))
     return "quarantined"
 
 
