@@ -206,3 +206,24 @@ def test_the_products_metrics_reach_a_statsd_daemon(tmp_path):
         assert DEV_KEY not in (stack.root / "statsd.log").read_text()
     finally:
         stack.stop()
+
+
+def test_the_estimate_reads_the_cluster_as_the_score_task_does(monkeypatch):
+    """probe prices a run on the cluster the score task will use: one reading of the connection
+    and the Variable (``aml_backend.cluster.from_airflow``), which the hook calls too."""
+    from aml_backend.cluster import ClusterConfig
+    from aml_backend.hook import AzureMLHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_AZUREML_DEFAULT", json.dumps({"conn_type": "azureml", "extra": {
+        "cluster": {"vm_size": "standard_nc24ads_a100_v4", "max_nodes": 3, "price_per_node_hour": 3.1}}}))
+    monkeypatch.delenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER", raising=False)
+    from_connection = estimates.azureml_cluster()
+    assert from_connection == AzureMLHook().cluster_config() == ClusterConfig(
+        vm_size="Standard_NC24ads_A100_v4", max_nodes=3, price_per_node_hour=3.1)
+    monkeypatch.setenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER", json.dumps({"name": "from-variable", "tier": "dedicated"}))
+    assert estimates.azureml_cluster() == AzureMLHook().cluster_config() == ClusterConfig(name="from-variable",
+                                                                                          tier="dedicated")
+    monkeypatch.setenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER", json.dumps({"tier": "spot"}))
+    assert estimates.azureml_cluster() is None  # said in a warning; the score task fails on it in one line
+    with pytest.raises(ValueError, match="cluster tier must be one of"):
+        AzureMLHook().cluster_config()
