@@ -89,7 +89,8 @@ def video_style_transfer():
     def choose_backend() -> str:
         return "score_azureml" if get_current_context()["params"]["backend"] == "azureml" else "score_local"
 
-    @task(pool="scoring", queue=SCORING_QUEUE, execution_timeout=timedelta(hours=6))
+    # one XCom for its result beside "progress", not one per key (what a "-> dict" task makes)
+    @task(pool="scoring", queue=SCORING_QUEUE, execution_timeout=timedelta(hours=6), multiple_outputs=False)
     def score_local(probed: dict) -> dict:
         ti = get_current_context()["ti"]  # its XCom "progress": frames done and ETA while it runs
         return _run(lambda p, params, run_id: p.score_local(params, probed, lambda v: ti.xcom_push(PROGRESS, v)))

@@ -227,3 +227,16 @@ def test_the_estimate_reads_the_cluster_as_the_score_task_does(monkeypatch):
     assert estimates.azureml_cluster() is None  # said in a warning; the score task fails on it in one line
     with pytest.raises(ValueError, match="cluster tier must be one of"):
         AzureMLHook().cluster_config()
+
+
+def test_the_score_tasks_xcom_tab_shows_its_progress_and_its_result_only():
+    """A Viewer reads the progress on the score task's XCom tab: beside it only the task's result
+    (``return_value``), not a row per key of the result (what ``@task`` does for a ``-> dict``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dag_video_style_transfer", REPO / "dags" / "video_style_transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = module.video_style_transfer()
+    assert dag.get_task("score_local").multiple_outputs is False
+    assert dag.get_task("score_azureml").multiple_outputs is False
