@@ -10,7 +10,9 @@ hours spent waiting for nodes). Running runs the job's command line under ``mpie
 (instance count x processes per instance ranks), from the snapshot, with ``${{inputs.X}}`` /
 ``${{outputs.X}}`` replaced by the local folders; its output is written, as it comes, to the
 job's ``user_logs/std_log.txt`` in the workspace's artifact store; a read-write output is
-uploaded back with its token when the ranks stop, finished or not.
+written back with its token as its files are finished (as blobfuse writes a file through when
+it is closed: done markers reach storage while the job runs) and once more when the ranks
+stop, finished or not.
 
 Each submission plays the next scripted outcome (default ``complete``); ``a+b`` plays ``a`` on
 the job's first attempt and ``b`` on its restart in place:
@@ -100,6 +102,7 @@ class Runner:
         self.step, self.preempt_after = step, preempt_after
         self.queue_seconds, self.cancel_seconds = queue_seconds, cancel_seconds
         self.queue_delay = timedelta(0)
+        self.write_through_seconds = 0.25  # how often a read-write mount's new files reach storage while it runs
         self.quota_nodes: int | None = None  # the nodes the subscription's quota allows (None: plenty)
         self.outcomes: deque[str] = deque()
         self.runs: dict[str, Run] = {}
@@ -406,7 +409,13 @@ class Runner:
         logger.start()
         styled = Path(command[command.index("--out") + 1]) if "--out" in command else None
         preempt = outcome.startswith("preempt")
+        sent: dict[Path, tuple] = {}  # a read-write mount writes a file through once it is closed
+        synced = 0.0
         while process.poll() is None:
+            if time.monotonic() - synced >= self.write_through_seconds:
+                for _, container in writable:
+                    _upload_folder(*container, sent=sent)
+                synced = time.monotonic()
             if run.cancelled():
                 if not _signal_ranks(process, signal.SIGTERM):
                     process.terminate()  # no rank started yet
@@ -426,7 +435,7 @@ class Runner:
         attempt.stdout, attempt.stderr = (r.text() for r in readers)
         logger.join(timeout=10)
         for local, container in writable:  # a read-write mount writes through: finished segments stay
-            _upload_folder(*container)
+            _upload_folder(*container, sent=sent)
         return attempt
 
     def _write_log(self, run: Run, process: subprocess.Popen) -> None:
@@ -447,13 +456,23 @@ class Runner:
             time.sleep(0.3)
 
 
-def _upload_folder(local: Path, container) -> None:
+def _upload_folder(local: Path, container, sent: dict | None = None) -> None:
     """Every finished file under ``local`` to its blob; ``.partial`` files (dot names) stay out,
-    done markers go last, as a mount would show them."""
+    done markers go last, as a mount would show them. ``sent``: what was uploaded already (path ->
+    size and mtime), left out while unchanged."""
     for path in sorted(Path(local).rglob("*"), key=lambda p: p.name.endswith(".done")):
-        if path.is_file() and not path.name.startswith("."):
+        try:
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            stat = path.stat()
+            if sent is not None and sent.get(path) == (stat.st_size, stat.st_mtime_ns):
+                continue
             with open(path, "rb") as f:
                 container.upload_blob(path.relative_to(local).as_posix(), f, overwrite=True)
+        except FileNotFoundError:  # renamed away meanwhile (a rank's atomic rename): the next pass sees it
+            continue
+        if sent is not None:
+            sent[path] = (stat.st_size, stat.st_mtime_ns)
 
 
 def _signal_ranks(process: subprocess.Popen, sig: int) -> bool:
