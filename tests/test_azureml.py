@@ -733,6 +733,10 @@ def test_a_managed_identity_and_workload_identity(service, monkeypatch, tmp_path
     _conn(monkeypatch, "aml_mi", extra={**EXTRA, "managed_identity_client_id": "mi-client"})
     signed = _signed_in(service, "aml_mi")
     assert (signed["grant"], signed["client_id"]) == ("managed_identity", "mi-client")
+    _conn(monkeypatch, "aml_plain_default", extra=EXTRA)  # nothing given: DefaultAzureCredential finds the VM's identity
+    signed = _signed_in(service, "aml_plain_default")
+    assert (signed["grant"], signed["client_id"], signed["audience"]) == \
+        ("managed_identity", None, "https://management.azure.com")
 
     token_file = tmp_path / "federated-token"  # what AKS projects into a pod with workload identity
     token_file.write_text("eyJhbGciOiJub25lIn0.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.")
