@@ -57,6 +57,7 @@ SERVICE_ERROR = ("UserError", "AzureMLCompute job failed. JobConfigurationError:
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 NEEDED = {"ReadOnlyMount": "rl", "Download": "r", "ReadWriteMount": "rcwdl", "Upload": "cw"}  # SAS letters per mode
 LOG_BLOB = "ExperimentRun/dcid.{name}/user_logs/std_log.txt"
+HOLD_SECONDS = 120  # the longest hold_until_read waits for a read
 
 
 @dataclass
@@ -88,9 +89,14 @@ class Run:
     started: str | None = None
     ended: str | None = None
     thread: threading.Thread | None = None
+    read_at: int = 0  # len(history) when the service last answered a read of the job's status
 
     def cancelled(self) -> bool:
         return self.cancel_at is not None and time.time() >= self.cancel_at
+
+    def status_read(self) -> bool:
+        """Whether the current status has been read by a client since the job entered it."""
+        return self.read_at >= len(self.history)
 
 
 class Runner:
@@ -103,6 +109,10 @@ class Runner:
         self.queue_seconds, self.cancel_seconds = queue_seconds, cancel_seconds
         self.queue_delay = timedelta(0)
         self.write_through_seconds = 0.25  # how often a read-write mount's new files reach storage while it runs
+        # True: a preemption waits until the job was read Running, a restart's queue until it was read
+        # Queued (up to HOLD_SECONDS): on a loaded machine a client polling every second could miss
+        # either, where a real preemption comes minutes into a job and a restart queues for minutes
+        self.hold_until_read = False
         self.quota_nodes: int | None = None  # the nodes the subscription's quota allows (None: plenty)
         self.outcomes: deque[str] = deque()
         self.runs: dict[str, Run] = {}
@@ -284,13 +294,22 @@ class Runner:
         """Queued while the quota has no room for the job's nodes; True when cancelled meanwhile."""
         if self._step(run, "Queued"):
             return True
-        until = time.monotonic() + self.queue_seconds
-        while time.monotonic() < until or not self._room(compute, instances):
+        until, held = time.monotonic() + self.queue_seconds, time.monotonic()
+        while time.monotonic() < until or not self._room(compute, instances) \
+                or (run.attempts and not self._read_or_held_long_enough(run, held)):
             if run.cancelled() or self.stopping.is_set():
                 self._set(run, "Canceled")
                 return True
             time.sleep(0.02)
         return False
+
+    def _read_or_held_long_enough(self, run: Run, since: float | None = None) -> bool:
+        if not self.hold_until_read or run.status_read():
+            return True
+        if since is None:
+            run.__dict__.setdefault("held_since", time.monotonic())
+            since = run.__dict__["held_since"]
+        return time.monotonic() - since > HOLD_SECONDS
 
     def _room(self, compute: str, instances: int) -> bool:
         if self.quota_nodes is None:
@@ -420,7 +439,8 @@ class Runner:
                 if not _signal_ranks(process, signal.SIGTERM):
                     process.terminate()  # no rank started yet
                 break
-            if preempt and styled and len(list(styled.glob("*.done"))) >= self.preempt_after:
+            if preempt and styled and len(list(styled.glob("*.done"))) >= self.preempt_after \
+                    and self._read_or_held_long_enough(run):
                 signalled = "SIGKILL" if outcome == "preempt-kill" else "SIGTERM"
                 if _signal_ranks(process, getattr(signal, signalled)):
                     attempt.signalled = signalled
