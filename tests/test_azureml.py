@@ -445,9 +445,11 @@ def test_a_cancel_is_not_taken_for_preemption_because_another_runs_node_was_pree
 
 def test_service_restart_of_the_same_job_resumes_without_a_resubmission(service, tmp_path, split_clip):
     service.runner.script("preempt-requeue")
-    service.runner.queue_seconds = 1  # queued long enough for the trigger's polls to see it (real queues: minutes)
-    service.runner.hold_until_read = True  # and taken only once the trigger saw it Running
-    result = _run_to_the_end(_operator(service), {"ti": TaskInstance()})
+    service.runner.queue_seconds = 0.2
+    # a trigger polling every 2 s sees both stretches: the job is preempted only once read Running (its
+    # ranks stopped meanwhile) and requeued until read Queued, as real stretches outlast a poll
+    service.runner.hold_until_read = True
+    result = _run_to_the_end(_operator(service, poll_interval=2), {"ti": TaskInstance()})
     (run,) = service.runs.values()
     assert result["resubmits"] == 0 and result["cost"]["jobs"][0]["restarts"] == 1
     assert run.history.count("Queued") == 2 and run.history[-1] == "Completed"  # back to Queued, then on

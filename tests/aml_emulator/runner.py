@@ -109,9 +109,10 @@ class Runner:
         self.queue_seconds, self.cancel_seconds = queue_seconds, cancel_seconds
         self.queue_delay = timedelta(0)
         self.write_through_seconds = 0.25  # how often a read-write mount's new files reach storage while it runs
-        # True: a preemption waits until the job was read Running, a restart's queue until it was read
-        # Queued (up to HOLD_SECONDS): on a loaded machine a client polling every second could miss
-        # either, where a real preemption comes minutes into a job and a restart queues for minutes
+        # True: a preemption waits until the job was read Running (its ranks stopped meanwhile), a
+        # restart's queue until it was read Queued (up to HOLD_SECONDS): on a loaded machine a client
+        # polling every second could miss either, where a real preemption comes minutes into a job
+        # and a restart queues for minutes
         self.hold_until_read = False
         self.quota_nodes: int | None = None  # the nodes the subscription's quota allows (None: plenty)
         self.outcomes: deque[str] = deque()
@@ -429,6 +430,7 @@ class Runner:
         styled = Path(command[command.index("--out") + 1]) if "--out" in command else None
         preempt = outcome.startswith("preempt")
         sent: dict[Path, tuple] = {}  # a read-write mount writes a file through once it is closed
+        frozen = False
         synced = 0.0
         while process.poll() is None:
             if time.monotonic() - synced >= self.write_through_seconds:
@@ -438,12 +440,19 @@ class Runner:
             if run.cancelled():
                 if not _signal_ranks(process, signal.SIGTERM):
                     process.terminate()  # no rank started yet
+                if frozen:
+                    _suspend_ranks(process, resume=True)
                 break
-            if preempt and styled and len(list(styled.glob("*.done"))) >= self.preempt_after \
-                    and self._read_or_held_long_enough(run):
+            if preempt and styled and len(list(styled.glob("*.done"))) >= self.preempt_after:
+                if not self._read_or_held_long_enough(run):  # hold_until_read: the ranks wait, stopped
+                    frozen = frozen or _suspend_ranks(process)
+                    time.sleep(0.01)
+                    continue
                 signalled = "SIGKILL" if outcome == "preempt-kill" else "SIGTERM"
                 if _signal_ranks(process, getattr(signal, signalled)):
                     attempt.signalled = signalled
+                    if frozen:
+                        _suspend_ranks(process, resume=True)  # a stopped rank takes its signal once continued
                     break
             time.sleep(0.01)
         try:
@@ -506,6 +515,21 @@ def _signal_ranks(process: subprocess.Popen, sig: int) -> bool:
     for rank in [r for r in ranks if r.ppid() not in {c.pid for c in ranks}]:
         try:
             rank.send_signal(sig)
+        except psutil.Error:
+            pass
+    return bool(ranks)
+
+
+def _suspend_ranks(process: subprocess.Popen, resume: bool = False) -> bool:
+    """Stop (or continue) every rank, so that no segment is finished while the emulator holds a
+    preemption back; False while mpiexec has started no rank yet."""
+    try:
+        ranks = [c for c in psutil.Process(process.pid).children(recursive=True) if _is_rank(c)]
+    except psutil.Error:
+        return False
+    for rank in ranks:
+        try:
+            rank.resume() if resume else rank.suspend()
         except psutil.Error:
             pass
     return bool(ranks)
