@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--segment-frames", type=positive_int, default=DEFAULT_SEGMENT_FRAMES,
                        help="frames per segment, the unit of work and of resume (default: %(default)s)")
     group.add_argument("--hdr", default="sdr", choices=HDR_MODES, help="what HDR input (PQ, HLG) becomes: sdr "
-                       "tone-maps it to SDR BT.709 and tags it so (default: %(default)s)")
+                       "tone-maps it to SDR BT.709 and tags it so; keep styles it tone-mapped and writes it back as "
+                       "10-bit HDR with the source's tags (default: %(default)s)")
 
     parser = argparse.ArgumentParser(prog="python -m scoring", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")

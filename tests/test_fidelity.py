@@ -206,6 +206,15 @@ def test_hdr10_is_tone_mapped_to_sdr_and_tagged_so(clips, tmp_path):
     assert rgb_frames(strength0).std() > 50
 
 
+def test_hdr10_kept_as_10_bit_hdr_when_asked(clips, tmp_path):
+    output = tmp_path / "hdr.mp4"
+    result = stylize(clips["hdr"], output, "--hdr", "keep")
+    assert colour_tags(output) == ("bt2020", "smpte2084", "bt2020nc", "tv", "yuv420p10le")
+    assert next(s for s in streams(output) if s["codec_type"] == "video")["profile"] == "High 10"
+    assert result["colour"]["transfer"] == "smpte2084" and any("10-bit HDR" in n for n in result["picture"])
+    assert ffmpeg.count_frames(output) == ffmpeg.count_frames(clips["hdr"])
+
+
 def test_non_square_pixels_odd_sides_and_interlacing(clips, tmp_path):
     def aspect(path):
         video = next(s for s in streams(path) if s["codec_type"] == "video")

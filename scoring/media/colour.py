@@ -94,3 +94,12 @@ def tone_map_filters(source: Colour) -> list[str]:
     linear light, BT.709 primaries, Hable's curve (highlights roll off instead of clipping)."""
     return ["zscale=t=linear:npl=100", "format=gbrpf32le", "zscale=p=bt709", "tonemap=tonemap=hable:desat=0",
             "zscale=t=bt709:m=bt709:r=tv", "format=yuv420p"]
+
+
+def hdr_from_sdr_filters(target: Colour) -> list[str]:
+    """Filters that take styled SDR BT.709 RGB back to ``target``'s HDR signal (PQ or HLG,
+    BT.2020) in 10 bits: SDR white placed at 203 cd/m², the reference white of ITU-R BT.2408."""
+    colour_range = "full" if target.range == "pc" else "limited"
+    return ["format=gbrp", "zscale=tin=bt709:pin=bt709:rin=full:t=linear:p=bt709:npl=203", "format=gbrpf32le",
+            f"zscale=p={target.primaries}:t={target.transfer}:m={target.matrix}:r={colour_range}:npl=203",
+            "format=yuv420p10le"]

@@ -53,7 +53,8 @@ class Plan:
     fingerprint: str  # identifies input + split parameters: a rerun reuses a matching split
     # tracks.describe's facts of the source: its streams, chapters, colour, shape
     media: dict | None = None
-    colour: dict | None = None  # the colour of the segments and of the output
+    colour: dict | None = None  # the colour of the segments (and of the output, unless hdr_output)
+    hdr_output: dict | None = None  # --hdr keep: the HDR colour the styled frames are written back in
     sar: str = "1:1"  # the output's sample aspect ratio (its display aspect is the source's)
     timestamps: str | None = None  # TIMES_FILE where the source has frame times
     notes: list[str] = field(default_factory=list)  # what was done to the picture (deinterlaced...)

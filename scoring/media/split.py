@@ -24,8 +24,9 @@ from .segments import DEFAULT_SEGMENT_FRAMES, TIMES_FILE, Plan, Segment, segment
 # splits faster than veryfast for more bytes at the same fidelity (docs/performance.md).
 SPLIT_CRF = 12
 SPLIT_PRESET = "ultrafast"
-# What HDR input (PQ, HLG) becomes: "sdr" tone-maps it to SDR BT.709, tagged so.
-HDR_MODES = ("sdr",)
+# What HDR input (PQ, HLG) becomes: "sdr" tone-maps it to SDR BT.709, tagged so; "keep" styles
+# it tone-mapped too and writes the styled frames back as 10-bit HDR with the source's tags.
+HDR_MODES = ("sdr", "keep")
 
 
 def split(source: Path | str, folder: Path | str, max_side: int | None = None,
@@ -60,10 +61,17 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
     if media["interlaced"]:
         before.append("bwdif=mode=send_frame:deint=all")  # one frame per frame: the count and times stay
         notes.append(f"deinterlaced (bwdif; the source's fields were {media['field_order']})")
+    hdr_output = None
     if source_colour.hdr:
         before += tone_map_filters(source_colour)
         colour = SDR_BT709
-        notes.append(f"HDR ({source_colour.hdr}, {source_colour.primaries}) tone-mapped to SDR BT.709")
+        if hdr == "keep":
+            hdr_output = source_colour.to_dict()
+            notes.append(f"HDR ({source_colour.hdr}, {source_colour.primaries}) styled tone-mapped to SDR BT.709, "
+                         "written back as 10-bit HDR with the source's tags (SDR white at 203 cd/m²; the "
+                         "mastering display metadata is not carried)")
+        else:
+            notes.append(f"HDR ({source_colour.hdr}, {source_colour.primaries}) tone-mapped to SDR BT.709")
     elif media["bits"] > 8:
         notes.append(f"{media['bits']}-bit picture styled and written in 8 bits")
     if media["rotation"]:
@@ -89,7 +97,7 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
     plan = Plan(source=asdict(info), width=width, height=height, frame_rate=info.frame_rate, frames=frames,
                 segment_frames=segment_frames, audio=None, fingerprint=fingerprint,
                 segments=[Segment(i, start, n) for i, (start, n) in enumerate(zip(starts, lengths))],
-                media=media, colour=colour.to_dict(), sar=f"{sar.numerator}:{sar.denominator}",
+                media=media, colour=colour.to_dict(), hdr_output=hdr_output, sar=f"{sar.numerator}:{sar.denominator}",
                 timestamps=TIMES_FILE if timing else None, notes=notes)
     plan.save(folder)  # written last: its presence means the split is complete
     return plan

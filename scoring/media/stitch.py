@@ -43,7 +43,7 @@ def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str,
     kept = [s for s in streams if s["action"] != "dropped" and s["type"] == "audio"]
     return {"output": str(output), "frames": frames, "frame_rate": plan.frame_rate,
             "audio": bool(kept), "size": f"{plan.width}x{plan.height}", "sar": plan.sar,
-            "colour": plan.colour, "frame_times": "source" if timing else "frame rate",
+            "colour": plan.hdr_output or plan.colour, "frame_times": "source" if timing else "frame rate",
             "picture": plan.notes, "streams": streams}
 
 

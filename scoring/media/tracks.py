@@ -206,7 +206,7 @@ def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: P
     ``frame_times``) and tags, and every other stream of ``source`` as ``decide`` says.
     Returns the report per source stream."""
     facts = plan.media
-    colour = Colour.from_dict(plan.colour)
+    colour = Colour.from_dict(plan.hdr_output or plan.colour)
     if timing:
         time_base, pts = output_times(timing, plan.frame_rate)
     report = []
