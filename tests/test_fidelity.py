@@ -79,6 +79,8 @@ def clips(tmp_path_factory):
         folder / "vfr.mp4", "-itsoffset", "0.25", "-f", "lavfi", "-i",
         r"testsrc2=s=96x64:r=30:d=2,select='lt(t\,1)+not(mod(n\,3))'", "-f", "lavfi", "-i", "sine=f=440:d=2.5",
         "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac")
+    made["ts"] = make(folder / "broadcast.ts", "-f", "lavfi", "-i", "testsrc2=s=96x64:r=25:d=0.8", "-f", "lavfi",
+                      "-i", "sine=f=440:d=0.8", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac")
     made["hdr"] = make(
         folder / "hdr10.mp4", "-f", "lavfi", "-i", "testsrc2=s=96x64:r=24:d=0.5", "-vf", "format=yuv420p10le",
         "-c:v", "libx265", "-x265-params", "log-level=error:colorprim=bt2020:transfer=smpte2084:"
@@ -164,6 +166,21 @@ def test_variable_frame_rate_start_offset_and_sync_are_kept(clips, tmp_path, suf
     # the picture starts 0.25 s after the sound, in the output too: the sound stays with the picture
     lead = [first(path, "v:0") - first(path, "a:0") for path in (clips["vfr"], output)]
     assert lead[0] > 0.2 and lead[1] == pytest.approx(lead[0], abs=0.001)
+
+
+def test_mpeg_ts_times_count_from_the_start_and_keep_the_sync(clips, tmp_path):
+    output = tmp_path / "out.mp4"
+    stylize(clips["ts"], output)
+
+    def starts(path):
+        return {s["codec_type"]: float(s["start_time"]) for s in probe(path, "-show_streams")["streams"]}
+
+    before, after = starts(clips["ts"]), starts(output)
+    assert before["audio"] > 1  # MPEG-TS starts where its clock was
+    assert after["audio"] == pytest.approx(0, abs=0.001)
+    assert after["video"] - after["audio"] == pytest.approx(before["video"] - before["audio"], abs=0.001)
+    shift = before["audio"]
+    assert max(abs(a + shift - b) for a, b in zip(frame_times(output), frame_times(clips["ts"]))) < 0.001
 
 
 def colour_tags(path: Path) -> tuple:

@@ -59,6 +59,7 @@ def describe(path: Path | str) -> dict:
         "interlaced": video.get("field_order") in INTERLACED,
         "field_order": video.get("field_order"),
         "chapters": len(facts.get("chapters", [])),
+        "start_time": float(facts.get("format", {}).get("start_time") or 0),
         "streams": [_compact(s) for s in streams],
     }
 
@@ -247,6 +248,10 @@ def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: P
         cmd += ["-aspect:v:0", str(sar * plan.width / plan.height)]
     disposition = next(s["disposition"] for s in facts["streams"] if s["index"] == video_index)
     cmd += ["-disposition:v:0", "+".join(disposition) or "0"]
+    if facts.get("start_time", 0) > 0:
+        # times as players count them, from the source's start (MPEG-TS starts anywhere): every
+        # stream moves by the same amount, so what starts later still starts later by as much
+        cmd += ["-output_ts_offset", f"{-facts['start_time']:.6f}"]
     if container in ("mp4", "mov"):
         # a timescale of the time base's denominator makes every frame time a whole number of ticks
         timescale = Fraction(time_base).denominator if timing else Fraction(plan.frame_rate).numerator
