@@ -125,12 +125,12 @@ def test_matroska_tracks_converted_where_mp4_needs_it_and_back(clips, tmp_path):
     output = tmp_path / "out.mp4"
     result = stylize(clips["mkv"], output)
     audio, subtitle = [s for s in streams(output) if s["codec_type"] != "video"]
-    assert (audio["codec_name"], audio["tags"]["language"]) == ("aac", "por")  # MP4 takes no PCM
+    assert (audio["codec_name"], audio["tags"]["language"]) == ("alac", "por")  # MP4 takes no PCM: lossless still
     assert audio["channels"] == 1
     assert (subtitle["codec_name"], subtitle["tags"]["language"]) == ("mov_text", "eng")
     assert subtitle_text(output) == "hello there second line"
     report = {s["codec"]: s for s in result["streams"]}
-    assert report["pcm_s16le"]["action"] == "converted" and report["pcm_s16le"]["to"] == "aac"
+    assert report["pcm_s16le"]["action"] == "converted" and report["pcm_s16le"]["to"] == "alac"
     assert report["subrip"]["action"] == "converted" and "mov_text" in report["subrip"]["why"]
 
     back = tmp_path / "back.mkv"  # mov_text out of MP4 into Matroska becomes SubRip; every title kept

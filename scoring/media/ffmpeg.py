@@ -37,8 +37,6 @@ REFUSED_DEMUXERS = {"hls": "a playlist (HLS .m3u8)", "concat": "a concat list (f
                     "sdp": "a session description (SDP)", "rtp": "a stream description (RTP)",
                     "rtsp": "a stream description (RTSP)"}
 INPUT_PROTOCOLS = "file,pipe"
-# Audio codecs the mp4/mov muxers take as they are; anything else is re-encoded to AAC.
-MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
 
 @dataclass(frozen=True)

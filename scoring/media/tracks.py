@@ -23,7 +23,9 @@ from . import ffmpeg
 from .colour import Colour
 
 TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"}
-MOV_AUDIO = ffmpeg.MP4_AUDIO
+# Audio the mp4/mov muxers take as it is (FLAC in MP4 is experimental in ffmpeg 5.1: it becomes ALAC).
+MOV_AUDIO = {"aac", "mp3", "mp2", "ac3", "eac3", "alac", "opus"}
+LOSSLESS_AUDIO = {"flac", "truehd", "mlp", "wavpack", "tta", "ape"}
 DISPOSITIONS = ("default", "dub", "original", "comment", "lyrics", "karaoke", "forced", "hearing_impaired",
                 "visual_impaired", "clean_effects", "captions", "descriptions", "dependent", "metadata")
 INTERLACED = {"tt", "bb", "tb", "bt"}
@@ -179,6 +181,9 @@ def decide(stream: dict, video_index: int, container: str, chapters: int = 0) ->
     if kind == "audio":
         if not mov or codec in MOV_AUDIO or (container == "mov" and str(codec).startswith("pcm_")):
             return {"action": "kept", "to": codec, "why": "copied as it is"}
+        if codec in LOSSLESS_AUDIO or str(codec).startswith("pcm_"):
+            return {"action": "converted", "to": "alac",
+                    "why": f"{container.upper()} does not take {codec}: ALAC, lossless as the source"}
         rate = stream.get("bit_rate") or 64_000 * max(2, stream.get("channels") or 2)
         rate = min(max(rate, 128_000), 512_000)
         return {"action": "converted", "to": "aac", "bit_rate": rate,
