@@ -7,6 +7,7 @@ The window's uploads are taken in as the watcher does (``intake.inbox.claim``: t
 ``accepted`` with their ledger lines spread over the 30 days before the window (the default
 retention, dags/housekeeping.py). A sweep reads its window's hours of the ledger by name, so
 its requests must be the same with and without the history, and its time about the same.
+The two cases run on two Azurites, alike but for the history, swept in turns.
 The run starts are counted, not made (their cost is one request each to the API server and
 one existence question per 50 versions, whatever the history); beside it, for contrast, what
 one listing of ``accepted`` with metadata costs then (what the sweep did before the ledger).
@@ -29,7 +30,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from uploads import REPO, upload_many  # noqa: F401 - bench/uploads.py puts the repo and plugins/ on sys.path
+from uploads import upload_many  # bench/uploads.py also puts the repo and plugins/ on sys.path
 
 from devstack import SYSTEM_ACCOUNT, Stack, free_port  # noqa: E402
 
