@@ -210,6 +210,9 @@ def test_backfills_reprocess_their_window_with_new_settings_over_the_live_sweep(
     one before: a trigger timetable's backfill from that minute would begin a minute earlier);
     a second with another style starts another; both videos come."""
     earlier = taken_in_at(prod, "prod/upload.mp4")
+    # the window is one minute that must not hold the first test's upload: begin in the next one
+    next_minute = earlier.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    wait_until(lambda: datetime.now(timezone.utc) >= next_minute, 90, "the minute after the first upload's")
     props = upload(prod, "prod/backfill.mp4", clip)
     wait_until(lambda: "prod/backfill.mp4" not in {b.name for b in prod.blob_client().get_container_client(
         "videos-in").list_blobs()}, 180, "the watcher to take it in")
@@ -381,7 +384,7 @@ def test_a_scoring_worker_lost_mid_score(prod, clip_factory):
     while not 1 <= done_markers() < segments:
         assert time.monotonic() < deadline, f"score_local never got under way: {runs(prod)}"
         time.sleep(0.1)
-    worker = psutil.Process(int((prod.root / "worker-scoring.pid").read_text()))
+    worker = psutil.Process(prod.pid("worker-scoring"))
     tree = [worker, *worker.children(recursive=True)]
     for process in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
