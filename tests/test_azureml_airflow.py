@@ -121,6 +121,9 @@ def test_a_run_through_a_restart_in_place_and_a_preemption_publishes_its_video(a
     PreemptionError; the resubmitted job styles what is missing and the video is published."""
     stack, api, emulator = airflow_with_emulator
     emulator.runner.quota_nodes, emulator.runner.queue_seconds = None, 2  # queued long enough to be seen
+    # running long enough to be seen too: a trigger on a loaded machine first polls seconds after
+    # the submission, and with 2 of the 7 segments done the first attempt could end before that
+    emulator.runner.preempt_after = 4
     emulator.runner.script("preempt-requeue+preempt-fail", "complete")
     clip = clip_factory(seconds=2, fps="25", size=(96, 64))
     upload(stack, "accepted", "aml/clip.mp4", clip.read_bytes())  # as the watcher leaves it
