@@ -41,9 +41,11 @@ def poll_seconds(polls: int, container: str = "videos-in") -> float:
     return asyncio.run(measure())
 
 
-def upload_many(container, names: list[str], threads: int = 8) -> dict[str, str]:
+def upload_many(container, names: list[str], threads: int = 8, metadata: dict | None = None) -> dict[str, str]:
+    """Each name uploaded (its own name as its bytes) on ``threads`` threads: name -> etag."""
     def one(name):
-        return name, str(container.get_blob_client(name).upload_blob(name.encode())["etag"]).strip('"')
+        props = container.get_blob_client(name).upload_blob(name.encode(), metadata=metadata)
+        return name, str(props["etag"]).strip('"')
 
     with ThreadPoolExecutor(threads) as pool:
         return dict(pool.map(one, names))

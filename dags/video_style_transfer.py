@@ -42,6 +42,7 @@ WORK_OUT = "{{ ti.xcom_pull(task_ids='probe')['work_out'] }}"
 DEFAULT_QUEUE, SCORING_QUEUE = "default", "scoring"  # docker-compose.yaml runs a worker for each
 AZUREML_POLL_SECONDS = float(os.environ.get("VST_AZUREML_POLL_SECONDS", "30"))
 MODEL_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/model.pth') if params.model_blob else '' }}"
+ESTIMATE = "{{ ti.xcom_pull(task_ids='probe')['estimate']['score_seconds'] }}"  # probe's, for the live ETA
 STYLE_IMAGE_IN = "{{ (ti.xcom_pull(task_ids='probe')['work_in'] ~ '/style-image') if params.style_image else '' }}"
 
 
@@ -89,7 +90,8 @@ def video_style_transfer():
     def choose_backend() -> str:
         return "score_azureml" if get_current_context()["params"]["backend"] == "azureml" else "score_local"
 
-    @task(pool="scoring", queue=SCORING_QUEUE, execution_timeout=timedelta(hours=6))
+    # one XCom for its result beside "progress", not one per key (what a "-> dict" task makes)
+    @task(pool="scoring", queue=SCORING_QUEUE, execution_timeout=timedelta(hours=6), multiple_outputs=False)
     def score_local(probed: dict) -> dict:
         ti = get_current_context()["ti"]  # its XCom "progress": frames done and ETA while it runs
         return _run(lambda p, params, run_id: p.score_local(params, probed, lambda v: ti.xcom_push(PROGRESS, v)))
@@ -123,6 +125,7 @@ def video_style_transfer():
         style_strength="{{ params.style_strength }}",
         precision="{{ params.precision }}", temporal="{{ params.temporal }}",
         nodes="{{ params.azureml_nodes }}", max_resubmits=3, poll_interval=AZUREML_POLL_SECONDS,
+        estimate_seconds=ESTIMATE,
     ).output
     split_facts >> backend >> [local, azureml]
     published = stitch_and_publish(probed, split_facts, local, azureml)

@@ -175,14 +175,23 @@ class Stack:
     # ----------------------------------------------------------------------- stopping
 
     def _write_pid(self, name: str, pid: int) -> None:
-        (self.root / f"{name}.pid").write_text(str(pid))
+        """``<pid> <start time>``: the start time tells our process from a later one given its pid."""
+        (self.root / f"{name}.pid").write_text(f"{pid} {_started(pid)}")
+
+    def pid(self, name: str) -> int:
+        """The pid of the stack's process ``name`` (as its pid file holds it)."""
+        return int((self.root / f"{name}.pid").read_text().split()[0])
 
     def stop(self, pid_files: list[Path] | None = None) -> list[str]:
-        """Stop the process group of each pid file (default: all of them), TERM then KILL."""
+        """Stop the process group of each pid file (default: all of them), TERM then KILL. A
+        process that has ended is passed over: its pid may lead another process group by now
+        (tests run several stacks side by side, and a machine reuses pids within minutes)."""
         stopped = []
         for pid_file in sorted(self.root.glob("*.pid")) if pid_files is None else pid_files:
-            pid = int(pid_file.read_text())
+            pid = running(pid_file)
             try:
+                if pid is None:
+                    raise ProcessLookupError(pid_file)
                 os.killpg(pid, signal.SIGTERM)
                 for _ in range(50):
                     with contextlib.suppress(ChildProcessError):  # our own child: reap it, or it
@@ -195,6 +204,22 @@ class Stack:
             pid_file.unlink()
             stopped.append(pid_file.stem)
         return stopped
+
+
+def running(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process still runs: None once it has ended, even where
+    another process has been given its pid since."""
+    pid, _, started = pid_file.read_text().partition(" ")
+    return int(pid) if _started(int(pid)) == started.strip() or not started else None
+
+
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat), or "" if none runs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name before ")" may hold spaces
 
 
 def shown(args) -> str:

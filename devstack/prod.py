@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import REPO, Stack, airflow_json, free_port, shown, wait_for_port
+from . import REPO, Stack, airflow_json, free_port, running, shown, wait_for_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 AIRFLOW_VENV, SCORING_VENV = REPO / ".venv-airflow", REPO / ".venv-scoring"
@@ -307,7 +307,7 @@ class ProdStack(Stack):
         services = ("postgres", "redis", "azurite", "statsd")
         stopped = super().stop([p for p in sorted(self.root.glob("*.pid")) if p.stem not in services])
         postgres = self.root / "postgres.pid"
-        if postgres.exists():
+        if postgres.exists() and (pid := running(postgres)):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(int(postgres.read_text()), signal.SIGINT)  # fast shutdown: no waiting for clients
+                os.killpg(pid, signal.SIGINT)  # fast shutdown: no waiting for clients
         return stopped + super().stop()

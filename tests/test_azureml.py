@@ -390,6 +390,31 @@ def test_the_jobs_log_reaches_the_task_log_while_it_runs(service, capfd):
     assert logged.index("std_log.txt: [rank") < logged.index(f"job {operator.job_name} is Completed")
 
 
+def test_progress_moves_while_the_job_runs_from_the_done_markers_in_storage(service, monkeypatch):
+    """The trigger lists the run's output folder at each poll while the job runs (never its log)
+    and publishes frames done of the total as the task's XCom ``progress``: recorded here where
+    the triggerer would send it on (tests/test_azureml_airflow.py reads the real XCom), with
+    whether the job's ranks were still running then."""
+    from observability import progress
+
+    operator, context, published = _operator(service), {"ti": TaskInstance()}, []
+
+    def record(job_progress, value):
+        attempts = service.runs[operator.job_name].attempts
+        published.append((value, bool(attempts) and attempts[-1].returncode is None))
+
+    monkeypatch.setattr(progress.JobProgress, "publish", record)
+    trigger = _deferred(operator, context).trigger
+    (event,) = asyncio.run(_events(trigger))
+    assert event.payload["status"] == "success"
+    done = [value["frames_done"] for value, _ in published]
+    while_scoring = {value["frames_done"] for value, ranks_ran in published if ranks_ran}
+    assert done == sorted(done) and len(while_scoring) >= 4, published  # it moved 3 times while the ranks ran
+    assert all(value["frames_total"] == 50 and value["backend"] == "azureml" for value, _ in published)
+    assert any(0 < value["frames_done"] < 50 and value["eta_seconds"] is not None for value, _ in published)
+    assert published[-1][0]["text"] == "50 of 50 frames (100%), done" and published[-1][0]["eta_seconds"] == 0
+
+
 def test_cluster_taken_away_cancels_the_job_and_its_nodes_confirm_preemption(service):
     service.runner.script("preempt-cancel", "complete")
     service.runner.preempt_after = 0  # taken as soon as its ranks start
@@ -420,8 +445,11 @@ def test_a_cancel_is_not_taken_for_preemption_because_another_runs_node_was_pree
 
 def test_service_restart_of_the_same_job_resumes_without_a_resubmission(service, tmp_path, split_clip):
     service.runner.script("preempt-requeue")
-    service.runner.queue_seconds = 1  # queued long enough for the trigger's polls to see it (real queues: minutes)
-    result = _run_to_the_end(_operator(service), {"ti": TaskInstance()})
+    service.runner.queue_seconds = 0.2
+    # a trigger polling every 2 s sees both stretches: the job is preempted only once read Running (its
+    # ranks stopped meanwhile) and requeued until read Queued, as real stretches outlast a poll
+    service.runner.hold_until_read = True
+    result = _run_to_the_end(_operator(service, poll_interval=2), {"ti": TaskInstance()})
     (run,) = service.runs.values()
     assert result["resubmits"] == 0 and result["cost"]["jobs"][0]["restarts"] == 1
     assert run.history.count("Queued") == 2 and run.history[-1] == "Completed"  # back to Queued, then on
@@ -708,6 +736,10 @@ def test_a_managed_identity_and_workload_identity(service, monkeypatch, tmp_path
     _conn(monkeypatch, "aml_mi", extra={**EXTRA, "managed_identity_client_id": "mi-client"})
     signed = _signed_in(service, "aml_mi")
     assert (signed["grant"], signed["client_id"]) == ("managed_identity", "mi-client")
+    _conn(monkeypatch, "aml_plain_default", extra=EXTRA)  # nothing given: DefaultAzureCredential finds the VM's identity
+    signed = _signed_in(service, "aml_plain_default")
+    assert (signed["grant"], signed["client_id"], signed["audience"]) == \
+        ("managed_identity", None, "https://management.azure.com")
 
     token_file = tmp_path / "federated-token"  # what AKS projects into a pod with workload identity
     token_file.write_text("eyJhbGciOiJub25lIn0.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.")

@@ -27,11 +27,17 @@ pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-b
 
 @pytest.fixture(scope="module")
 def airflow_with_emulator(tmp_path_factory):
-    """A standalone whose Azure ML workspace is the emulator, on the stack's own Azurite."""
+    """A standalone whose Azure ML workspace is the emulator, on the stack's own Azurite, its
+    metrics going to a StatsD daemon (``stack.collector``) as in the production topology."""
+    from devstack.prod import METRICS_PREFIX, ProdStack
+
     root = tmp_path_factory.mktemp("aml-stack")
     stack = Stack(root, blob_port=free_port(), api_port=free_port())
+    stack.collector = ProdStack.on_free_ports(root / "statsd")  # only its StatsD daemon is started
+    stack.collector.root.mkdir(parents=True, exist_ok=True)
     api, emulator = Api(stack), None
     try:
+        stack.collector.start_statsd()
         stack.start_azurite()
         stack.create_containers()
         accounts = {a: (f"http://127.0.0.1:{stack.blob_port}/{a}", DEV_KEY) for a in (DATA_ACCOUNT, SYSTEM_ACCOUNT)}
@@ -40,6 +46,9 @@ def airflow_with_emulator(tmp_path_factory):
         stack.extra_env = emulator.environment() | {
             "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}",
             "VST_AZUREML_POLL_SECONDS": "1",
+            "AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+            "AIRFLOW__METRICS__STATSD_PORT": str(stack.collector.statsd_port),
+            "AIRFLOW__METRICS__STATSD_PREFIX": METRICS_PREFIX,
             # log servers on ports of their own: other stacks may run on this machine
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
@@ -48,7 +57,8 @@ def airflow_with_emulator(tmp_path_factory):
                 "extra": {"subscriptionId": WORKSPACE["subscription_id"],
                           "resource_group_name": WORKSPACE["resource_group"],
                           "workspace_name": WORKSPACE["workspace_name"], "tenantId": "tenant-vst",
-                          "cluster": {"vm_size": "Standard_NC4as_T4_v3", "max_nodes": 2}}}),
+                          "cluster": {"vm_size": "Standard_NC4as_T4_v3", "max_nodes": 2,
+                                      "price_per_node_hour": 0.18}}}),
         }
         stack.prepare_airflow(scoring_slots=2)
         try:
@@ -63,6 +73,7 @@ def airflow_with_emulator(tmp_path_factory):
         yield stack, api, emulator
     finally:
         stack.stop()
+        stack.collector.stop()
         if emulator is not None:
             emulator.close()
 
@@ -105,6 +116,22 @@ def _score_task(api: Api, run_id: str) -> dict:
     return _answers(lambda: api.tasks(run_id).get("score_azureml")) or {}
 
 
+def _task_path(run_id: str, task: str = "score_azureml") -> str:
+    return f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}/taskInstances/{task}"
+
+
+def _xcom_value(value):
+    """An XCom entry's value as the REST API gives it (a JSON value, or its string form)."""
+    import ast
+
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return ast.literal_eval(value)
+    return value
+
+
 def _task_log(api: Api, run_id: str, try_number: int = 1) -> str:
     """The score task's log as the UI shows it (the worker's part and the triggerer's)."""
     status, answer = api.call("GET", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}/"
@@ -121,9 +148,10 @@ def test_a_run_through_a_restart_in_place_and_a_preemption_publishes_its_video(a
     PreemptionError; the resubmitted job styles what is missing and the video is published."""
     stack, api, emulator = airflow_with_emulator
     emulator.runner.quota_nodes, emulator.runner.queue_seconds = None, 2  # queued long enough to be seen
-    # running long enough to be seen too: a trigger on a loaded machine first polls seconds after
-    # the submission, and with 2 of the 7 segments done the first attempt could end before that
-    emulator.runner.preempt_after = 4
+    # preempted only once the trigger read the job Running, requeued until it read it Queued: on a
+    # loaded machine a trigger polling every second (its first poll seconds after the submission) can
+    # miss a stretch of a few seconds, where real ones last minutes
+    emulator.runner.hold_until_read = True
     emulator.runner.script("preempt-requeue+preempt-fail", "complete")
     clip = clip_factory(seconds=2, fps="25", size=(96, 64))
     upload(stack, "accepted", "aml/clip.mp4", clip.read_bytes())  # as the watcher leaves it
@@ -131,8 +159,13 @@ def test_a_run_through_a_restart_in_place_and_a_preemption_publishes_its_video(a
                                   "segment_frames": 8, "output_name": "aml/clip-styled.mp4"})
     assert status in (200, 201), answer
     run_id = answer["dag_run_id"]
-    wait_for(lambda: _answers(lambda: api.runs()[run_id]["state"]) in ("success", "failed"), 900, every=3,
-             what="the run to end")
+    viewer, progress, deadline = Api(stack, user="viewer"), [], time.monotonic() + 900
+    while _answers(lambda: api.runs()[run_id]["state"]) not in ("success", "failed"):  # a Viewer watching it
+        assert time.monotonic() < deadline, f"run {run_id} did not end: {api.tasks(run_id)}"
+        status, entry = _answers(lambda: viewer.call("GET", _task_path(run_id) + "/xcomEntries/progress")) or (0, None)
+        if status == 200 and (not progress or entry["value"] != progress[-1]):
+            progress.append(entry["value"])
+        time.sleep(2)  # the API server (on SQLite here) serves the scheduler and triggerer too
     assert api.runs()[run_id]["state"] == "success", api.tasks(run_id)
 
     first, second = sorted(_jobs_of(emulator, run_id))
@@ -156,7 +189,37 @@ def test_a_run_through_a_restart_in_place_and_a_preemption_publishes_its_video(a
     logs = stack.blob_client(SYSTEM_ACCOUNT).get_container_client("logs")
     copied = [blob.name for blob in logs.list_blobs() if "/user_logs/" in blob.name]
     assert {first, second} <= {name.split("/")[-3] for name in copied}
+    copies = [logs.download_blob(name).readall().decode(errors="replace") for name in copied]
+    assert not [text for text in copies if "sig=" in text or DEV_KEY in text]  # the jobs' logs: no SAS, no key
     assert _run_stores(emulator) == []
+
+    # issue 26: live progress from the done markers in the run's -out container, read as a Viewer
+    values = [_xcom_value(value) for value in progress]
+    assert values and all(v["backend"] == "azureml" and v["frames_total"] == 50 for v in values), values
+    assert [v["frames_done"] for v in values] == sorted(v["frames_done"] for v in values)
+    assert any(0 < v["frames_done"] < 50 for v in values), values  # seen on its way, not only at the end
+    assert values[-1]["text"] == "50 of 50 frames (100%), done"
+    # the price before the wait beside what the run took: node-seconds of both jobs, at the configured price
+    estimated, took = manifest["estimate"]["estimated"], manifest["estimate"]["actual"]
+    assert (estimated["backend"], estimated["vm_size"], estimated["nodes"], estimated["price_per_node_hour"]) == \
+        ("azureml", "Standard_NC4as_T4_v3", 1, 0.18), estimated
+    assert estimated["node_seconds"] == estimated["score_seconds"] and estimated["cost"] is not None  # 1 node, priced
+    assert took["node_seconds"] == round(sum(cost["node_seconds"].values()), 1) > 0
+    assert took["cost"] == round(took["node_seconds"] / 3600 * 0.18, 4) and took["score_seconds"] > 0
+    # the run's metrics, read back from the collector: the jobs' wait, node-seconds, the restart in place
+    # and the preemption that resubmitted, and the published run
+    received = {}
+    for _ in range(30):  # UDP: the last ones may be a moment behind the run's end
+        received = stack.collector.received("counters")
+        if received.get("airflow.vst.runs.published"):
+            break
+        time.sleep(1)
+    counters = {k.removeprefix("airflow.vst."): v for k, v in received.items() if k.startswith("airflow.vst.")}
+    assert counters.get("runs.started.azureml") == counters.get("runs.published") == 1, counters
+    assert counters.get("frames.styled.azureml") == 50, counters
+    assert counters.get("azureml.preemptions") == 2 and counters.get("azureml.resubmissions") == 1, counters
+    assert counters.get("azureml.node_seconds.low_priority.Standard_NC4as_T4_v3", 0) > 0, counters
+    assert "airflow.vst.azureml.queue_wait" in stack.collector.received("timers")
 
 
 @pytest.mark.timeout(1200)
@@ -191,7 +254,8 @@ def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_emulator, cli
     asked = time.monotonic()
     wait_for(lambda: len(stores - set(_run_stores(emulator))) == 2, 30, every=0.2, what="its datastores removed")
     assert time.monotonic() - asked < 25  # not after the SDK's first 30 s poll of the cancel
-    wait_for(lambda: emulator.runner.status(killed) == "Canceled", 60, every=0.5, what="the queued job cancelled")
+    wait_for(lambda: emulator.runner.status(killed) == "Canceled", max(30 - (time.monotonic() - asked), 1), every=0.2,
+             what="the queued job cancelled within on_kill's 30 s")
     assert emulator.workspace.cancel_requests == [killed]
 
     # 2. the task fails while its job is queued (the service refuses the trigger's token for its

@@ -124,3 +124,26 @@ def test_the_cuda_rows_plain_side_runs_the_published_layers():
     assert (models.double_then_conv3, models.wide_conv, models.instance_norm) == ours
     assert doubling.call_count == 2  # the network's two nearest-neighbour doublings, as published
     assert (got - expected).abs().max() < 1e-4
+
+
+@pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
+                    reason="Azurite is not installed (make setup runs npm ci)")
+def test_a_sweep_costs_the_same_with_history_outside_its_window(tmp_path):
+    """bench/sweep.py small: a sweep of 20 uploads' window, with 2,000 taken in outside it and
+    with none (docs/uploads.md has the 20,000 figure). Its requests are the same, none of them
+    a listing (what made it grow with history: every upload ever accepted, listed hourly), so
+    its time is within 1.5x; the history is there (listing accepted finds it all)."""
+    out = tmp_path / "sweep.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "sweep.py"), "--window", "20", "--history", "2000",
+                             "--rounds", "10", "--json", str(out)], capture_output=True, text=True, timeout=900,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    print(result.stdout)
+    r = json.loads(out.read_text())
+    none, full = r["none"], r["full"]
+    assert none["requests"] == full["requests"], (none["requests"], full["requests"])
+    assert "list" not in full["requests"] and full["requests"]["HEAD"] == 20  # one look per version for its snapshot
+    assert full["requests"]["GET"] <= 2  # the window's hours of the ledger, by name
+    assert none["accepted"] == full["accepted"] == none["started"] == full["started"] == 20
+    assert r["listing"]["blobs"] == 2020 and r["ledger_hours"] > 500  # the history is there, over weeks of hours
+    assert r["ratio"] <= 1.5, result.stdout

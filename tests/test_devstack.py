@@ -33,3 +33,21 @@ def test_a_failed_command_does_not_show_the_password(tmp_path):
     with pytest.raises(RuntimeError) as failed:
         Stack(tmp_path).airflow("users", "reset-password", "--username", "op", "--password=not-for-logs")
     assert "--password=***" in str(failed.value) and "not-for-logs" not in str(failed.value)
+
+
+def test_stop_leaves_alone_a_process_that_was_given_an_ended_ones_pid(tmp_path):
+    """Stacks run side by side and pids come round again: a pid file whose process has ended
+    must not stop the process group that holds its pid now (another stack's, in CI)."""
+    stack = Stack.__new__(Stack)
+    stack.root = tmp_path
+    ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        stack._write_pid("ours", ours.pid)
+        (tmp_path / "ended.pid").write_text(f"{other.pid} 1")  # an ended process's start time, its pid reused
+        assert stack.pid("ours") == ours.pid
+        assert stack.stop() == ["ended", "ours"]
+        assert ours.poll() is not None and other.poll() is None
+    finally:
+        other.kill()
+        ours.kill()

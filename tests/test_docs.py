@@ -273,6 +273,30 @@ def test_every_relative_link_and_anchor_resolves(path):
     assert not broken, "\n".join(broken)
 
 
+CODE_LINK = re.compile(r"\b(docs/[\w.-]+\.md)#([\w-]+)")
+
+
+def code_links(repo: Path = REPO) -> list[str]:
+    """``docs/<page>.md#<anchor>`` written in the code (comments, docstrings, messages) that
+    leads nowhere, as 'path:line: target'; this file's own examples aside."""
+    broken = []
+    for folder in ("plugins", "dags", "scoring", "devstack", "bench", "docker", "tests"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            if path.name == "test_docs.py":
+                continue
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                for page, fragment in CODE_LINK.findall(line):
+                    where = repo / page
+                    if not where.exists() or fragment not in anchors(where):
+                        broken.append(f"{path.relative_to(repo)}:{number}: {page}#{fragment}")
+    return broken
+
+
+def test_links_from_the_code_into_the_docs_resolve():
+    broken = code_links()
+    assert not broken, "\n".join(broken)
+
+
 def test_docs_speak_of_the_product_only():
     """Like ``grep -ri session README.md docs/``: the work's diary stays out of the docs."""
     hits = [str(path.relative_to(REPO)) for path in [REPO / "README.md", *(REPO / "docs").rglob("*")]

@@ -483,6 +483,59 @@ def test_the_retention_prunes_accepted_by_the_ledger_and_keeps_what_is_newer(sta
     assert ledger.prune(data, system, now - timedelta(days=30)) == {"hours": 0, "snapshots": 0, "blobs": 0}
 
 
+def test_the_watchers_trouble_fails_its_run_and_only_an_idle_hour_skips_it(stack, monkeypatch):
+    """The watcher's sensor resumed the way Airflow's task runner resumes it: with the event
+    its own trigger yields (run here against Azurite) as ``next_kwargs``, or with the
+    ``__fail__`` the scheduler sets. A missing inbox fails the run in one line naming the
+    container, with no retry; any other trigger error (here a wrong account key) fails it in
+    one line; a trigger that failed in the triggerer fails it; only the idle timeout skips it
+    (``soft_fail`` would have made every one of these a skipped run)."""
+    import asyncio
+    import base64
+    import copy
+    from unittest import mock
+
+    from airflow.models.trigger import TriggerFailureReason
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferralError, TaskDeferred
+    from intake.inbox import InboxSensor
+
+    from devstack import DATA_ACCOUNT, DEV_KEY, connection_string
+
+    watcher = _dag("blob_watcher.py", "blob_watcher").get_task("wait_for_uploads")
+    assert (watcher.soft_fail, watcher.never_fail, watcher.deferrable) == (False, False, True)
+
+    def resumed_with_its_triggers_event(sensor):
+        with mock.patch.object(InboxSensor, "poke", return_value=False), pytest.raises(TaskDeferred) as deferred:
+            sensor.execute({})  # an empty inbox at the start: deferred to the trigger
+        event = asyncio.run(asyncio.wait_for(anext(deferred.value.trigger.run()), 60))
+        assert event.payload["status"] == "error", event.payload
+        return sensor.resume_execution(deferred.value.method_name, {"event": event.payload}, {})
+
+    gone = copy.copy(watcher)
+    gone.container_name = "no-such-inbox"
+    with pytest.raises(AirflowFailException) as failed:
+        resumed_with_its_triggers_event(gone)
+    assert str(failed.value) == ("container no-such-inbox does not exist in storage account devstoreaccount1: "
+                                 "`python -m deployment init` makes every container the pipeline needs "
+                                 "(docs/deploying.md)")
+
+    wrong_key = base64.b64encode(b"not the account's key").decode()
+    broken = connection_string(DATA_ACCOUNT, stack.blob_port).replace(DEV_KEY, wrong_key)
+    monkeypatch.setenv("AIRFLOW_CONN_WASB_BROKEN", json.dumps({"conn_type": "wasb", "extra": {
+        "connection_string": broken}}))
+    refused = copy.copy(watcher)
+    refused.wasb_conn_id = "wasb_broken"
+    with pytest.raises(RuntimeError) as failed:
+        resumed_with_its_triggers_event(refused)
+    assert str(failed.value).startswith("waiting for uploads failed: ") and "\n" not in str(failed.value), failed.value
+    assert not isinstance(failed.value, AirflowSkipException)
+
+    with pytest.raises(TaskDeferralError):
+        watcher.resume_execution("__fail__", {"error": TriggerFailureReason.TRIGGER_FAILURE}, {})
+    with pytest.raises(AirflowSkipException, match="nothing uploaded for 3600 s"):
+        watcher.resume_execution("__fail__", {"error": TriggerFailureReason.TRIGGER_TIMEOUT}, {})
+
+
 # --------------------------------------------------------------------------- truth in the text
 
 # A measured figure: a number with a unit of speed, share or quality (limits such as "20 GiB"

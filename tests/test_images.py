@@ -290,6 +290,44 @@ def test_no_layer_holds_the_ca_bundle_handed_to_the_builds(built):
         assert not found, f"{image.tag} holds {len(found)} of this machine's own certificates"
 
 
+# What a checkout holds after `make test`, `make demo` and `make demo-prod`, beside what the
+# Airflow images copy: none of it may reach the daemon (a context is kept in its build cache).
+CONTEXT_KEPT = ("constraints.txt", "dags/video_style_transfer.py", "plugins/pipeline/tasks.py", "scoring/cli.py",
+                "docker/entrypoint.sh", "docker/airflow/requirements.txt", "docker/airflow-scoring/requirements.txt",
+                "docker/local/ca.crt", "docker/local/wheels/torch.whl")
+CONTEXT_LEFT_OUT = ("docker/.env", ".venv/bin/python", ".venv-airflow/bin/python", ".venv-scoring/bin/python",
+                    "node_modules/azurite/index.js", ".demo/airflow/simple_auth_manager_passwords.json.generated",
+                    ".demo-prod/airflow/passwords.json", ".demo-prod/postgres/PG_VERSION", ".git/config", "out/sample.mp4",
+                    "tests/test_images.py", "README.md", "scoring/__pycache__/cli.cpython-311.pyc")
+
+
+def context_seen_by_a_build(context: Path, dockerfile: Path) -> set[str]:
+    """The files of ``context`` a build gets to COPY (as devstack/images.py builds: BuildKit)."""
+    dockerfile.write_text(f"FROM {images.BASE}\nCOPY . /context/\n")
+    tag = f"vst-test-context:{uuid.uuid4().hex[:8]}"
+    built_here = subprocess.run([images.DOCKER, "build", "--network", "host", "-q", "-f", str(dockerfile), "-t", tag,
+                                 str(context)], env=os.environ | {"DOCKER_BUILDKIT": "1"}, capture_output=True,
+                                text=True, timeout=300)
+    assert built_here.returncode == 0, built_here.stderr[-3000:]
+    try:
+        listed = docker("run", "--rm", "--network", "host", "--entrypoint", "find", tag, "/context", "-type", "f").stdout
+    finally:
+        docker("image", "rm", "-f", tag, check=False)
+    return {line.removeprefix("/context/") for line in listed.split()}
+
+
+def test_the_build_context_is_only_what_the_dockerfiles_copy(built, tmp_path):
+    """The Airflow images' context is the repository root. With the repository's .dockerignore
+    a build sees what their Dockerfiles copy and nothing else: not docker/.env, the venvs,
+    node_modules, the demos' password files and databases, .git or byte code."""
+    context = tmp_path / "context"
+    for name in CONTEXT_KEPT + CONTEXT_LEFT_OUT:
+        (context / name).parent.mkdir(parents=True, exist_ok=True)
+        (context / name).write_text("x\n")
+    shutil.copyfile(REPO / ".dockerignore", context / ".dockerignore")
+    assert context_seen_by_a_build(context, tmp_path / "Dockerfile") == set(CONTEXT_KEPT)
+
+
 # --------------------------------------------------------------------------- the Azure ML image
 
 

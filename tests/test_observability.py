@@ -102,9 +102,11 @@ def test_azureml_progress_from_the_done_markers_in_the_runs_out_container(azurit
     for name in ("run-p-in", "run-p-out"):
         system.create_container(name)
     system.get_blob_client("run-p-in", "segments/plan.json").upload_blob(json.dumps(plan(4, 4, 4, 2)))
-    where = progress.job_where("run-p-in/segments", "run-p-out/styled", "wasb_system")
+    where = progress.job_where("run-p-in/segments", "run-p-out/styled", "wasb_system", estimate="95.0")
     job = progress.JobProgress(where)
-    seen = [job.tick()["frames_done"]]
+    first = job.tick()
+    assert first["eta_seconds"] in (94, 95) and first["text"].endswith("left")  # probe's estimate, until a segment is done
+    seen = [first["frames_done"]]
     for index in range(4):  # the job finishes a segment: styled stream (not done yet), then its marker
         system.get_blob_client("run-p-out", f"styled/seg-{index:05d}.h264").upload_blob(b"h264")
         seen.append(job.tick()["frames_done"])
@@ -124,6 +126,14 @@ def test_the_trigger_gets_where_to_look_from_the_operator_and_keeps_it_when_seri
     assert progress.JobProgress.for_trigger(again).where == where == {
         "conn_id": "wasb_system", "segments": "run-a-in/segments", "styled": "run-a-out/styled"}
     assert progress.job_where("azureml://datastores/d/paths/s", "run-a-out/styled", "wasb_system") is None
+    assert progress.job_where("a/s", "a/o", "wasb_system", "None") == progress.job_where("a/s", "a/o", "wasb_system")
+
+    from aml_backend.operators import AzureMLScoreOperator
+
+    dag = _video_dag()  # the DAG hands the operator probe's estimate of the score step
+    assert dag.get_task("score_azureml").estimate_seconds == \
+        "{{ ti.xcom_pull(task_ids='probe')['estimate']['score_seconds'] }}"
+    assert "estimate_seconds" in AzureMLScoreOperator.template_fields
     assert progress.JobProgress.for_trigger(AzureMLJobTrigger("vst-x-0", "azureml_default")).tick() is None
 
 
@@ -206,3 +216,41 @@ def test_the_products_metrics_reach_a_statsd_daemon(tmp_path):
         assert DEV_KEY not in (stack.root / "statsd.log").read_text()
     finally:
         stack.stop()
+
+
+def test_the_estimate_reads_the_cluster_as_the_score_task_does(monkeypatch):
+    """probe prices a run on the cluster the score task will use: one reading of the connection
+    and the Variable (``aml_backend.cluster.from_airflow``), which the hook calls too."""
+    from aml_backend.cluster import ClusterConfig
+    from aml_backend.hook import AzureMLHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_AZUREML_DEFAULT", json.dumps({"conn_type": "azureml", "extra": {
+        "cluster": {"vm_size": "standard_nc24ads_a100_v4", "max_nodes": 3, "price_per_node_hour": 3.1}}}))
+    monkeypatch.delenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER", raising=False)
+    from_connection = estimates.azureml_cluster()
+    assert from_connection == AzureMLHook().cluster_config() == ClusterConfig(
+        vm_size="Standard_NC24ads_A100_v4", max_nodes=3, price_per_node_hour=3.1)
+    monkeypatch.setenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER", json.dumps({"name": "from-variable", "tier": "dedicated"}))
+    assert estimates.azureml_cluster() == AzureMLHook().cluster_config() == ClusterConfig(name="from-variable",
+                                                                                          tier="dedicated")
+    monkeypatch.setenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER", json.dumps({"tier": "spot"}))
+    assert estimates.azureml_cluster() is None  # said in a warning; the score task fails on it in one line
+    with pytest.raises(ValueError, match="cluster tier must be one of"):
+        AzureMLHook().cluster_config()
+
+
+def _video_dag():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dag_video_style_transfer", REPO / "dags" / "video_style_transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.video_style_transfer()
+
+
+def test_the_score_tasks_xcom_tab_shows_its_progress_and_its_result_only():
+    """A Viewer reads the progress on the score task's XCom tab: beside it only the task's result
+    (``return_value``), not a row per key of the result (what ``@task`` does for a ``-> dict``)."""
+    dag = _video_dag()
+    assert dag.get_task("score_local").multiple_outputs is False
+    assert dag.get_task("score_azureml").multiple_outputs is False

@@ -472,7 +472,7 @@ def test_storage_stopped_during_a_transfer_the_run_carries_on(load, busy, clip_f
     name = "faults/storage-blip.mp4"
     run_id = processing_run_id("videos-in", name, upload(busy, "videos-in", name, clip.read_bytes()))
     wait_for(lambda: run_id in busy.api.runs(), 180, every=0.3, what="the watcher to start the run")
-    pid = int((busy.root / "azurite.pid").read_text())
+    pid = busy.pid("azurite")
     os.killpg(pid, signal.SIGTERM)  # Azurite saves its metadata on the way down
     wait_for(lambda: _gone(pid), 30, every=0.2, what="Azurite to stop")
     down = time.monotonic()
@@ -530,7 +530,7 @@ def test_scheduler_and_task_killed_mid_score_the_run_completes(load, busy, clip_
     wait_for(lambda: _task_running(busy.api, run_id, "score_local") and sampler.snapshot()[0] > 0
              and preview in blob_map(busy, "videos-out"), 240,  # the kill is meant for score_local alone: a
              every=0.3, what="score_local's ranks to run, its preview out")  # killed preview is not retried
-    pid = int((busy.root / "airflow.pid").read_text())
+    pid = busy.pid("airflow")
     # the task runner has a process group of its own: kill the whole tree, as a crash would
     tree = psutil.Process(pid).children(recursive=True)
     os.killpg(pid, signal.SIGKILL)

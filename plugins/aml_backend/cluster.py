@@ -113,6 +113,21 @@ def configured(extra: dict, variable: str | None = None) -> ClusterConfig:
     return ClusterConfig.from_settings(extra.get("cluster"))
 
 
+def from_airflow(extra: dict) -> ClusterConfig:
+    """The cluster as a task reads it: the ``vst_azureml_cluster`` Variable when set, else the
+    connection ``extra``'s ``cluster``. The one reading of both, for the score task
+    (``AzureMLHook.cluster_config``) and probe's estimate, without the Azure ML SDK; one-line
+    ``ValueError`` for a bad setting."""
+    import contextlib
+
+    from airflow.sdk import Variable
+
+    variable = None
+    with contextlib.suppress(Exception):  # no such Variable (or no metadata DB): the connection decides
+        variable = Variable.get(VARIABLE, default=None)
+    return configured(extra, variable)
+
+
 def configured_cluster(conn_id: str = "azureml_default") -> str:
     """What the DAG form shows next to the node count: the configured cluster, in words (read
     when the DAG is parsed: one connection lookup, no Azure call)."""

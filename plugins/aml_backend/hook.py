@@ -32,7 +32,7 @@ from azure.ai.ml import MLClient
 from azure.ai.ml.entities import AmlCompute, AzureBlobDatastore, Environment, SasTokenConfiguration
 from azure.core.exceptions import ResourceNotFoundError
 
-from .cluster import VARIABLE, ClusterConfig, configured
+from .cluster import ClusterConfig, from_airflow
 
 # What the service reports (FACTS.md); NotResponding may go back to an earlier state.
 TERMINAL_STATES = frozenset({"Completed", "Failed", "Canceled"})
@@ -153,12 +153,7 @@ class AzureMLHook(BaseHook):
     def cluster_config(self) -> ClusterConfig:
         """The shared cluster as configured (Variable ``vst_azureml_cluster`` when set, else the
         connection extra's ``cluster``); one-line ``ValueError`` for a bad setting."""
-        from airflow.providers.common.compat.sdk import Variable
-
-        variable = None
-        with contextlib.suppress(Exception):  # no such Variable (or no metadata DB): the connection decides
-            variable = Variable.get(VARIABLE, default=None)
-        return configured(self._extra, variable)
+        return from_airflow(self._extra)
 
     def ensure_cluster(self, config: ClusterConfig) -> AmlCompute:
         """The workspace's cluster of that name; created from ``config`` when there is none. An

@@ -89,10 +89,13 @@ class AzureMLScoreOperator(BaseOperator):
     :param max_queued: how long a job may wait in the queue for nodes (a cluster without quota
         waits for ever) before it is cancelled and the task fails.
     :param max_resubmits: new jobs after preemption before the task fails.
+    :param estimate_seconds: probe's estimate of the score step, the live progress's ETA until
+        the job's first segment is done (None: "time left not known yet" until then).
     """
 
     template_fields: Sequence[str] = ("segments", "styled", "style", "model", "style_image", "style_strength",
-                                      "precision", "batch", "temporal", "nodes", "max_resubmits")
+                                      "precision", "batch", "temporal", "nodes", "max_resubmits",
+                                      "estimate_seconds")
     ui_color = "#0078d4"
     operator_extra_links = (AzureMLJobLink(),)
 
@@ -103,7 +106,8 @@ class AzureMLScoreOperator(BaseOperator):
                  azureml_conn_id: str = "azureml_default", storage_conn_id: str = "wasb_system",
                  logs_container: str = "logs", max_queued: timedelta = timedelta(hours=6),
                  max_resubmits: int | str = 3, poll_interval: float = 30.0,
-                 experiment_name: str = "video-style-transfer", **kwargs) -> None:
+                 experiment_name: str = "video-style-transfer", estimate_seconds: float | str | None = None,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.segments, self.styled, self.style, self.model = segments, styled, style, model
         self.style_image, self.style_strength = style_image, style_strength
@@ -114,6 +118,7 @@ class AzureMLScoreOperator(BaseOperator):
         self.logs_container = logs_container
         self.max_queued = max_queued
         self.max_resubmits, self.poll_interval, self.experiment_name = max_resubmits, poll_interval, experiment_name
+        self.estimate_seconds = estimate_seconds
         self.job_name: str | None = None
 
     @cached_property
@@ -133,7 +138,8 @@ class AzureMLScoreOperator(BaseOperator):
         cluster = self._cluster()
         carry = {"cluster": cluster, "resubmits": 0, "job_names": [], "usage": [],
                  "datastores": self._store_names(context), "deadline": time.time() + self.time_limit.total_seconds(),
-                 "progress": job_where(self.segments, self.styled, self.storage_conn_id),  # issue 26
+                 "progress": job_where(self.segments, self.styled, self.storage_conn_id,  # issue 26
+                                       self.estimate_seconds),
                  "started_at": time.time()}  # issue 26: the score step's time, for the manifest
         n, found = 0, None
         while (job := self.hook.find_job(job_name(context, n))) is not None:

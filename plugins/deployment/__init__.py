@@ -14,6 +14,7 @@ on every ``up``, devstack before every stack it starts.
   ``SYSTEM_CONTAINERS``), through the connections the tasks use (``wasb_data``, ``wasb_system``).
 
 Airflow is reached through its command line, storage through the provider's hook.
+``python -m deployment check`` (``check.py``) then proves each piece of the deployment works.
 """
 
 from __future__ import annotations

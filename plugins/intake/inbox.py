@@ -95,6 +95,11 @@ class InboxSensor(WasbPrefixSensor):
 
     def poke(self, context) -> bool:
         """The provider's poke, after a check that the inbox exists (an error naming it otherwise)."""
+        self.inbox_must_exist()
+        return super().poke(context)
+
+    def inbox_must_exist(self) -> None:
+        """AirflowFailException, in one line naming it, where the inbox is missing: no retry helps."""
         from airflow.sdk.exceptions import AirflowFailException
         from storage.blobs import BlobStore, MissingContainer
 
@@ -102,7 +107,6 @@ class InboxSensor(WasbPrefixSensor):
             BlobStore(self.wasb_conn_id).require(self.container_name)
         except MissingContainer as exc:
             raise AirflowFailException(str(exc)) from None
-        return super().poke(context)
 
     def execute(self, context) -> dict:
         """The provider's ``execute`` with the quiet trigger: at once when the inbox holds something."""
@@ -115,7 +119,14 @@ class InboxSensor(WasbPrefixSensor):
 
     def execute_complete(self, context, event: dict) -> dict:
         if event and event.get("status") == "error":  # the trigger's error, in one line
-            self.poke(context)  # a missing inbox says so, naming it
+            from airflow.sdk.exceptions import AirflowFailException
+
+            try:
+                self.inbox_must_exist()  # a missing inbox says so, naming it
+            except AirflowFailException:
+                raise
+            except Exception:  # noqa: BLE001 - the check meets the trigger's trouble: its message says it
+                pass
             raise RuntimeError(f"waiting for uploads failed: {(event['message'].strip() or '?').splitlines()[0]}")
         super().execute_complete(context, event)
         return self.take_in(context)
@@ -260,6 +271,10 @@ def refuse(data, upload: Upload, reason: str) -> str:
         return "failed"
     data.delete(INPUTS, upload.name, etag=upload.etag)
     print(f"quarantined {upload.name}: {reason}")
+    from pipeline.notifications import notify_quarantined
+    from storage.blobs import QUARANTINE
+
+    notify_quarantined(upload.name, reason, f"{QUARANTINE}/{upload.name}", (upload.metadata or {}).get("notify_email"))
     return "quarantined"
 
 

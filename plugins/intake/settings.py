@@ -49,8 +49,8 @@ PARAMS = {
     "ranks": Param(2, type="integer", minimum=1, maximum=64, title="MPI ranks"),
     "backend": Param("local", type="string", enum=["local", "azureml"], title="Where to score"),
     "output_name": Param(None, type=["null", "string"], maxLength=1024, title="Output blob",
-                         description="Name in videos-out; empty: <input>.style-<style>.mp4 "
-                         "(with a style picture: <input>.image-<picture>.mp4)"),
+                         description="Name in videos-out; empty: <stem>.style-<style>.mp4, trip/beach.mp4 giving "
+                         "trip/beach.style-19.mp4 (with a style picture: <stem>.image-<picture>.mp4)"),
     "segment_frames": Param(48, type="integer", minimum=1, maximum=10000, title="Frames per segment"),
     "precision": Param("auto", type="string", enum=list(PRECISIONS), title="Precision",
                        description="auto: fp16 on CUDA, bf16 on CPUs that have it, else fp32"),

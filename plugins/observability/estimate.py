@@ -104,19 +104,16 @@ def actual(estimated: dict | None, scored: dict) -> dict:
 
 
 def azureml_cluster(conn_id: str = "azureml_default"):
-    """The configured cluster, as the score task will read it (``AzureMLHook.cluster_config``,
-    without importing the Azure ML SDK): None, with a warning, where it cannot be read."""
-    import contextlib
+    """The configured cluster, read as the score task reads it (``aml_backend.cluster.from_airflow``,
+    which ``AzureMLHook.cluster_config`` calls, without importing the Azure ML SDK): None, with a
+    warning, where it cannot be read."""
     import logging
 
     try:
-        from airflow.sdk import BaseHook, Variable
-        from aml_backend.cluster import VARIABLE, configured
+        from airflow.sdk import BaseHook
+        from aml_backend.cluster import from_airflow
 
-        variable = None
-        with contextlib.suppress(Exception):
-            variable = Variable.get(VARIABLE, default=None)
-        return configured(BaseHook.get_connection(conn_id).extra_dejson, variable)
+        return from_airflow(BaseHook.get_connection(conn_id).extra_dejson)
     except Exception as exc:  # noqa: BLE001 -- the score task reports a bad configuration in one line
         logging.getLogger(__name__).warning("no Azure ML estimate: the cluster configuration was not read (%s)", exc)
         return None

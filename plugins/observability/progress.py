@@ -126,13 +126,19 @@ class Reporter:
         return value
 
 
-def job_where(segments: str, styled: str, conn_id: str) -> dict | None:
+def job_where(segments: str, styled: str, conn_id: str, estimate: float | str | None = None) -> dict | None:
     """What an Azure ML job's trigger needs to follow it: the run's segments and styled folders
     as ``container/prefix`` in the storage account of ``conn_id`` (None for ``azureml://``
-    paths, whose storage the trigger cannot list)."""
+    paths, whose storage the trigger cannot list), and probe's estimate of the score step in
+    seconds (the ETA until a segment is done; left out when there is none)."""
     if any(str(path).startswith("azureml://") for path in (segments, styled)):
         return None
-    return {"conn_id": conn_id, "segments": str(segments).strip("/"), "styled": str(styled).strip("/")}
+    where = {"conn_id": conn_id, "segments": str(segments).strip("/"), "styled": str(styled).strip("/")}
+    try:
+        where["estimate"] = float(estimate)
+    except (TypeError, ValueError):  # none given, or a template that rendered to nothing
+        pass
+    return where
 
 
 class JobProgress:

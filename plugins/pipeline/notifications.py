@@ -11,6 +11,10 @@
   left out when the data connection cannot sign (no account key, no Entra ID). It is never
   logged.
 
+An upload the watcher refuses before any run exists (``notify_quarantined``) gets the same
+two: the webhook with status ``quarantined``, and an e-mail with the reason to the address in
+the upload's ``notify_email`` metadata, through ``smtp_default``.
+
 Either is skipped, with a log line, when it is not configured. Secrets never enter the body.
 """
 
@@ -127,6 +131,33 @@ class RunNotifier(BaseNotifier):
                                  html_content=html, files=files).notify(context)
                 except OSError as exc:
                     log.warning("e-mail failed: %s", exc)
+
+
+def notify_quarantined(input_blob: str, reason: str, quarantined_as: str, notify_email: str | None) -> None:
+    """Tell the uploader an upload was refused with no run (the watcher quarantined it): a reason
+    file alone reaches nobody. Never raises: the upload is quarantined either way."""
+    summary = {"status": "quarantined", "input_blob": input_blob, "error": reason[:500],
+               "quarantine_blob": quarantined_as}
+    try:
+        send_webhook(summary)
+    except OSError as exc:
+        log.warning("webhook failed: %s", exc)
+    if not notify_email:
+        return
+    sender = mail_sender()
+    if not sender:
+        log.warning("no e-mail sender: set from_email in the %s connection's extra or [smtp] smtp_mail_from; "
+                    "e-mail not sent", SMTP_CONN)
+        return
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    html = "<pre>" + json.dumps(summary, indent=2).replace("<", "&lt;") + "</pre>"
+    try:
+        with SmtpHook(smtp_conn_id=SMTP_CONN) as hook:
+            hook.send_email_smtp(to=notify_email, from_email=sender, subject=f"Video refused: {input_blob}",
+                                 html_content=html)
+    except Exception as exc:  # noqa: BLE001 -- not configured, refused, unreachable: the log says which
+        log.warning("e-mail failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def mail_sender(conn_id: str = SMTP_CONN) -> str | None:

@@ -10,7 +10,9 @@ hours spent waiting for nodes). Running runs the job's command line under ``mpie
 (instance count x processes per instance ranks), from the snapshot, with ``${{inputs.X}}`` /
 ``${{outputs.X}}`` replaced by the local folders; its output is written, as it comes, to the
 job's ``user_logs/std_log.txt`` in the workspace's artifact store; a read-write output is
-uploaded back with its token when the ranks stop, finished or not.
+written back with its token as its files are finished (as blobfuse writes a file through when
+it is closed: done markers reach storage while the job runs) and once more when the ranks
+stop, finished or not.
 
 Each submission plays the next scripted outcome (default ``complete``); ``a+b`` plays ``a`` on
 the job's first attempt and ``b`` on its restart in place:
@@ -55,6 +57,7 @@ SERVICE_ERROR = ("UserError", "AzureMLCompute job failed. JobConfigurationError:
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 NEEDED = {"ReadOnlyMount": "rl", "Download": "r", "ReadWriteMount": "rcwdl", "Upload": "cw"}  # SAS letters per mode
 LOG_BLOB = "ExperimentRun/dcid.{name}/user_logs/std_log.txt"
+HOLD_SECONDS = 120  # the longest hold_until_read waits for a read
 
 
 @dataclass
@@ -86,9 +89,14 @@ class Run:
     started: str | None = None
     ended: str | None = None
     thread: threading.Thread | None = None
+    read_at: int = 0  # len(history) when the service last answered a read of the job's status
 
     def cancelled(self) -> bool:
         return self.cancel_at is not None and time.time() >= self.cancel_at
+
+    def status_read(self) -> bool:
+        """Whether the current status has been read by a client since the job entered it."""
+        return self.read_at >= len(self.history)
 
 
 class Runner:
@@ -100,6 +108,12 @@ class Runner:
         self.step, self.preempt_after = step, preempt_after
         self.queue_seconds, self.cancel_seconds = queue_seconds, cancel_seconds
         self.queue_delay = timedelta(0)
+        self.write_through_seconds = 0.25  # how often a read-write mount's new files reach storage while it runs
+        # True: a preemption waits until the job was read Running (its ranks stopped meanwhile), a
+        # restart's queue until it was read Queued (up to HOLD_SECONDS): on a loaded machine a client
+        # polling every second could miss either, where a real preemption comes minutes into a job
+        # and a restart queues for minutes
+        self.hold_until_read = False
         self.quota_nodes: int | None = None  # the nodes the subscription's quota allows (None: plenty)
         self.outcomes: deque[str] = deque()
         self.runs: dict[str, Run] = {}
@@ -281,13 +295,22 @@ class Runner:
         """Queued while the quota has no room for the job's nodes; True when cancelled meanwhile."""
         if self._step(run, "Queued"):
             return True
-        until = time.monotonic() + self.queue_seconds
-        while time.monotonic() < until or not self._room(compute, instances):
+        until, held = time.monotonic() + self.queue_seconds, time.monotonic()
+        while time.monotonic() < until or not self._room(compute, instances) \
+                or (run.attempts and not self._read_or_held_long_enough(run, held)):
             if run.cancelled() or self.stopping.is_set():
                 self._set(run, "Canceled")
                 return True
             time.sleep(0.02)
         return False
+
+    def _read_or_held_long_enough(self, run: Run, since: float | None = None) -> bool:
+        if not self.hold_until_read or run.status_read():
+            return True
+        if since is None:
+            run.__dict__.setdefault("held_since", time.monotonic())
+            since = run.__dict__["held_since"]
+        return time.monotonic() - since > HOLD_SECONDS
 
     def _room(self, compute: str, instances: int) -> bool:
         if self.quota_nodes is None:
@@ -406,15 +429,30 @@ class Runner:
         logger.start()
         styled = Path(command[command.index("--out") + 1]) if "--out" in command else None
         preempt = outcome.startswith("preempt")
+        sent: dict[Path, tuple] = {}  # a read-write mount writes a file through once it is closed
+        frozen = False
+        synced = 0.0
         while process.poll() is None:
+            if time.monotonic() - synced >= self.write_through_seconds:
+                for _, container in writable:
+                    _upload_folder(*container, sent=sent)
+                synced = time.monotonic()
             if run.cancelled():
                 if not _signal_ranks(process, signal.SIGTERM):
                     process.terminate()  # no rank started yet
+                if frozen:
+                    _suspend_ranks(process, resume=True)
                 break
             if preempt and styled and len(list(styled.glob("*.done"))) >= self.preempt_after:
+                if not self._read_or_held_long_enough(run):  # hold_until_read: the ranks wait, stopped
+                    frozen = frozen or _suspend_ranks(process)
+                    time.sleep(0.01)
+                    continue
                 signalled = "SIGKILL" if outcome == "preempt-kill" else "SIGTERM"
                 if _signal_ranks(process, getattr(signal, signalled)):
                     attempt.signalled = signalled
+                    if frozen:
+                        _suspend_ranks(process, resume=True)  # a stopped rank takes its signal once continued
                     break
             time.sleep(0.01)
         try:
@@ -426,7 +464,7 @@ class Runner:
         attempt.stdout, attempt.stderr = (r.text() for r in readers)
         logger.join(timeout=10)
         for local, container in writable:  # a read-write mount writes through: finished segments stay
-            _upload_folder(*container)
+            _upload_folder(*container, sent=sent)
         return attempt
 
     def _write_log(self, run: Run, process: subprocess.Popen) -> None:
@@ -447,13 +485,23 @@ class Runner:
             time.sleep(0.3)
 
 
-def _upload_folder(local: Path, container) -> None:
+def _upload_folder(local: Path, container, sent: dict | None = None) -> None:
     """Every finished file under ``local`` to its blob; ``.partial`` files (dot names) stay out,
-    done markers go last, as a mount would show them."""
+    done markers go last, as a mount would show them. ``sent``: what was uploaded already (path ->
+    size and mtime), left out while unchanged."""
     for path in sorted(Path(local).rglob("*"), key=lambda p: p.name.endswith(".done")):
-        if path.is_file() and not path.name.startswith("."):
+        try:
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            stat = path.stat()
+            if sent is not None and sent.get(path) == (stat.st_size, stat.st_mtime_ns):
+                continue
             with open(path, "rb") as f:
                 container.upload_blob(path.relative_to(local).as_posix(), f, overwrite=True)
+        except FileNotFoundError:  # renamed away meanwhile (a rank's atomic rename): the next pass sees it
+            continue
+        if sent is not None:
+            sent[path] = (stat.st_size, stat.st_mtime_ns)
 
 
 def _signal_ranks(process: subprocess.Popen, sig: int) -> bool:
@@ -467,6 +515,21 @@ def _signal_ranks(process: subprocess.Popen, sig: int) -> bool:
     for rank in [r for r in ranks if r.ppid() not in {c.pid for c in ranks}]:
         try:
             rank.send_signal(sig)
+        except psutil.Error:
+            pass
+    return bool(ranks)
+
+
+def _suspend_ranks(process: subprocess.Popen, resume: bool = False) -> bool:
+    """Stop (or continue) every rank, so that no segment is finished while the emulator holds a
+    preemption back; False while mpiexec has started no rank yet."""
+    try:
+        ranks = [c for c in psutil.Process(process.pid).children(recursive=True) if _is_rank(c)]
+    except psutil.Error:
+        return False
+    for rank in ranks:
+        try:
+            rank.resume() if resume else rank.suspend()
         except psutil.Error:
             pass
     return bool(ranks)

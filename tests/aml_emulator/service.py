@@ -370,8 +370,12 @@ class Workspace:
         return Response(201, self.job_body(name))
 
     def job_body(self, name: str) -> dict:
-        job = self.jobs[name]
-        return {**job, "properties": {**job["properties"], "status": self.runner.status(name)}}
+        job, run = self.jobs[name], self.runner.runs.get(name)
+        with self.runner.lock:
+            status = self.runner.status(name)
+            if run is not None:
+                run.read_at = len(run.history)
+        return {**job, "properties": {**job["properties"], "status": status}}
 
     def studio_url(self, name: str) -> str:
         return f"https://ml.azure.com/runs/{name}?wsid={self.arm_prefix}"
