@@ -58,6 +58,9 @@ class Stack:
         self.airflow_home = self.root / "airflow"
         self.scratch = self.root / "scratch"
         self.extra_env: dict[str, str] = {}  # e.g. notification connections in tests
+        # the scheduler's and the triggerer's log servers: Airflow's fixed defaults (8793, 8794)
+        # would be taken by whichever of two stacks side by side starts first
+        self.log_ports = (free_port(), free_port())
 
     def env(self) -> dict[str, str]:
         """Environment for every Airflow process (and the tests' `airflow` commands)."""
@@ -81,6 +84,8 @@ class Stack:
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.api_port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_ports[0]),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.log_ports[1]),
             "AIRFLOW_CONN_WASB_DATA": conn(DATA_ACCOUNT),
             "AIRFLOW_CONN_WASB_SYSTEM": conn(SYSTEM_ACCOUNT),
             "VST_SCRATCH": str(self.scratch),
@@ -203,6 +208,11 @@ class Stack:
                 pass
             pid_file.unlink()
             stopped.append(pid_file.stem)
+        if stopped:  # who stopped what, for a stack found dead in the middle of its tests
+            caller = sys._getframe(1)
+            with open(self.root / "stops.log", "a") as log:
+                log.write(f"{time.strftime('%H:%M:%S')} pid {os.getpid()} ({caller.f_code.co_filename}:"
+                          f"{caller.f_lineno}) stopped {' '.join(stopped)}\n")
         return stopped
 
 

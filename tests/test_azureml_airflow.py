@@ -49,9 +49,6 @@ def airflow_with_emulator(tmp_path_factory):
             "AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
             "AIRFLOW__METRICS__STATSD_PORT": str(stack.collector.statsd_port),
             "AIRFLOW__METRICS__STATSD_PREFIX": METRICS_PREFIX,
-            # log servers on ports of their own: other stacks may run on this machine
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW_CONN_AZUREML_DEFAULT": json.dumps({  # the Azure provider's field names
                 "conn_type": "azureml", "login": "app-id", "password": "app-secret",
                 "extra": {"subscriptionId": WORKSPACE["subscription_id"],
