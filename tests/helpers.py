@@ -48,6 +48,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
+# The stacks are on this machine: their APIs are reached directly, never through a proxy.
+# urlopen's global opener keeps the proxies of the environment it was first used in, and the
+# Azure ML tests set the emulator's proxy for the SDK while they run: a later module's calls
+# to its own stack then went to the emulator's closed port (Connection refused).
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def urlopen(request, timeout: float = 60):
+    """``urllib.request.urlopen`` for a stack on this machine, without any proxy."""
+    return DIRECT.open(request, timeout=timeout)
+
+
 class Api:
     """A running stack's REST API as one user, or as nobody (``user=None``: no token). An
     `airflow` CLI process per question costs seconds of CPU, which a test that polls would take
@@ -81,7 +93,7 @@ class Api:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base + path, method=method, data=data, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urlopen(request) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")

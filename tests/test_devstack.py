@@ -51,3 +51,50 @@ def test_stop_leaves_alone_a_process_that_was_given_an_ended_ones_pid(tmp_path):
     finally:
         other.kill()
         ours.kill()
+
+
+def test_a_stack_is_reached_directly_whatever_proxy_the_process_met_first(monkeypatch):
+    """What failed three stack modules in CI: the Azure ML tests set the emulator's proxy (and
+    no_proxy for this machine) while they run; urlopen's global opener, first made then, kept
+    the proxy, and once no_proxy was gone a later module's calls to its own stack went to the
+    emulator's closed port. tests/helpers.urlopen goes direct whatever the process met."""
+    import threading
+    import urllib.error
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from devstack import free_port
+
+    from .helpers import urlopen
+
+    class Direct(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"direct")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Direct)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    urllib.request.install_opener(None)  # as in a fresh process
+    try:
+        for name in ("http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.setenv(name, "127.0.0.1,localhost")
+        with urllib.request.urlopen(url, timeout=10) as answer:  # the global opener is made here
+            assert answer.read() == b"direct"
+        for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name)  # the Azure ML test's environment undone
+        with pytest.raises(urllib.error.URLError, match="Connection refused"):
+            urllib.request.urlopen(url, timeout=10)  # the trap: still through the proxy
+        with urlopen(url, timeout=10) as answer:
+            assert answer.read() == b"direct"
+    finally:
+        urllib.request.install_opener(None)
+        server.shutdown()

@@ -14,6 +14,8 @@ import pytest
 
 from devstack import REPO, SYSTEM_ACCOUNT, Stack, free_port
 
+from .helpers import urlopen
+
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 sys.path.insert(0, str(REPO / "plugins"))
 from pipeline import tasks  # noqa: E402
@@ -261,7 +263,7 @@ def test_the_result_link_reads_that_blob_only_and_is_never_logged(stack, receive
     details = {"output_blob": "linked/clip ü.style-19.mp4", "published": True}
     notifications.RunNotifier("succeeded", details).notify(_context())
     link = json.loads(receiver.received[-1][1])["result_url"]
-    with urllib.request.urlopen(link) as answer:
+    with urlopen(link) as answer:
         assert answer.read() == b"the result"
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(link).query)
     assert query["sp"] == ["r"] and query["sr"] == ["b"]
@@ -269,11 +271,11 @@ def test_the_result_link_reads_that_blob_only_and_is_never_logged(stack, receive
     assert abs(expiry - time.time() - 24 * 3600) < 300
     for other in (link.replace("clip%20%C3%BC.style-19.mp4", "other.mp4"),):  # the same token, another blob
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(other)
+            urlopen(other)
         assert refused.value.code == 403
     put = urllib.request.Request(link, data=b"replaced", method="PUT", headers={"x-ms-blob-type": "BlockBlob"})
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(put)
+        urlopen(put)
     assert refused.value.code == 403
     logged = "".join(capfd.readouterr()) + "\n".join(notification_log)
     assert any("webhook answered" in line for line in notification_log)

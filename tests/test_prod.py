@@ -22,6 +22,8 @@ import pytest
 from devstack import REPO
 from devstack.prod import AIRFLOW_VENV, PG_BIN, QUEUES, SCORING_VENV, ProdStack
 
+from .helpers import urlopen
+
 sys.path.insert(0, str(REPO / "plugins"))
 from pipeline.tasks import default_output_name  # noqa: E402
 from storage.scratch import run_key  # noqa: E402
@@ -94,7 +96,7 @@ def api(stack, method: str, path: str, body: dict | None = None, user: str = "ad
                                          data=json.dumps(body).encode() if body is not None else None,
                                          headers={"Content-Type": "application/json"} | headers)
         try:
-            with urllib.request.urlopen(request, timeout=60) as answer:
+            with urlopen(request, timeout=60) as answer:
                 return answer.status, json.loads(answer.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
@@ -347,7 +349,7 @@ def test_who_may_do_what_on_the_fab_auth_manager(prod):
     assert api(prod, "GET", "/api/v2/connections", user="user")[0] == 403
     assert api(prod, "GET", "/api/v2/connections", user="op")[0] == 200
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(f"http://127.0.0.1:{prod.api_port}{runs_path}", timeout=60)
+        urlopen(f"http://127.0.0.1:{prod.api_port}{runs_path}", timeout=60)
     assert refused.value.code == 401
 
     done = [r for r, state in runs(prod).items() if state == "success" and r.startswith("upload__")]
@@ -356,7 +358,7 @@ def test_who_may_do_what_on_the_fab_auth_manager(prod):
                         user="viewer")
     assert status == 200 and links["extra_links"].get("Preview"), (status, links)
     viewer = {"Authorization": f"Bearer {TOKENS['viewer']}"}
-    with urllib.request.urlopen(urllib.request.Request(links["extra_links"]["Preview"], headers=viewer),
+    with urlopen(urllib.request.Request(links["extra_links"]["Preview"], headers=viewer),
                                 timeout=60) as page:
         assert page.headers["Content-Type"] == "image/jpeg" and page.read(3) == b"\xff\xd8\xff"
 

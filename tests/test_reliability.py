@@ -29,7 +29,7 @@ from devstack import REPO, Stack, free_port
 from scoring.media import ffmpeg
 from scoring.media.samples import make_clip
 
-from .helpers import Api
+from .helpers import Api, urlopen
 from .test_dags import SECRET, Webhooks
 
 sys.path.insert(0, str(REPO / "plugins"))
@@ -385,15 +385,15 @@ def test_preview_link_opens_for_those_who_may_read_runs(load, busy):
     quoted = urllib.parse.quote(run_id, safe="")
     request = urllib.request.Request(f"{busy.api.base}/api/v2/dags/video_style_transfer/dagRuns/{quoted}"
                                      "/taskInstances/preview/links", headers=viewer)
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urlopen(request, timeout=60) as response:
         link = json.loads(response.read())["extra_links"]["Preview"]
     assert link.startswith(f"{busy.api.base}/style-previews/image?") and "sig=" not in link, link
-    with urllib.request.urlopen(urllib.request.Request(link, headers=viewer), timeout=60) as page:
+    with urlopen(urllib.request.Request(link, headers=viewer), timeout=60) as page:
         assert page.headers["Content-Type"] == "image/jpeg"
         shown = page.read()
     assert shown == blob_map(busy, "videos-out")["load/clip-00.style-19.mp4.preview.jpg"]
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(link, timeout=60)
+        urlopen(link, timeout=60)
     assert refused.value.code in (401, 403)
     report("preview link: a Viewer gets the run's preview through the API server; no credentials -> "
            f"{refused.value.code}; the link holds no SAS")
