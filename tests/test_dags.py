@@ -130,7 +130,7 @@ def test_dag_files_import_fast_without_heavy_modules(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     facts = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"DAG folder parsed in {facts['seconds']:.2f} s (Airflow's own import included)")
-    assert facts["dags"] == ["blob_sweep", "blob_watcher", "housekeeping", "video_style_transfer"]
+    assert facts["dags"] == ["blob_sweep", "blob_watcher", "deployment_check", "housekeeping", "video_style_transfer"]
     assert facts["errors"] == {} and facts["heavy"] == []
     assert facts["seconds"] < 30
 

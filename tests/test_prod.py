@@ -429,6 +429,38 @@ def test_deployment_init_makes_what_is_missing_and_keeps_what_an_operator_change
     assert prod.blob_client(SYSTEM_ACCOUNT).get_container_client("intake-ledger").exists()
 
 
+def test_the_deployment_check_dag_proves_the_topology_and_names_what_fails(prod):
+    """The deployment_check DAG, triggered as an operator would: its slot task runs in the pool
+    on the scoring queue, its check on the default queue proves the storage accounts through the
+    workers' own connections; every line ok. Run again with account keys refused (what Azure
+    wants), it fails, and its task log names the two storage connections alone."""
+    from urllib.parse import quote
+
+    dag = "deployment_check"
+    conf = {"allow_account_keys": True, "azureml": "no"}
+    for run_id, run_conf in (("manual__check-ready", conf), ("manual__check-keys", {**conf, "allow_account_keys": False})):
+        status, answer = api(prod, "POST", f"/api/v2/dags/{dag}/dagRuns", {"logical_date": None, "dag_run_id": run_id,
+                             "conf": run_conf})
+        assert status == 200, answer
+    assert wait_for_run(prod, "manual__check-ready", 300, dag) == "success"
+    task = f"/api/v2/dags/{dag}/dagRuns/{quote('manual__check-ready', safe='')}/taskInstances"
+    lines = xcom_value(api(prod, "GET", f"{task}/check/xcomEntries/return_value")[1])
+    assert lines[-1] == "deployment ready", lines
+    assert [line for line in lines[:-1] if not line.startswith(("ok ", "skip "))] == [], lines
+    assert any(line.startswith("ok    pool scoring: a slot was free") for line in lines), lines
+    assert sum(line.startswith("ok    container ") for line in lines) >= 6, lines  # both accounts' containers
+    assert api(prod, "GET", f"{task}/a_scoring_slot")[1]["queue"] == "scoring"
+
+    assert wait_for_run(prod, "manual__check-keys", 300, dag) == "failed"
+    task = f"/api/v2/dags/{dag}/dagRuns/{quote('manual__check-keys', safe='')}/taskInstances/check"
+    status, log = api(prod, "GET", f"{task}/logs/1?full_content=true", user="viewer")
+    assert status == 200, log
+    shown = json.dumps(log)
+    failed = sorted({word for word in ("credential wasb_data", "credential wasb_system") if f"FAIL  {word}" in shown})
+    assert failed == ["credential wasb_data", "credential wasb_system"], shown[-3000:]
+    assert "2 check(s) failed" in shown and shown.count("FAIL  ") == 2, shown[-3000:]
+
+
 def test_the_scoring_workers_scratch_is_empty_after_success_failure_and_kill(prod, clip, clip_factory):
     """The scoring worker runs score_local and preview and no clean_up: each removes its own
     files when it ends. After every run so far (successes, and the lost worker's retry), a

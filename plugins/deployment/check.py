@@ -53,9 +53,11 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}{f' {code}' if code else ''}: {first[:300]}"
 
 
-def check(azureml: bool | None = None, allow_account_keys: bool = False) -> list[Finding]:
+def check(azureml: bool | None = None, allow_account_keys: bool = False, pool_finding: Finding | None = None
+          ) -> list[Finding]:
     """Every finding, in the order printed. ``azureml``: None checks Azure ML where
-    ``azureml_default`` exists, True always, False never."""
+    ``azureml_default`` exists, True always, False never. ``pool_finding``: the pool's, found
+    another way (the deployment_check DAG: a task reaches no metadata database to read pools)."""
     from storage.blobs import DATA_CONN, DATA_CONTAINERS, SYSTEM_CONN, SYSTEM_CONTAINERS
 
     findings: list[Finding] = []
@@ -64,7 +66,7 @@ def check(azureml: bool | None = None, allow_account_keys: bool = False) -> list
         store = storage(conn_id, containers, allow_account_keys, findings)
         if conn_id == SYSTEM_CONN:
             system = store
-    findings.append(pool())
+    findings.append(pool_finding or pool())
     findings.extend(variables())
     if azureml is None:
         azureml = connection_exists("azureml_default")
@@ -75,6 +77,24 @@ def check(azureml: bool | None = None, allow_account_keys: bool = False) -> list
     findings.append(webhook())
     findings.extend(mail())
     return findings
+
+
+def in_a_task(azureml: str, allow_account_keys: bool, pool_seen: str) -> list[str]:
+    """The deployment_check DAG's check (``azureml``: its Param, auto/yes/no; ``pool_seen``: what
+    its task in the pool saw): the report printed, and AirflowFailException naming each failure
+    in one line where any failed."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from . import SCORING_POOL
+
+    findings = check(azureml={"auto": None, "yes": True, "no": False}[azureml], allow_account_keys=allow_account_keys,
+                     pool_finding=Finding(OK, f"pool {SCORING_POOL}", pool_seen))
+    text, failed = report(findings)
+    print(text, flush=True)
+    if failed:
+        raise AirflowFailException(f"{text.splitlines()[-1]}: " + "; ".join(
+            f"{f.what}: {f.detail}" for f in findings if f.status == FAIL))
+    return text.splitlines()
 
 
 def connection_exists(conn_id: str) -> bool:
@@ -350,4 +370,4 @@ def report(findings: list[Finding]) -> tuple[str, int]:
     return "\n".join([*(f.line() for f in findings), summary]), int(bool(failed))
 
 
-__all__ = ["Finding", "check", "report"]
+__all__ = ["Finding", "check", "in_a_task", "report"]
