@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scoring.media import ffmpeg
+from scoring.media import ffmpeg, tracks
+from scoring.media.samples import make_clip
 
-from .helpers import run_scoring
+from .helpers import assert_every_frame_decodes, decoded_frames, run_scoring
 
 SUBTITLES = "1\n00:00:00,100 --> 00:00:00,900\nhello there\n\n2\n00:00:01,000 --> 00:00:01,400\nsecond line\n"
 CHAPTERS = (";FFMETADATA1\ntitle=My film\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=800\ntitle=Opening\n"
@@ -36,9 +37,9 @@ def streams(path: Path) -> list[dict]:
     return probe(path, "-show_streams")["streams"]
 
 
-def stylize(source: Path, output: Path, *extra: str) -> dict:
-    result = run_scoring("stylize", source, output, "--style", "3", "--segment-frames", "16", "--ranks", "1", *extra,
-                         check=True)
+def stylize(source: Path, output: Path, *extra: str, segment_frames: int = 16) -> dict:
+    result = run_scoring("stylize", source, output, "--style", "3", "--segment-frames", str(segment_frames),
+                         "--ranks", "1", *extra, check=True)
     return json.loads(result.stdout.splitlines()[-1])
 
 
@@ -252,3 +253,59 @@ def test_non_square_pixels_odd_sides_and_interlacing(clips, tmp_path):
     assert video.get("field_order", "progressive") == "progressive"
     assert ffmpeg.count_frames(tmp_path / "progressive.mp4") == ffmpeg.count_frames(clips["interlaced"])
     assert any("deinterlaced" in note for note in result["picture"])
+
+
+def annex_b(path: Path, frames: int, *x264: str) -> bytes:
+    """``frames`` frames of raw H.264 as the styled segments are written (no B-frames)."""
+    make(path, "-f", "lavfi", "-i", f"testsrc2=s=64x48:r=25,trim=end_frame={frames}", "-c:v", "libx264",
+         "-preset", "veryfast", "-bf", "0", "-pix_fmt", "yuv420p", *x264, "-f", "h264")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("frames, x264", [
+    (1, []),  # one picture after its SPS, PPS and SEI: the stream's last NAL unit is the picture's
+    (5, ["-force_key_frames", "expr:eq(n,4)"]),  # the last picture an IDR with its own SPS and PPS
+    (5, ["-slices", "3"]),  # every picture in three slices: the last slice ends the stream
+    (6, []),
+], ids=["one-frame", "idr-last", "slices", "plain"])
+def test_access_units_hold_every_byte_one_picture_each(tmp_path, frames, x264):
+    data = annex_b(tmp_path / "styled.h264", frames, *x264)
+    units = tracks.access_units(data)
+    assert len(units) == frames
+    assert b"".join(units) == data  # no byte left out, the last NAL unit's included
+    ivf = tmp_path / "joined.ivf"
+    with open(ivf, "wb") as out:
+        tracks.write_ivf([tmp_path / "styled.h264"], list(range(frames)), "1/25", (64, 48), out, [frames])
+    assert decoded_frames(ivf) == frames
+
+
+def test_a_segment_holding_headers_without_their_picture_is_refused(tmp_path):
+    data = annex_b(tmp_path / "styled.h264", 3)
+    headers = data[:data.index(b"\x00\x00\x01\x65") if b"\x00\x00\x01\x65" in data else 0]
+    assert headers  # SPS, PPS and SEI before the first IDR
+    with pytest.raises(RuntimeError, match="hold no picture"):
+        tracks.access_units(data + headers)
+    with open(tmp_path / "out.ivf", "wb") as out, pytest.raises(RuntimeError, match="holds 3 pictures, its plan 4"):
+        tracks.write_ivf([tmp_path / "styled.h264"], list(range(4)), "1/25", (64, 48), out, [4])
+
+
+@pytest.mark.parametrize("seconds, fps, audio, segment_frames", [
+    (1.2, "10", True, 48),  # 12 frames in one segment, with sound: the clip that lost its last frame
+    (1.2, "10", True, 5),  # 5 + 5 + 2
+    (1.0, "25", False, 16),  # 16 + 9
+    (0.68, "25", True, 16),  # 17 frames: the last segment holds one frame
+    (0.92, "25", False, 7),  # 23 frames: 7 + 7 + 7 + 2
+], ids=["10fps-12-audio", "10fps-odd-segments", "25fps", "last-segment-one-frame", "23-in-sevens"])
+def test_every_frame_of_the_input_decodes_in_the_output(tmp_path, seconds, fps, audio, segment_frames):
+    source = tmp_path / "in.mp4"
+    made = make_clip(source, seconds=seconds, fps=fps, size=(64, 36), audio=audio)
+    output = tmp_path / "out.mp4"
+    result = stylize(source, output, segment_frames=segment_frames)
+    assert result["frames"] == made["frames"] == assert_every_frame_decodes(output, source)
+
+
+@pytest.mark.parametrize("segment_frames", [16, 39])  # 40 frames: 16 + 16 + 8, and 39 + 1
+def test_every_frame_of_a_variable_frame_rate_input_decodes(clips, tmp_path, segment_frames):
+    output = tmp_path / "out.mkv"
+    stylize(clips["vfr"], output, segment_frames=segment_frames)
+    assert assert_every_frame_decodes(output, clips["vfr"]) == 40

@@ -127,40 +127,51 @@ def output_times(timing: dict, frame_rate: str) -> tuple[str, list[int]]:
 def access_units(data: bytes) -> list[bytes]:
     """An H.264 Annex B stream cut into access units (one picture each): a unit starts at an
     access unit delimiter, SPS, PPS or SEI, or at a slice with first_mb_in_slice 0, once the
-    unit before has had its picture."""
+    unit before has had its picture. Every byte from the first start code on lands in exactly
+    one unit, the stream's last NAL unit included; a unit without a picture (headers left at
+    the end, a stream cut short) is an error, never a frame."""
     starts = [m.start() for m in re.finditer(b"\x00\x00\x01", data)]
-    units: list[list[int]] = []
-    picture = False
+    # each NAL unit from its start code (a 4-byte one's leading zero included) to the next's
+    begins = [start - 1 if start and data[start - 1] == 0 else start for start in starts]
+    units: list[list[int]] = []  # [first byte, end, whether it holds a picture]
     for n, start in enumerate(starts):
-        begin = start - 1 if start and data[start - 1] == 0 else start
+        end = begins[n + 1] if n + 1 < len(starts) else len(data)
         nal_type = data[start + 3] & 31 if start + 3 < len(data) else 0
         vcl = nal_type in (1, 5)
         first_slice = vcl and start + 4 < len(data) and data[start + 4] & 0x80
-        opens = picture and (nal_type in (6, 7, 8, 9) or 14 <= nal_type <= 18 or first_slice)
-        if not units or opens:
-            units.append([begin, len(data)])
-            picture = False
-        picture = picture or vcl
-        if n + 1 < len(starts):
-            end = starts[n + 1]
-            units[-1][1] = end - 1 if data[end - 1] == 0 else end
-    return [data[a:b] for a, b in units]
+        picture = bool(units) and units[-1][2]
+        if not units or (picture and (nal_type in (6, 7, 8, 9) or 14 <= nal_type <= 18 or first_slice)):
+            units.append([begins[n], end, vcl])
+        else:  # the unit goes on to this NAL unit's end
+            units[-1][1], units[-1][2] = end, picture or vcl
+    if units and not units[-1][2]:
+        raise RuntimeError(f"the styled stream ends with {units[-1][1] - units[-1][0]} bytes that hold no picture")
+    return [data[a:b] for a, b, _ in units]
 
 
-def write_ivf(segments: list[Path], pts: list[int], time_base: str, size: tuple[int, int], out) -> int:
+def write_ivf(segments: list[Path], pts: list[int], time_base: str, size: tuple[int, int], out,
+              frames: list[int] | None = None) -> int:
     """The styled H.264 pictures, each with its own presentation time, as an IVF stream (a
-    32-byte header, then size, time and bytes per picture) that ffmpeg reads with the times."""
+    32-byte header, then size, time and bytes per picture) that ffmpeg reads with the times.
+    ``frames``: how many pictures each segment must hold (the plan's); a segment with more or
+    fewer is an error, named, before anything is published."""
     num, den = (int(x) for x in time_base.split("/"))
     out.write(b"DKIF" + struct.pack("<HHIHHIIII", 0, 32, int.from_bytes(b"H264", "little"), size[0] & 0xFFFF,
                                     size[1] & 0xFFFF, den, num, len(pts), 0))
     written = 0
-    for segment in segments:
-        for unit in access_units(Path(segment).read_bytes()):
+    for n, segment in enumerate(segments):
+        units = access_units(Path(segment).read_bytes())
+        if frames is not None and len(units) != frames[n]:
+            raise RuntimeError(f"styled segment {Path(segment).name} holds {len(units)} pictures, "
+                               f"its plan {frames[n]}")
+        for unit in units:
             if written >= len(pts):
                 raise RuntimeError("the styled segments hold more pictures than the source has frames")
             out.write(struct.pack("<Iq", len(unit), pts[written]))
             out.write(unit)
             written += 1
+    if written != len(pts):
+        raise RuntimeError(f"the styled segments hold {written} pictures, the source {len(pts)} frames")
     return written
 
 
@@ -265,7 +276,8 @@ def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: P
     process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         if timing:
-            write_ivf(segments, pts, time_base, (plan.width, plan.height), process.stdin)
+            write_ivf(segments, pts, time_base, (plan.width, plan.height), process.stdin,
+                      [s.frames for s in plan.segments])
         else:
             for segment in segments:
                 with open(segment, "rb") as f:
