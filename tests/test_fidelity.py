@@ -38,8 +38,10 @@ def streams(path: Path) -> list[dict]:
 
 
 def stylize(source: Path, output: Path, *extra: str, segment_frames: int = 16) -> dict:
+    """``stylize`` the source, and check that every one of its frames decodes in the output."""
     result = run_scoring("stylize", source, output, "--style", "3", "--segment-frames", str(segment_frames),
                          "--ranks", "1", *extra, check=True)
+    assert_every_frame_decodes(output, source)
     return json.loads(result.stdout.splitlines()[-1])
 
 
