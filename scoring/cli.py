@@ -12,6 +12,7 @@ from pathlib import Path
 from .media import ffmpeg
 from .media.errors import UserError
 from .media.segments import DEFAULT_SEGMENT_FRAMES
+from .media.split import HDR_MODES
 from .options import PRECISIONS, check_style_strength, check_temporal
 
 
@@ -40,9 +41,10 @@ def cmd_probe(args) -> str:
 def cmd_split(args) -> dict:
     from .media.split import split
 
-    plan = split(args.input, args.out, args.max_side, args.segment_frames, limits_from(args))
+    plan = split(args.input, args.out, args.max_side, args.segment_frames, limits_from(args), args.hdr)
+    audio = any(s["type"] == "audio" for s in plan.media["streams"])
     return {"segments": len(plan.segments), "frames": plan.frames, "frame_rate": plan.frame_rate,
-            "size": f"{plan.width}x{plan.height}", "audio": plan.audio is not None, "folder": str(args.out)}
+            "size": f"{plan.width}x{plan.height}", "audio": audio, "folder": str(args.out)}
 
 
 def cmd_score(args) -> dict | None:
@@ -73,7 +75,7 @@ def cmd_score(args) -> dict | None:
 def cmd_stitch(args) -> dict:
     from .media.stitch import stitch
 
-    return stitch(args.segments, args.styled, args.output)
+    return stitch(args.segments, args.styled, args.output, args.source)
 
 
 def cmd_stylize(args) -> dict:
@@ -93,7 +95,7 @@ def cmd_stylize(args) -> dict:
     check_output_path(output)
     model_id = model_id_from(args)  # reads a .pth or picture once: its digest names it
     work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"
-    plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args))
+    plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr)
     # keyed by split, model and smoothing, so a rerun of the same command resumes and a new style starts clean
     work_id = f"{plan.fingerprint} {model_id}{work_tag(check_temporal(args.temporal))}"
     styled = work / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
@@ -102,7 +104,7 @@ def cmd_stylize(args) -> dict:
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], ranks)
     else:
         score(work / "segments", styled, stylizer, model_id, encoding_from(args, stylizer))
-    result = stitch(work / "segments", styled, output)
+    result = stitch(work / "segments", styled, output, source)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -242,12 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "pixels (aspect kept, even sizes)")
     group.add_argument("--segment-frames", type=positive_int, default=DEFAULT_SEGMENT_FRAMES,
                        help="frames per segment, the unit of work and of resume (default: %(default)s)")
+    group.add_argument("--hdr", default="sdr", choices=HDR_MODES, help="what HDR input (PQ, HLG) becomes: sdr "
+                       "tone-maps it to SDR BT.709 and tags it so; keep styles it tone-mapped and writes it back as "
+                       "10-bit HDR with the source's tags (default: %(default)s)")
 
     parser = argparse.ArgumentParser(prog="python -m scoring", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("stylize", parents=[model, split_opts, limits], help="a video or image, start to end",
-                       description="Stylize a video (split, score on N ranks, stitch with the original audio) "
+                       description="Stylize a video (split, score on N ranks, stitch with the source's audio, subtitles, "
+                       "chapters and metadata) "
                        "or a still image. Rerunning after a crash resumes from finished segments.")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path, help="video: .mp4 .m4v .mov .mkv; image: .png .jpg .webp ...")
@@ -264,11 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path)
     p.set_defaults(run=cmd_probe)
 
-    p = sub.add_parser("split", parents=[split_opts, limits], help="cut a video into segments, extract its audio",
-                       description="Validate a video, write its frames as segments and its audio track into a "
-                       "folder, with a plan.json listing them. Rerunning with the same input reuses the split.")
+    p = sub.add_parser("split", parents=[split_opts, limits], help="cut a video into segments",
+                       description="Validate a video, write its frames as segments into a folder, with a "
+                       "plan.json listing them and the source's streams, colour and frame times. Rerunning with "
+                       "the same input reuses the split.")
     p.add_argument("input", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="folder for segments, audio and plan.json")
+    p.add_argument("--out", type=Path, required=True, help="folder for segments and plan.json")
     p.set_defaults(run=cmd_split)
 
     p = sub.add_parser("score", parents=[model], help="style the segments (the MPI step)",
@@ -278,11 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for styled segments and their done markers")
     p.set_defaults(run=cmd_score)
 
-    p = sub.add_parser("stitch", help="join styled segments and the audio into one video",
-                       description="Join the styled segments in order at the source frame rate, add the "
-                       "source audio, check the frame count, and publish the output atomically.")
+    p = sub.add_parser("stitch", help="join styled segments and the source's other streams into one video",
+                       description="Join the styled segments in order at the source's frame times, add every "
+                       "audio and subtitle track, the chapters and the metadata of the source (docs/cli.md), "
+                       "check the frame count, and publish the output atomically.")
     p.add_argument("--segments", type=Path, required=True, help="folder written by split")
     p.add_argument("--styled", type=Path, required=True, help="folder written by score")
+    p.add_argument("--source", type=Path, help="the video split was given (default: the path split read it from)")
     p.add_argument("output", type=Path, help=".mp4 .m4v .mov or .mkv")
     p.set_defaults(run=cmd_stitch)
 

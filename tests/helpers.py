@@ -43,6 +43,28 @@ def read_frames(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         return np.concatenate(list(reader.batches(64)))
 
 
+def decoded_frames(path: Path) -> int:
+    """Frames of a video's first video stream counted by decoding every one of them (a packet
+    without a picture, or one the decoder refuses, is not a frame); the decoder must say nothing."""
+    result = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                             "stream=nb_read_frames", "-of", "json", str(path)], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and not result.stderr.strip(), f"{Path(path).name} does not decode cleanly: " \
+        f"{result.stderr.strip()[-500:]}"
+    return int(json.loads(result.stdout)["streams"][0]["nb_read_frames"])  # MPEG-TS lists it per program too
+
+
+def assert_every_frame_decodes(output: Path, source: Path) -> int:
+    """The output holds as many decodable frames as the source, and as many packets: nothing
+    lost, nothing doubled, no packet without its picture."""
+    frames = decoded_frames(output)
+    assert frames == decoded_frames(source), f"{Path(output).name}: {frames} frames decode, " \
+        f"the source {Path(source).name} has {decoded_frames(source)}"
+    assert ffmpeg.count_frames(output) == frames, f"{Path(output).name}: {ffmpeg.count_frames(output)} packets, " \
+        f"{frames} decodable frames"
+    return frames
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

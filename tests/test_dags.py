@@ -205,6 +205,32 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert sorted(attached) == sorted(PurePosixPath(name).name for name in manifest["pictures"].values())
 
 
+def test_an_upload_with_two_audio_tracks_and_subtitles_publishes_them(stack, tmp_path):
+    subtitles = tmp_path / "subs.srt"
+    subtitles.write_text("1\n00:00:00,100 --> 00:00:00,900\nola\n")
+    clip = tmp_path / "dubbed.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-f", "lavfi", "-i", "testsrc2=s=96x64:r=20:d=1",
+                    "-f", "lavfi", "-i", "sine=f=440:d=1", "-f", "lavfi", "-i", "sine=f=660:d=1", "-i", str(subtitles),
+                    "-map", "0", "-map", "1", "-map", "2", "-map", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-c:s", "mov_text", "-metadata:s:a:0", "language=eng", "-metadata:s:a:1",
+                    "language=por", "-metadata:s:s:0", "language=por", str(clip)], check=True)
+    upload(stack, "dubbed.mp4", clip)
+    assert dags_test(stack, "video_style_transfer", {"input_blob": "dubbed.mp4", "style": "3"}) == "success"
+    out = blobs(stack, "videos-out")
+    (tmp_path / "out.mp4").write_bytes(out["dubbed.style-3.mp4"])
+    probed = json.loads(subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams",
+                                        str(tmp_path / "out.mp4")], capture_output=True, text=True,
+                                       check=True).stdout)["streams"]
+    assert [(s["codec_type"], s.get("tags", {}).get("language")) for s in probed if s["codec_type"] != "video"] == [
+        ("audio", "eng"), ("audio", "por"), ("subtitle", "por")]
+    text = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "out.mp4"), "-map", "0:s:0", "-f", "srt", "-"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "ola" in text
+    manifest = json.loads(out["dubbed.style-3.mp4.manifest.json"])
+    assert [(s["type"], s["action"]) for s in manifest["streams"]] == [
+        ("video", "styled"), ("audio", "kept"), ("audio", "kept"), ("subtitle", "kept")]
+
+
 def test_bad_upload_is_quarantined_and_input_kept(stack):
     name = "bad/notes.mp4"
     text = b"this is a shopping list, not a video\n"

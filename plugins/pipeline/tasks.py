@@ -487,7 +487,9 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     system.sync_down(probed["work_in"], "segments/", local / "segments")
     system.sync_down(probed["work_out"], "styled/", local / "styled")
     video = local / "output.mp4"
-    stitched = scoring("stitch", "--segments", str(local / "segments"), "--styled", str(local / "styled"), str(video))
+    # the upload itself gives the output its audio, subtitles, chapters and metadata
+    stitched = scoring("stitch", "--segments", str(local / "segments"), "--styled", str(local / "styled"),
+                       "--source", str(local_input(probed)), str(video))
     strip = local / "strip.jpg"
     scoring("strip", str(video), str(strip), "--frames", str(STRIP_FRAMES))
     stitch_seconds = time.monotonic() - started
@@ -511,7 +513,11 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
                   "size": f"{probed['width']}x{probed['height']}", "audio": probed["audio"]},
         "output": {"container": OUTPUTS, "blob": output, "etag": video_etag, "frames": stitched["frames"],
                    "size": stitched["size"],
-                   "frame_rate": stitched["frame_rate"], "audio": stitched["audio"], "bytes": video.stat().st_size},
+                   "frame_rate": stitched["frame_rate"], "audio": stitched["audio"], "bytes": video.stat().st_size,
+                   "frame_times": stitched.get("frame_times"), "colour": stitched.get("colour"),
+                   "sample_aspect_ratio": stitched.get("sar"), "picture": stitched.get("picture")},
+        # per stream of the upload: styled, kept, converted (to what) or dropped, and why
+        "streams": stitched.get("streams"),
         "settings": {k: params.get(k) for k in ("style", "model_blob", "style_image", "style_strength", "max_side",
                                                  "ranks", "backend", "segment_frames", "precision", "temporal")},
         "pictures": {"preview": preview_blob, "contact_strip": output + STRIP_SUFFIX},

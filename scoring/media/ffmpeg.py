@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .colour import Colour, hdr_from_sdr_filters
 from .errors import UserError
 
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif"}
@@ -36,8 +37,6 @@ REFUSED_DEMUXERS = {"hls": "a playlist (HLS .m3u8)", "concat": "a concat list (f
                     "sdp": "a session description (SDP)", "rtp": "a stream description (RTP)",
                     "rtsp": "a stream description (RTSP)"}
 INPUT_PROTOCOLS = "file,pipe"
-# Audio codecs the mp4/mov muxers take as they are; anything else is re-encoded to AAC.
-MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
 
 @dataclass(frozen=True)
@@ -279,14 +278,22 @@ class FrameReader(_FfmpegPipe):
     ``yuv420p`` (``[N, H * 3/2, W]``) where the frames only pass through to an encoder."""
 
     def __init__(self, source: Path | str, size: tuple[int, int], input_format: str | None = None, threads: int = 0,
-                 pix_fmt: str = "rgb24"):
+                 pix_fmt: str = "rgb24", colour: Colour | None = None, before: list[str] = ()):
+        """``colour``: the matrix and range of the decoded YUV (for the conversion to RGB, and
+        kept as they are when ``pix_fmt`` is yuv420p); ``before``: filters applied first
+        (deinterlacing, tone mapping)."""
         self.width, self.height = size
         self.frame_shape = FRAME_SHAPES[pix_fmt](self.width, self.height)
         cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-threads", str(threads)]
         if input_format:
             cmd += ["-f", input_format]
+        scale = f"scale={self.width}:{self.height}:flags=bicubic"
+        if colour:
+            scale += f":in_color_matrix={colour.sws_matrix}:in_range={colour.sws_range}"
+            if pix_fmt != "rgb24":
+                scale += f":out_color_matrix={colour.sws_matrix}:out_range={colour.sws_range}"
         cmd += [*input_args(), "-i", file_arg(source), "-map", "0:v:0", "-an", "-sn", "-dn",
-                "-vf", f"scale={self.width}:{self.height}:flags=bicubic",
+                "-vf", ",".join([*before, scale]),
                 "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1"]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -328,12 +335,22 @@ class FrameWriter(_FfmpegPipe):
     """
 
     def __init__(self, target: Path | str, size: tuple[int, int], frame_rate: str, crf: int = STYLED_CRF,
-                 preset: str = STYLED_PRESET, threads: int = 0, pix_fmt: str = "rgb24"):
+                 preset: str = STYLED_PRESET, threads: int = 0, pix_fmt: str = "rgb24", colour: Colour | None = None,
+                 hdr: Colour | None = None):
+        """``colour``: the matrix and range RGB frames are converted with, and the tags the
+        stream carries (none where ``colour`` is None or unknown). ``hdr``: RGB frames in SDR
+        BT.709 are written as this HDR signal instead, in 10 bits (High 10)."""
         self.width, self.height = size
         cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", pix_fmt,
-               "-s", f"{self.width}x{self.height}", "-framerate", frame_rate, "-i", "pipe:0",
-               "-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-bf", "0", "-pix_fmt", "yuv420p",
-               "-threads", str(threads), "-f", "h264", file_arg(target)]
+               "-s", f"{self.width}x{self.height}", "-framerate", frame_rate, "-i", "pipe:0"]
+        out_pix_fmt = "yuv420p"
+        if hdr and pix_fmt == "rgb24":
+            cmd += ["-vf", ",".join(hdr_from_sdr_filters(hdr))]
+            colour, out_pix_fmt = hdr, "yuv420p10le"
+        elif colour and pix_fmt == "rgb24":
+            cmd += ["-vf", f"scale=out_color_matrix={colour.sws_matrix}:out_range={colour.sws_range}"]
+        cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-bf", "0", "-pix_fmt", out_pix_fmt,
+                *(colour.tag_args() if colour else []), "-threads", str(threads), "-f", "h264", file_arg(target)]
         self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.frames = 0
 
@@ -386,45 +403,7 @@ def _kill(process: subprocess.Popen) -> None:
             stream.close()
 
 
-# --------------------------------------------------------------------------- audio and muxing
-
-
-def extract_audio(source: Path | str, target: Path | str) -> None:
-    """Copy the first audio track, untouched, into a Matroska audio file."""
-    _run_ffmpeg([*input_args(), "-i", file_arg(source), "-map", "0:a:0", "-vn", "-sn", "-dn", "-c:a", "copy",
-                 "-f", "matroska", file_arg(target)], "extract the audio")
-
-
-def mux(video_streams: list[Path], frame_rate: str, audio: Path | None, audio_codec: str | None,
-        target: Path, container: str) -> None:
-    """Join raw H.264 segments in order, time them at ``frame_rate``, add the audio track.
-
-    ``container`` is an ffmpeg muxer name (``VIDEO_SUFFIXES``' values).
-    """
-    # "-r" before the input stamps the frames at the source rate, whatever the streams' headers say
-    cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-r", frame_rate, "-f", "h264", *input_args(),
-           "-i", "pipe:0"]
-    if audio:
-        cmd += [*input_args(), "-i", file_arg(audio), "-map", "0:v:0", "-map", "1:a:0"]
-        copy_audio = container == "matroska" or audio_codec in MP4_AUDIO or (
-            container == "mov" and str(audio_codec).startswith("pcm_"))
-        cmd += ["-c:a", "copy"] if copy_audio else ["-c:a", "aac", "-b:a", "192k"]
-    cmd += ["-c:v", "copy"]
-    if container in ("mp4", "mov"):
-        # a timescale of the rate's numerator makes every frame a whole number of ticks
-        cmd += ["-movflags", "+faststart", "-video_track_timescale", str(Fraction(frame_rate).numerator)]
-    cmd += ["-f", container, file_arg(target)]
-    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for segment in video_streams:
-            with open(segment, "rb") as f:
-                shutil.copyfileobj(f, process.stdin, 1 << 20)
-        process.stdin.close()
-    except BrokenPipeError:
-        pass
-    stderr = process.stderr.read().decode(errors="replace")
-    if process.wait() != 0:
-        raise RuntimeError(f"ffmpeg could not join the segments: {stderr.strip()[-300:]}")
+# --------------------------------------------------------------------------- counting
 
 
 def count_frames(path: Path | str) -> int:

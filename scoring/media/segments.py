@@ -10,14 +10,14 @@ run killed at any moment leaves finished work and, at most, ignorable ``.partial
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UserError
 from .files import atomic_path
 
 PLAN_FILE = "plan.json"
-AUDIO_FILE = "audio.mka"
+TIMES_FILE = "frame-times.json"
 # The trade-off (docs/performance.md): 48 frames keep the per-segment start-up (two ffmpeg
 # processes) small while a preempted node loses at most a few seconds of work per rank.
 DEFAULT_SEGMENT_FRAMES = 48
@@ -49,8 +49,15 @@ class Plan:
     frames: int
     segment_frames: int
     segments: list[Segment]
-    audio: str | None
+    audio: str | None  # no longer written: stitch maps every stream from the source itself
     fingerprint: str  # identifies input + split parameters: a rerun reuses a matching split
+    # tracks.describe's facts of the source: its streams, chapters, colour, shape
+    media: dict | None = None
+    colour: dict | None = None  # the colour of the segments (and of the output, unless hdr_output)
+    hdr_output: dict | None = None  # --hdr keep: the HDR colour the styled frames are written back in
+    sar: str = "1:1"  # the output's sample aspect ratio (its display aspect is the source's)
+    timestamps: str | None = None  # TIMES_FILE where the source has frame times
+    notes: list[str] = field(default_factory=list)  # what was done to the picture (deinterlaced...)
 
     def save(self, folder: Path) -> None:
         with atomic_path(folder / PLAN_FILE) as tmp:

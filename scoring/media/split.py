@@ -1,4 +1,8 @@
-"""split: validate a video, cut it into segments of frames, keep its audio track once."""
+"""split: validate a video, cut it into segments of frames, note what the output must keep.
+
+The segments hold the picture only, upright, progressive and (for HDR input, by default)
+tone-mapped to SDR BT.709; ``plan.json`` holds the source's streams, colour and shape, and
+``frame-times.json`` the presentation time of every frame, for ``stitch``."""
 
 from __future__ import annotations
 
@@ -7,21 +11,27 @@ import itertools
 import json
 import shutil
 from dataclasses import asdict
+from fractions import Fraction
 from pathlib import Path
 
-from . import ffmpeg
+from . import ffmpeg, tracks
 from .errors import UserError
 from .files import atomic_path
-from .segments import AUDIO_FILE, DEFAULT_SEGMENT_FRAMES, Plan, Segment, segment_lengths, segment_name
+from .colour import SDR_BT709, Colour, tone_map_filters
+from .segments import DEFAULT_SEGMENT_FRAMES, TIMES_FILE, Plan, Segment, segment_lengths, segment_name
 
 # Near-lossless: the segments are an intermediate, styled once and thrown away. ultrafast
 # splits faster than veryfast for more bytes at the same fidelity (docs/performance.md).
 SPLIT_CRF = 12
 SPLIT_PRESET = "ultrafast"
+# What HDR input (PQ, HLG) becomes: "sdr" tone-maps it to SDR BT.709, tagged so; "keep" styles
+# it tone-mapped too and writes the styled frames back as 10-bit HDR with the source's tags.
+HDR_MODES = ("sdr", "keep")
 
 
 def split(source: Path | str, folder: Path | str, max_side: int | None = None,
-          segment_frames: int = DEFAULT_SEGMENT_FRAMES, limits: ffmpeg.Limits = ffmpeg.Limits()) -> Plan:
+          segment_frames: int = DEFAULT_SEGMENT_FRAMES, limits: ffmpeg.Limits = ffmpeg.Limits(),
+          hdr: str = "sdr") -> Plan:
     source, folder = Path(source), Path(folder)
     info = ffmpeg.probe(source, limits)
     if info.kind != "video":
@@ -30,8 +40,10 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
         raise UserError(f"--segment-frames must be at least 1, got {segment_frames}")
     if max_side is not None and max_side < 16:
         raise UserError(f"--max-side must be at least 16 pixels, got {max_side}")
+    if hdr not in HDR_MODES:
+        raise UserError(f"--hdr must be one of {', '.join(HDR_MODES)}, got {hdr}")
     width, height = ffmpeg.output_size(info.width, info.height, max_side)
-    fingerprint = _fingerprint(source, width, height, segment_frames)
+    fingerprint = _fingerprint(source, width, height, segment_frames, hdr)
 
     try:
         plan = Plan.load(folder)
@@ -43,36 +55,69 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
         shutil.rmtree(folder)  # another input's split, or an unfinished one: never mix them
     folder.mkdir(parents=True)
 
-    frames = _write_segments(source, folder, (width, height), info.frame_rate, segment_frames)
+    media = tracks.describe(source)
+    source_colour = Colour.from_dict(media["colour"])
+    before, notes, colour = [], [], source_colour
+    if media["interlaced"]:
+        before.append("bwdif=mode=send_frame:deint=all")  # one frame per frame: the count and times stay
+        notes.append(f"deinterlaced (bwdif; the source's fields were {media['field_order']})")
+    hdr_output = None
+    if source_colour.hdr:
+        before += tone_map_filters(source_colour)
+        colour = SDR_BT709
+        if hdr == "keep":
+            hdr_output = source_colour.to_dict()
+            notes.append(f"HDR ({source_colour.hdr}, {source_colour.primaries}) styled tone-mapped to SDR BT.709, "
+                         "written back as 10-bit HDR with the source's tags (SDR white at 203 cd/m²; the "
+                         "mastering display metadata is not carried)")
+        else:
+            notes.append(f"HDR ({source_colour.hdr}, {source_colour.primaries}) tone-mapped to SDR BT.709")
+    elif media["bits"] > 8:
+        notes.append(f"{media['bits']}-bit picture styled and written in 8 bits")
+    if media["rotation"]:
+        notes.append(f"turned upright (rotation {media['rotation']}) in the pixels")
+    # the display aspect stays the source's, whatever sizes the picture takes (odd sides made even)
+    sar = tracks._ratio(media["sar"]) * Fraction(info.width, width) / Fraction(info.height, height)
+    sar = sar.limit_denominator(10_000)
+    if (width, height) != (info.width, info.height) and max_side is None:
+        notes.append(f"{info.width}x{info.height} written as {width}x{height} (H.264 4:2:0 needs even sides), "
+                     "display aspect kept")
+
+    frames = _write_segments(source, folder, (width, height), info.frame_rate, segment_frames, colour, before)
     if frames < info.frames * 0.98:
         raise UserError(f"{source.name} is damaged: only {frames} of its {info.frames} frames could be decoded")
     lengths = segment_lengths(frames, segment_frames)
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
-    audio = None
-    if info.has_audio:
-        with atomic_path(folder / AUDIO_FILE) as tmp:
-            ffmpeg.extract_audio(source, tmp)
-        audio = AUDIO_FILE
+    timing = tracks.frame_times(source, media["video_index"], frames)
+    if timing:
+        with atomic_path(folder / TIMES_FILE) as tmp:
+            tmp.write_text(json.dumps(timing))
+    else:
+        notes.append("the source has no frame times: the output is timed at its frame rate")
     plan = Plan(source=asdict(info), width=width, height=height, frame_rate=info.frame_rate, frames=frames,
-                segment_frames=segment_frames, audio=audio, fingerprint=fingerprint,
-                segments=[Segment(i, start, n) for i, (start, n) in enumerate(zip(starts, lengths))])
+                segment_frames=segment_frames, audio=None, fingerprint=fingerprint,
+                segments=[Segment(i, start, n) for i, (start, n) in enumerate(zip(starts, lengths))],
+                media=media, colour=colour.to_dict(), hdr_output=hdr_output, sar=f"{sar.numerator}:{sar.denominator}",
+                timestamps=TIMES_FILE if timing else None, notes=notes)
     plan.save(folder)  # written last: its presence means the split is complete
     return plan
 
 
-def _write_segments(source: Path, folder: Path, size: tuple[int, int], rate: str, segment_frames: int) -> int:
+def _write_segments(source: Path, folder: Path, size: tuple[int, int], rate: str, segment_frames: int,
+                    colour: Colour, before: list[str]) -> int:
     """Decode once, streaming; start a new encoder every ``segment_frames`` frames."""
     step = max(d for d in range(1, 9) if segment_frames % d == 0)  # batches never straddle segments
     per_segment = segment_frames // step
     total = 0
     # yuv420p through the pipe, as the encoder stores it: no RGB round trip (faster, and the
     # chroma is not resampled twice)
-    with ffmpeg.FrameReader(source, size, pix_fmt="yuv420p") as reader:
+    with ffmpeg.FrameReader(source, size, pix_fmt="yuv420p", colour=colour, before=before) as reader:
         batches = reader.batches(step)
         while (first := next(batches, None)) is not None:
             index = total // segment_frames
             with atomic_path(folder / segment_name(index)) as tmp:
-                with ffmpeg.FrameWriter(tmp, size, rate, SPLIT_CRF, SPLIT_PRESET, pix_fmt="yuv420p") as writer:
+                with ffmpeg.FrameWriter(tmp, size, rate, SPLIT_CRF, SPLIT_PRESET, pix_fmt="yuv420p",
+                                        colour=colour) as writer:
                     for batch in itertools.chain([first], itertools.islice(batches, per_segment - 1)):
                         writer.write(batch)
             total += writer.frames
@@ -81,8 +126,10 @@ def _write_segments(source: Path, folder: Path, size: tuple[int, int], rate: str
     return total
 
 
-def _fingerprint(source: Path, width: int, height: int, segment_frames: int) -> str:
+def _fingerprint(source: Path, width: int, height: int, segment_frames: int, hdr: str = "sdr") -> str:
     stat = source.stat()
     facts = {"name": source.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-             "width": width, "height": height, "segment_frames": segment_frames}
+             "width": width, "height": height, "segment_frames": segment_frames, "layout": 2}
+    if hdr != "sdr":
+        facts["hdr"] = hdr
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]

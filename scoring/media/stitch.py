@@ -1,16 +1,21 @@
-"""stitch: join the styled segments in order, put the source's audio back, publish atomically."""
+"""stitch: join the styled segments in order at the source's frame times, map every other
+stream of the source (tracks.py), check, and publish atomically."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from . import ffmpeg
+from . import ffmpeg, tracks
 from .errors import UserError
 from .files import atomic_path
 from .segments import Plan, done_marker
 
 
-def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str) -> dict:
+def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str,
+           source: Path | str | None = None) -> dict:
+    """``source``: the input the split was made from (default: where split read it), whose
+    audio, subtitles, chapters and metadata the output takes."""
     segments_dir, styled_dir, output = Path(segments_dir), Path(styled_dir), Path(output)
     check_output_path(output)
     plan = Plan.load(segments_dir)
@@ -19,16 +24,27 @@ def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str)
     if missing:
         raise UserError(f"{len(missing)} of {len(plan.segments)} segments are not styled yet "
                         f"(first: {missing[0].name}): run `score` again, it resumes")
+    if plan.media is None:
+        raise UserError(f"{segments_dir} was split by an older version: run `split` again")
+    source = Path(source or plan.source["path"])
+    if not source.is_file():
+        raise UserError(f"the source {source} is not there: give it with --source (stitch takes its audio, "
+                        "subtitles and metadata from it)")
+    if source.stat().st_size != plan.source["size_bytes"]:
+        raise UserError(f"{source.name} is not the video {segments_dir} was split from (its size differs)")
+    timing = json.loads((segments_dir / plan.timestamps).read_text()) if plan.timestamps else None
     output.parent.mkdir(parents=True, exist_ok=True)
-    audio = segments_dir / plan.audio if plan.audio else None
     with atomic_path(output) as tmp:
-        ffmpeg.mux([styled_dir / s.name for s in plan.segments], plan.frame_rate, audio,
-                  plan.source.get("audio_codec"), tmp, ffmpeg.VIDEO_SUFFIXES[output.suffix.lower()])
+        streams = tracks.mux([styled_dir / s.name for s in plan.segments], plan, timing, source, tmp,
+                             ffmpeg.VIDEO_SUFFIXES[output.suffix.lower()])
         frames = ffmpeg.count_frames(tmp)
         if frames != plan.frames:  # never publish a video with a frame lost or doubled
             raise RuntimeError(f"stitched video has {frames} frames, expected {plan.frames}")
+    kept = [s for s in streams if s["action"] != "dropped" and s["type"] == "audio"]
     return {"output": str(output), "frames": frames, "frame_rate": plan.frame_rate,
-            "audio": audio is not None, "size": f"{plan.width}x{plan.height}"}
+            "audio": bool(kept), "size": f"{plan.width}x{plan.height}", "sar": plan.sar,
+            "colour": plan.hdr_output or plan.colour, "frame_times": "source" if timing else "frame rate",
+            "picture": plan.notes, "streams": streams}
 
 
 def check_output_path(output: Path) -> None:

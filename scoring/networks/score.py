@@ -25,6 +25,7 @@ import numpy as np
 
 from ..launch import scoring_command
 from ..media import ffmpeg
+from ..media.colour import Colour
 from ..media.errors import UserError
 from ..media.files import atomic_path
 from ..media.segments import Plan, Segment, finished, mark_done, share
@@ -118,12 +119,15 @@ def _style_stream(segments_dir: Path, segment: Segment, target: Path, plan: Plan
     smoothing the write-behind thread also blends (in order), after a warm-up on the end of
     the previous segment."""
     size = (plan.width, plan.height)
+    colour = Colour.from_dict(plan.colour) if plan.colour else None  # a plan of an older split: untagged
     smoother = TemporalSmoother(encoding.temporal) if encoding.temporal else None
-    with ffmpeg.FrameReader(segments_dir / segment.name, size, input_format="h264") as reader, \
-            ffmpeg.FrameWriter(target, size, plan.frame_rate, encoding.crf, encoding.preset) as writer, \
+    with ffmpeg.FrameReader(segments_dir / segment.name, size, input_format="h264", colour=colour) as reader, \
+            ffmpeg.FrameWriter(target, size, plan.frame_rate, encoding.crf, encoding.preset, colour=colour,
+                               hdr=Colour.from_dict(plan.hdr_output) if plan.hdr_output else None) as writer, \
             ThreadPoolExecutor(1) as encoder_thread:
         if smoother and segment.index > 0:
-            _warm_up(smoother, segments_dir / plan.segments[segment.index - 1].name, size, stylizer, encoding.batch)
+            _warm_up(smoother, segments_dir / plan.segments[segment.index - 1].name, size, stylizer, encoding.batch,
+                     colour)
 
         def write(frames, styled):
             writer.write(smoother(frames, styled) if smoother else styled)
@@ -141,11 +145,11 @@ def _style_stream(segments_dir: Path, segment: Segment, target: Path, plan: Plan
 
 
 def _warm_up(smoother: TemporalSmoother, previous: Path, size: tuple[int, int], stylizer: Stylizer,
-             batch: int) -> None:
+             batch: int, colour: Colour | None = None) -> None:
     """Prime the smoother with the last WARMUP_FRAMES frames of the previous segment's source
     (styled, not written): the segment starts as if the video were styled in one pass."""
     tail: deque = deque(maxlen=WARMUP_FRAMES)
-    with ffmpeg.FrameReader(previous, size, input_format="h264") as reader:
+    with ffmpeg.FrameReader(previous, size, input_format="h264", colour=colour) as reader:
         for frames in reader.batches(16):
             tail.extend(frames)
     for start in range(0, len(tail), batch):
