@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -68,6 +69,41 @@ def assert_every_frame_decodes(output: Path, source: Path) -> int:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def xcom_value(value):
+    """An XCom entry's value as the REST API gives it (a JSON value, or its string form)."""
+    import ast
+
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return ast.literal_eval(value)
+    return value
+
+
+@contextlib.contextmanager
+def azurite(location: Path, accounts: dict[str, str]):
+    """Azurite's blob service alone on a free port, with ``accounts`` (name: key), for tests that
+    need storage and no stack; yields the port, and stops it on the way out."""
+    from devstack import free_port, wait_for_port
+
+    port = free_port()
+    env = dict(os.environ, AZURITE_ACCOUNTS=";".join(f"{name}:{key}" for name, key in accounts.items()))
+    proc = subprocess.Popen([str(REPO / "node_modules" / ".bin" / "azurite-blob"), "--silent", "--location",
+                             str(location), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+                             "--skipApiVersionCheck"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, timeout=60, process=proc)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # Azurite may linger on SIGTERM; it holds nothing a test needs
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 # The stacks are on this machine: their APIs are reached directly, never through a proxy.

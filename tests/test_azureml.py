@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from .helpers import REPO, run_scoring
+from .helpers import azurite as azurite_alone
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 sys.path.insert(0, str(REPO / "plugins"))
@@ -179,36 +180,12 @@ def _conn(monkeypatch, conn_id: str, **fields) -> None:
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory):
     """Azurite with the system account: the run's data, the workspace's storage, the logs."""
-    binary = REPO / "node_modules" / ".bin" / "azurite-blob"
-    if not binary.exists():
+    if not (REPO / "node_modules" / ".bin" / "azurite-blob").exists():
         pytest.skip("Azurite is not installed (npm install)")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, AZURITE_ACCOUNTS=f"{ACCOUNT}:{DEV_KEY}")
-    proc = subprocess.Popen([str(binary), "--silent", "--location", str(tmp_path_factory.mktemp("azurite")),
-                             "--blobHost", "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError("Azurite did not start")
-        time.sleep(0.2)
-    url = f"http://127.0.0.1:{port}/{ACCOUNT}"
-    yield SimpleNamespace(url=url, connection_string=(f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};"
-                                                      f"AccountKey={DEV_KEY};BlobEndpoint={url};"))
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # Azurite may linger on SIGTERM; it holds nothing we need
-        proc.kill()
-        proc.wait(timeout=30)
+    with azurite_alone(tmp_path_factory.mktemp("azurite"), {ACCOUNT: DEV_KEY}) as port:
+        url = f"http://127.0.0.1:{port}/{ACCOUNT}"
+        yield SimpleNamespace(url=url, connection_string=(f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};"
+                                                          f"AccountKey={DEV_KEY};BlobEndpoint={url};"))
 
 
 @pytest.fixture(scope="module")

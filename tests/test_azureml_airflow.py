@@ -18,7 +18,7 @@ from devstack import DATA_ACCOUNT, DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, free_po
 from scoring.media import ffmpeg
 
 from .aml_emulator import WORKSPACE, AzureMLEmulator
-from .helpers import Api
+from .helpers import Api, xcom_value
 from .test_reliability import upload, wait_for
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
@@ -117,18 +117,6 @@ def _task_path(run_id: str, task: str = "score_azureml") -> str:
     return f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}/taskInstances/{task}"
 
 
-def _xcom_value(value):
-    """An XCom entry's value as the REST API gives it (a JSON value, or its string form)."""
-    import ast
-
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return ast.literal_eval(value)
-    return value
-
-
 def _task_log(api: Api, run_id: str, try_number: int = 1) -> str:
     """The score task's log as the UI shows it (the worker's part and the triggerer's)."""
     status, answer = api.call("GET", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}/"
@@ -191,7 +179,7 @@ def test_a_run_through_a_restart_in_place_and_a_preemption_publishes_its_video(a
     assert _run_stores(emulator) == []
 
     # issue 26: live progress from the done markers in the run's -out container, read as a Viewer
-    values = [_xcom_value(value) for value in progress]
+    values = [xcom_value(value) for value in progress]
     assert values and all(v["backend"] == "azureml" and v["frames_total"] == 50 for v in values), values
     assert [v["frames_done"] for v in values] == sorted(v["frames_done"] for v in values)
     assert any(0 < v["frames_done"] < 50 for v in values), values  # seen on its way, not only at the end

@@ -9,18 +9,19 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 
+from devstack import free_port
+
 from .helpers import REPO
+from .helpers import azurite as azurite_alone
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 sys.path.insert(0, str(REPO / "plugins"))
@@ -38,42 +39,17 @@ AZUREML = {"conn_type": "azureml", "login": "app-id", "password": "app-secret",
                      "workspace_name": WORKSPACE["workspace_name"], "tenantId": "tenant-vst", "cluster": CLUSTER}}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory):
-    binary = REPO / "node_modules" / ".bin" / "azurite-blob"
-    assert binary.exists(), "Azurite is not installed (npm install)"
-    port = _free_port()
-    env = dict(os.environ, AZURITE_ACCOUNTS=f"{DATA}:{KEY};{SYSTEM}:{KEY}")
-    proc = subprocess.Popen([str(binary), "--silent", "--location", str(tmp_path_factory.mktemp("azurite")),
-                             "--blobHost", "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert time.monotonic() < deadline and proc.poll() is None, "Azurite did not start"
-        time.sleep(0.2)
+    assert (REPO / "node_modules" / ".bin" / "azurite-blob").exists(), "Azurite is not installed (npm install)"
+    with azurite_alone(tmp_path_factory.mktemp("azurite"), {DATA: KEY, SYSTEM: KEY}) as port:
+        def url(account):
+            return f"http://127.0.0.1:{port}/{account}"
 
-    def url(account):
-        return f"http://127.0.0.1:{port}/{account}"
+        def connection_string(account):
+            return f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={KEY};BlobEndpoint={url(account)};"
 
-    def connection_string(account):
-        return f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={KEY};BlobEndpoint={url(account)};"
-
-    yield SimpleNamespace(url=url, connection_string=connection_string)
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
+        yield SimpleNamespace(url=url, connection_string=connection_string)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +90,7 @@ def receivers():
             mailed.append(envelope)
             return "250 OK"
 
-    smtp = Controller(Sink(), hostname="127.0.0.1", port=_free_port())
+    smtp = Controller(Sink(), hostname="127.0.0.1", port=free_port())
     smtp.start()
     yield SimpleNamespace(web_port=web.server_address[1], smtp_port=smtp.port, posted=posted, mailed=mailed)
     smtp.stop()
@@ -228,10 +204,10 @@ REMOVED = {
     "the webhook's signing key": (lambda d, m: m.setenv("AIRFLOW_CONN_VIDEO_WEBHOOK", json.dumps({
         "conn_type": "http", "host": f"http://127.0.0.1:{d.receivers.web_port}/hook"})), {"connection video_webhook"}),
     "the webhook's receiver": (lambda d, m: m.setenv("AIRFLOW_CONN_VIDEO_WEBHOOK", json.dumps({
-        "conn_type": "http", "host": f"http://127.0.0.1:{_free_port()}/hook", "password": "k"})),
+        "conn_type": "http", "host": f"http://127.0.0.1:{free_port()}/hook", "password": "k"})),
         {"connection video_webhook"}),
     "the mail server": (lambda d, m: m.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": _free_port(), "extra": {
+        "conn_type": "smtp", "host": "127.0.0.1", "port": free_port(), "extra": {
             "disable_tls": True, "disable_ssl": True, "from_email": "videos@example.com"}})),
         {"connection smtp_default"}),
 }

@@ -22,7 +22,7 @@ import pytest
 from devstack import REPO
 from devstack.prod import AIRFLOW_VENV, PG_BIN, QUEUES, SCORING_VENV, ProdStack
 
-from .helpers import urlopen
+from .helpers import urlopen, xcom_value
 
 sys.path.insert(0, str(REPO / "plugins"))
 from pipeline.tasks import default_output_name  # noqa: E402
@@ -444,7 +444,7 @@ def test_the_deployment_check_dag_proves_the_topology_and_names_what_fails(prod)
         assert status == 200, answer
     assert wait_for_run(prod, "manual__check-ready", 300, dag) == "success"
     task = f"/api/v2/dags/{dag}/dagRuns/{quote('manual__check-ready', safe='')}/taskInstances"
-    lines = xcom_value(api(prod, "GET", f"{task}/check/xcomEntries/return_value")[1])
+    lines = xcom_value(api(prod, "GET", f"{task}/check/xcomEntries/return_value")[1]["value"])
     assert lines[-1] == "deployment ready", lines
     assert [line for line in lines[:-1] if not line.startswith(("ok ", "skip "))] == [], lines
     assert any(line.startswith("ok    pool scoring: a slot was free") for line in lines), lines
@@ -523,25 +523,12 @@ def watched(prod, clip_factory):
         assert time.monotonic() < deadline, f"run {run_id} did not finish: {runs(prod)}"
         status, entry = api(prod, "GET", f"{task}/xcomEntries/progress", user="viewer")
         if status == 200:
-            value = xcom_value(entry)
+            value = xcom_value(entry["value"])
             if not seen or value != seen[-1][1]:
                 seen.append((time.monotonic(), value, api(prod, "GET", task, user="viewer")[1]["state"]))
         time.sleep(1)
     assert runs(prod)[run_id] == "success"
     return {"run_id": run_id, "task": task, "progress": seen, "output": "prod/watched.mp4"}
-
-
-def xcom_value(entry: dict):
-    """An XCom entry's value as the REST API gives it (a JSON value, or its string form)."""
-    import ast
-
-    value = entry["value"]
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return ast.literal_eval(value)
-    return value
 
 
 def test_progress_moves_while_it_scores_and_reaches_100_percent(prod, watched):
