@@ -78,11 +78,12 @@ def _run(step):
     doc_md=__doc__,
 )
 def video_style_transfer():
-    @task
+    # each task's result is one XCom (return_value), not one per key as "-> dict" would make
+    @task(multiple_outputs=False)
     def probe() -> dict:
         return _run(lambda p, params, run_id: p.probe(params, run_id))
 
-    @task
+    @task(multiple_outputs=False)
     def split(probed: dict) -> dict:
         return _run(lambda p, params, run_id: p.split(params, probed, run_id))
 
@@ -90,14 +91,13 @@ def video_style_transfer():
     def choose_backend() -> str:
         return "score_azureml" if get_current_context()["params"]["backend"] == "azureml" else "score_local"
 
-    # one XCom for its result beside "progress", not one per key (what a "-> dict" task makes)
+    # beside its result, the XCom "progress"
     @task(pool="scoring", queue=SCORING_QUEUE, execution_timeout=timedelta(hours=6), multiple_outputs=False)
     def score_local(probed: dict) -> dict:
         ti = get_current_context()["ti"]  # its XCom "progress": frames done and ETA while it runs
         return _run(lambda p, params, run_id: p.score_local(params, probed, lambda v: ti.xcom_push(PROGRESS, v)))
 
-
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(trigger_rule="none_failed_min_one_success", multiple_outputs=False)
     def stitch_and_publish(probed: dict, split_facts: dict, local: dict | None, azureml: dict | None) -> dict:
         scored = local or azureml or {}
         return _run(lambda p, params, run_id: p.stitch_and_publish(params, probed, split_facts, scored, run_id))

@@ -248,9 +248,16 @@ def _video_dag():
     return module.video_style_transfer()
 
 
-def test_the_score_tasks_xcom_tab_shows_its_progress_and_its_result_only():
+def test_each_tasks_xcom_tab_shows_its_result_once_and_the_score_tasks_their_progress():
     """A Viewer reads the progress on the score task's XCom tab: beside it only the task's result
-    (``return_value``), not a row per key of the result (what ``@task`` does for a ``-> dict``)."""
+    (``return_value``), not a row per key of the result (what ``@task`` does for a ``-> dict``);
+    the same one row for every task whose result is a dict."""
+    import typing
+
     dag = _video_dag()
     assert dag.get_task("score_local").multiple_outputs is False
     assert dag.get_task("score_azureml").multiple_outputs is False
+    returning_dicts = [t for t in dag.tasks if getattr(t, "python_callable", None) is not None
+                       and typing.get_type_hints(t.python_callable).get("return") is dict]
+    assert {t.task_id for t in returning_dicts} >= {"probe", "split", "score_local", "stitch_and_publish"}
+    assert [t.task_id for t in returning_dicts if t.multiple_outputs] == []
