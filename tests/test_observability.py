@@ -221,7 +221,7 @@ def test_the_products_metrics_reach_a_statsd_daemon(tmp_path):
 def test_the_estimate_reads_the_cluster_as_the_score_task_does(monkeypatch):
     """probe prices a run on the cluster the score task will use: one reading of the connection
     and the Variable (``aml_backend.cluster.from_airflow``), which the hook calls too."""
-    from aml_backend.cluster import ClusterConfig
+    from aml_backend.cluster import ClusterConfig, configured_cluster
     from aml_backend.hook import AzureMLHook
 
     monkeypatch.setenv("AIRFLOW_CONN_AZUREML_DEFAULT", json.dumps({"conn_type": "azureml", "extra": {
@@ -233,7 +233,13 @@ def test_the_estimate_reads_the_cluster_as_the_score_task_does(monkeypatch):
     monkeypatch.setenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER", json.dumps({"name": "from-variable", "tier": "dedicated"}))
     assert estimates.azureml_cluster() == AzureMLHook().cluster_config() == ClusterConfig(name="from-variable",
                                                                                           tier="dedicated")
+    # the form's words for the node count name that cluster too (they read only the connection)
+    assert configured_cluster().startswith(ClusterConfig(name="from-variable", tier="dedicated").describe() +
+                                           " (Variable vst_azureml_cluster)"), configured_cluster()
+    monkeypatch.delenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER")
+    assert configured_cluster().startswith(from_connection.describe() + " (connection azureml_default)")
     monkeypatch.setenv("AIRFLOW_VAR_VST_AZUREML_CLUSTER", json.dumps({"tier": "spot"}))
+    assert "cluster tier must be one of" in configured_cluster()
     assert estimates.azureml_cluster() is None  # said in a warning; the score task fails on it in one line
     with pytest.raises(ValueError, match="cluster tier must be one of"):
         AzureMLHook().cluster_config()

@@ -20,6 +20,7 @@ the configuration). A run asks only for a node count, up to the cluster's max.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, fields
 
@@ -129,12 +130,18 @@ def from_airflow(extra: dict) -> ClusterConfig:
 
 
 def configured_cluster(conn_id: str = "azureml_default") -> str:
-    """What the DAG form shows next to the node count: the configured cluster, in words (read
-    when the DAG is parsed: one connection lookup, no Azure call)."""
+    """What the DAG form shows next to the node count: the cluster a run would use, in words, from
+    the same reading as the score task (:func:`from_airflow`; read when the DAG is parsed: one
+    Variable and one connection lookup, no Azure call)."""
     try:
-        from airflow.sdk import BaseHook
+        from airflow.sdk import BaseHook, Variable
 
-        return ClusterConfig.from_settings(BaseHook.get_connection(conn_id).extra_dejson.get("cluster")).describe() \
-            + f" (connection {conn_id}); the VM size and tier are the cluster's, not a run's"
+        variable = None
+        with contextlib.suppress(Exception):  # no such Variable: the connection decides
+            variable = Variable.get(VARIABLE, default=None)
+        extra = {} if variable else BaseHook.get_connection(conn_id).extra_dejson
+        source = f"Variable {VARIABLE}" if variable else f"connection {conn_id}"
+        return configured(extra, variable).describe() + f" ({source}); the VM size and tier are the cluster's, " \
+            "not a run's"
     except Exception as exc:  # noqa: BLE001 -- no connection yet, or a bad setting: say so, the form still works
-        return f"configured in connection {conn_id}, extra 'cluster' ({type(exc).__name__}: {exc})"
+        return f"configured in Variable {VARIABLE} or connection {conn_id}, extra 'cluster' ({type(exc).__name__}: {exc})"
