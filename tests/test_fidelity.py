@@ -233,6 +233,31 @@ def test_hdr10_kept_as_10_bit_hdr_when_asked(clips, tmp_path):
     assert next(s for s in streams(output) if s["codec_type"] == "video")["profile"] == "High 10"
     assert result["colour"]["transfer"] == "smpte2084" and any("10-bit HDR" in n for n in result["picture"])
     assert ffmpeg.count_frames(output) == ffmpeg.count_frames(clips["hdr"])
+    # the source's HDR10 static metadata, as the output's bitstream carries it (ffmpeg 5.1's H.264
+    # decoder does not read these SEI: the bitstream's own syntax is read instead)
+    sei = hdr10_sei(output)
+    assert sei["display_primaries_x[0]"] == 13250 and sei["display_primaries_y[0]"] == 34500
+    assert (sei["white_point_x"], sei["white_point_y"]) == (15635, 16450)
+    assert (sei["max_display_mastering_luminance"], sei["min_display_mastering_luminance"]) == (10000000, 1)
+    assert (sei["max_content_light_level"], sei["max_pic_average_light_level"]) == (1000, 400)
+    video = next(s for s in result["streams"] if s["action"] == "styled")
+    assert video["mastering"] == {"action": "kept", "display": "G(13250,34500)B(7500,3000)R(34000,16000)"
+                                  "WP(15635,16450)L(10000000,1)", "light": "1000,400"}
+
+
+def hdr10_sei(path: Path) -> dict:
+    """The mastering display and content light level fields of the first picture's SEI, by name."""
+    trace = subprocess.run(["ffmpeg", "-v", "trace", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy",
+                            "-bsf:v", "trace_headers", "-frames:v", "1", "-f", "null", "-"],
+                           capture_output=True, text=True, check=True).stderr
+    wanted = ("display_primaries", "white_point", "display_mastering_luminance", "content_light_level",
+              "pic_average_light_level")
+    fields = {}
+    for line in trace.splitlines():
+        parts = line.split()
+        if "trace_headers" in line and len(parts) > 4 and any(w in parts[-4] for w in wanted):
+            fields.setdefault(parts[-4], int(parts[-1]))
+    return fields
 
 
 def test_non_square_pixels_odd_sides_and_interlacing(clips, tmp_path):

@@ -20,7 +20,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from . import ffmpeg
-from .colour import Colour
+from .colour import Colour, mastering_from_side_data
 
 TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"}
 # Audio the mp4/mov muxers take as it is (FLAC in MP4 is experimental in ffmpeg 5.1: it becomes ALAC).
@@ -51,9 +51,11 @@ def describe(path: Path | str) -> dict:
     sar = _ratio(video.get("sample_aspect_ratio"))
     if rotation % 180:
         sar = 1 / sar  # ffmpeg turns the pictures upright when it decodes them
+    colour = Colour.of_stream(video)
     return {
         "video_index": video["index"],
-        "colour": Colour.of_stream(video).to_dict(),
+        "colour": colour.to_dict(),
+        "mastering": mastering(path, video) if colour.hdr else None,
         "pix_fmt": video.get("pix_fmt"),
         "bits": int(video.get("bits_per_raw_sample") or (10 if "10" in str(video.get("pix_fmt")) else 8)),
         "sar": f"{sar.numerator}:{sar.denominator}",
@@ -64,6 +66,15 @@ def describe(path: Path | str) -> dict:
         "start_time": float(facts.get("format", {}).get("start_time") or 0),
         "streams": [_compact(s) for s in streams],
     }
+
+
+def mastering(path: Path | str, video: dict) -> dict | None:
+    """The HDR10 mastering display and content light level of the video stream: from the
+    container (the stream's side data), else from its first frame (the bitstream's SEI, as far
+    as this ffmpeg's decoder reads them)."""
+    frames = ffprobe_json(path, "-select_streams", str(video["index"]), "-read_intervals", "%+#1",
+                          "-show_frames", "-show_entries", "frame=side_data_list").get("frames") or [{}]
+    return mastering_from_side_data(video.get("side_data_list", []) + frames[0].get("side_data_list", []))
 
 
 def _compact(stream: dict) -> dict:
@@ -239,6 +250,9 @@ def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: P
     for stream in facts["streams"]:
         decision = decide(stream, video_index, container, facts["chapters"])
         report.append({k: stream[k] for k in ("index", "type", "codec", "language", "title")} | decision)
+        if stream["index"] == video_index and plan.hdr_output:
+            report[-1]["mastering"] = ({"action": "kept"} | plan.mastering if plan.mastering else
+                                       {"action": "none", "why": "the source declares no HDR10 mastering metadata"})
         if stream["index"] == video_index or decision["action"] == "dropped" or decision["to"] == "chapters":
             continue
         n += 1
