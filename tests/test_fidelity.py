@@ -336,3 +336,52 @@ def test_every_frame_of_a_variable_frame_rate_input_decodes(clips, tmp_path, seg
     output = tmp_path / "out.mkv"
     stylize(clips["vfr"], output, segment_frames=segment_frames)
     assert assert_every_frame_decodes(output, clips["vfr"]) == 40
+
+
+def stitch_again(work: Path, source: Path, output: Path, delivery: str) -> dict:
+    """The kept work of a ``stylize`` stitched again with another ``--delivery``."""
+    styled = next(work.glob("styled-*"))
+    result = run_scoring("stitch", "--segments", work / "segments", "--styled", styled, "--source", source,
+                         "--delivery", delivery, output, check=True)
+    assert_every_frame_decodes(output, source)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_every_delivery_choice_decodes_every_frame_at_the_source_times(clips, tmp_path, suffix):
+    from scoring.media.delivery import DEFAULT_DELIVERY, DELIVERIES
+
+    work = tmp_path / "work"
+    first = stylize(clips["vfr"], tmp_path / f"default{suffix}", "--work-dir", work, "--keep-work")
+    assert first["streams"][0]["delivery"] == DEFAULT_DELIVERY
+    source_times = frame_times(clips["vfr"])
+    codecs = {}
+    for name, delivery in DELIVERIES.items():
+        output = tmp_path / f"{name}{suffix}"
+        result = stitch_again(work, clips["vfr"], output, name)
+        video = next(s for s in result["streams"] if s["action"] == "styled")
+        assert (video["delivery"], video["encoder"]) == (name, delivery.codec or "copy")
+        times = frame_times(output)
+        assert len(times) == len(source_times) == 40
+        # as in the default's test above: Matroska may move the whole file by the sound's priming
+        shift = times[0] - source_times[0]
+        assert shift == pytest.approx(0, abs=0.001) if suffix == ".mp4" else 0 <= shift < 0.05, (name, shift)
+        assert max(abs(a - b - shift) for a, b in zip(times, source_times)) < 0.001, name
+        codecs[name] = next(s for s in streams(output) if s["codec_type"] == "video")["codec_name"]
+        assert [s["codec_type"] for s in streams(output)].count("audio") == 1
+    assert codecs == {name: "hevc" if d.codec == "libx265" else "h264" for name, d in DELIVERIES.items()}
+
+
+def test_hdr10_metadata_kept_in_hevc_delivery(clips, tmp_path):
+    work = tmp_path / "work"
+    stylize(clips["hdr"], tmp_path / "first.mp4", "--hdr", "keep", "--work-dir", work, "--keep-work")
+    output = tmp_path / "hdr-hevc.mp4"
+    result = stitch_again(work, clips["hdr"], output, "hevc")
+    assert colour_tags(output) == ("bt2020", "smpte2084", "bt2020nc", "tv", "yuv420p10le")
+    side = probe(output, "-select_streams", "v:0", "-read_intervals", "%+#1", "-show_frames",
+                 "-show_entries", "frame=side_data_list")["frames"][0]["side_data_list"]
+    display = next(d for d in side if d["side_data_type"] == "Mastering display metadata")
+    assert (display["green_x"], display["max_luminance"]) == ("13250/50000", "10000000/10000")
+    light = next(d for d in side if d["side_data_type"] == "Content light level metadata")
+    assert (light["max_content"], light["max_average"]) == (1000, 400)
+    assert next(s for s in result["streams"] if s["action"] == "styled")["mastering"]["action"] == "kept"
