@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .media import ffmpeg
+from .media.delivery import DEFAULT_DELIVERY, DELIVERIES
 from .media.errors import UserError
 from .media.segments import DEFAULT_SEGMENT_FRAMES
 from .media.split import HDR_MODES
@@ -75,7 +76,7 @@ def cmd_score(args) -> dict | None:
 def cmd_stitch(args) -> dict:
     from .media.stitch import stitch
 
-    return stitch(args.segments, args.styled, args.output, args.source)
+    return stitch(args.segments, args.styled, args.output, args.source, args.delivery)
 
 
 def cmd_stylize(args) -> dict:
@@ -87,12 +88,13 @@ def cmd_stylize(args) -> dict:
 
         return stylize_image(source, output, stylizer, args.max_side, limits_from(args))
     from .media.split import split
-    from .media.stitch import check_output_path, stitch
+    from .media.stitch import check_delivery, check_output_path, stitch
     from .networks.devices import auto_ranks
     from .networks.score import run_ranks, score
     from .networks.temporal import work_tag
 
     check_output_path(output)
+    check_delivery(args.delivery)
     model_id = model_id_from(args)  # reads a .pth or picture once: its digest names it
     work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"
     plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr)
@@ -104,7 +106,7 @@ def cmd_stylize(args) -> dict:
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], ranks)
     else:
         score(work / "segments", styled, stylizer, model_id, encoding_from(args, stylizer))
-    result = stitch(work / "segments", styled, output, source)
+    result = stitch(work / "segments", styled, output, source, args.delivery)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -227,16 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "after a first call of about half a minute per process (per rank): for long clips")
     group.add_argument("--batch", type=auto_or_positive, default="auto", help="frames per forward pass; auto: 1 on "
                        "a CPU, 4 on a GPU (bench/run.py, bench/gpu.py; default: %(default)s)")
-    group.add_argument("--crf", type=int, default=ffmpeg.STYLED_CRF, help="x264 quality of the output, lower is "
-                       "better (default: %(default)s)")
-    group.add_argument("--preset", default=ffmpeg.STYLED_PRESET, help="x264 speed preset of the output "
-                       "(default: %(default)s)")
+    group.add_argument("--crf", type=int, default=ffmpeg.STYLED_CRF, help="x264 quality of the styled segments "
+                       "(the output itself with --delivery mezzanine), lower is better (default: %(default)s)")
+    group.add_argument("--preset", default=ffmpeg.STYLED_PRESET, help="x264 speed preset of the styled "
+                       "segments (default: %(default)s)")
     group = model.add_argument_group("video")
     group.add_argument("--temporal", type=float, default=0.0, metavar="STRENGTH",
                        help="steadier video: blend the previous styled frame into the new one where the input "
                        "stood still, 0 (off) to 0.95; 0.7 is a good start. It costs some work per frame; moving "
                        "parts stay as styled per frame (what it does to flicker, measured: docs/performance.md; "
                        "default: %(default)s)")
+
+    delivery = argparse.ArgumentParser(add_help=False)
+    group = delivery.add_argument_group("delivery")
+    group.add_argument("--delivery", default=DEFAULT_DELIVERY, choices=list(DELIVERIES),
+                       help="the published video's encode: " + "; ".join(f"{name}: {d.why}" for name, d in
+                                                                          DELIVERIES.items())
+                       + " (the measured trade: docs/performance.md; default: %(default)s)")
 
     split_opts = argparse.ArgumentParser(add_help=False)
     group = split_opts.add_argument_group("splitting")
@@ -251,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m scoring", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    p = sub.add_parser("stylize", parents=[model, split_opts, limits], help="a video or image, start to end",
+    p = sub.add_parser("stylize", parents=[model, split_opts, delivery, limits], help="a video or image, start to end",
                        description="Stylize a video (split, score on N ranks, stitch with the source's audio, subtitles, "
                        "chapters and metadata) "
                        "or a still image. Rerunning after a crash resumes from finished segments.")
@@ -285,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for styled segments and their done markers")
     p.set_defaults(run=cmd_score)
 
-    p = sub.add_parser("stitch", help="join styled segments and the source's other streams into one video",
+    p = sub.add_parser("stitch", parents=[delivery], help="join styled segments and the source's other streams into one video",
                        description="Join the styled segments in order at the source's frame times, add every "
                        "audio and subtitle track, the chapters and the metadata of the source (docs/cli.md), "
                        "check the frame count, and publish the output atomically.")

@@ -147,3 +147,26 @@ def test_a_sweep_costs_the_same_with_history_outside_its_window(tmp_path):
     assert none["accepted"] == full["accepted"] == none["started"] == full["started"] == 20
     assert r["listing"]["blobs"] == 2020 and r["ledger_hours"] > 500  # the history is there, over weeks of hours
     assert r["ratio"] <= 1.5, result.stdout
+
+
+def test_the_delivery_bench_prints_every_row(tmp_path, clip_factory):
+    sys.path.insert(0, str(REPO / "bench"))
+    from delivery import CANDIDATES, TODAY
+
+    from scoring.media.delivery import DELIVERIES
+
+    clip = clip_factory(seconds=1, fps="12", size=(96, 64), audio=False)
+    out = tmp_path / "delivery.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "delivery.py"), "--clip", str(clip), "--frames",
+                             "6", "--json", str(out)], capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    named = [f"--delivery {name}" for name, d in DELIVERIES.items() if d.codec]
+    for video in ("plain", "temporal 0.7"):
+        for encode in (TODAY, *CANDIDATES, *named):
+            assert f"| {video} | {encode} |" in result.stdout, f"{video}, {encode} missing from:\n{result.stdout}"
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 * (1 + len(CANDIDATES) + len(named))
+    for row in rows:
+        assert row["bytes_per_second"] > 0 and 10 < row["psnr"] < 100 and 0.5 < row["ssim"] <= 1
+        assert row["ratio"] == 1.0 if row["encode"] == TODAY else 0 < row["ratio"] < 10

@@ -233,6 +233,31 @@ def test_hdr10_kept_as_10_bit_hdr_when_asked(clips, tmp_path):
     assert next(s for s in streams(output) if s["codec_type"] == "video")["profile"] == "High 10"
     assert result["colour"]["transfer"] == "smpte2084" and any("10-bit HDR" in n for n in result["picture"])
     assert ffmpeg.count_frames(output) == ffmpeg.count_frames(clips["hdr"])
+    # the source's HDR10 static metadata, as the output's bitstream carries it (ffmpeg 5.1's H.264
+    # decoder does not read these SEI: the bitstream's own syntax is read instead)
+    sei = hdr10_sei(output)
+    assert sei["display_primaries_x[0]"] == 13250 and sei["display_primaries_y[0]"] == 34500
+    assert (sei["white_point_x"], sei["white_point_y"]) == (15635, 16450)
+    assert (sei["max_display_mastering_luminance"], sei["min_display_mastering_luminance"]) == (10000000, 1)
+    assert (sei["max_content_light_level"], sei["max_pic_average_light_level"]) == (1000, 400)
+    video = next(s for s in result["streams"] if s["action"] == "styled")
+    assert video["mastering"] == {"action": "kept", "display": "G(13250,34500)B(7500,3000)R(34000,16000)"
+                                  "WP(15635,16450)L(10000000,1)", "light": "1000,400"}
+
+
+def hdr10_sei(path: Path) -> dict:
+    """The mastering display and content light level fields of the first picture's SEI, by name."""
+    trace = subprocess.run(["ffmpeg", "-v", "trace", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy",
+                            "-bsf:v", "trace_headers", "-frames:v", "1", "-f", "null", "-"],
+                           capture_output=True, text=True, check=True).stderr
+    wanted = ("display_primaries", "white_point", "display_mastering_luminance", "content_light_level",
+              "pic_average_light_level")
+    fields = {}
+    for line in trace.splitlines():
+        parts = line.split()
+        if "trace_headers" in line and len(parts) > 4 and any(w in parts[-4] for w in wanted):
+            fields.setdefault(parts[-4], int(parts[-1]))
+    return fields
 
 
 def test_non_square_pixels_odd_sides_and_interlacing(clips, tmp_path):
@@ -311,3 +336,52 @@ def test_every_frame_of_a_variable_frame_rate_input_decodes(clips, tmp_path, seg
     output = tmp_path / "out.mkv"
     stylize(clips["vfr"], output, segment_frames=segment_frames)
     assert assert_every_frame_decodes(output, clips["vfr"]) == 40
+
+
+def stitch_again(work: Path, source: Path, output: Path, delivery: str) -> dict:
+    """The kept work of a ``stylize`` stitched again with another ``--delivery``."""
+    styled = next(work.glob("styled-*"))
+    result = run_scoring("stitch", "--segments", work / "segments", "--styled", styled, "--source", source,
+                         "--delivery", delivery, output, check=True)
+    assert_every_frame_decodes(output, source)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_every_delivery_choice_decodes_every_frame_at_the_source_times(clips, tmp_path, suffix):
+    from scoring.media.delivery import DEFAULT_DELIVERY, DELIVERIES
+
+    work = tmp_path / "work"
+    first = stylize(clips["vfr"], tmp_path / f"default{suffix}", "--work-dir", work, "--keep-work")
+    assert first["streams"][0]["delivery"] == DEFAULT_DELIVERY
+    source_times = frame_times(clips["vfr"])
+    codecs = {}
+    for name, delivery in DELIVERIES.items():
+        output = tmp_path / f"{name}{suffix}"
+        result = stitch_again(work, clips["vfr"], output, name)
+        video = next(s for s in result["streams"] if s["action"] == "styled")
+        assert (video["delivery"], video["encoder"]) == (name, delivery.codec or "copy")
+        times = frame_times(output)
+        assert len(times) == len(source_times) == 40
+        # as in the default's test above: Matroska may move the whole file by the sound's priming
+        shift = times[0] - source_times[0]
+        assert shift == pytest.approx(0, abs=0.001) if suffix == ".mp4" else 0 <= shift < 0.05, (name, shift)
+        assert max(abs(a - b - shift) for a, b in zip(times, source_times)) < 0.001, name
+        codecs[name] = next(s for s in streams(output) if s["codec_type"] == "video")["codec_name"]
+        assert [s["codec_type"] for s in streams(output)].count("audio") == 1
+    assert codecs == {name: "hevc" if d.codec == "libx265" else "h264" for name, d in DELIVERIES.items()}
+
+
+def test_hdr10_metadata_kept_in_hevc_delivery(clips, tmp_path):
+    work = tmp_path / "work"
+    stylize(clips["hdr"], tmp_path / "first.mp4", "--hdr", "keep", "--work-dir", work, "--keep-work")
+    output = tmp_path / "hdr-hevc.mp4"
+    result = stitch_again(work, clips["hdr"], output, "hevc")
+    assert colour_tags(output) == ("bt2020", "smpte2084", "bt2020nc", "tv", "yuv420p10le")
+    side = probe(output, "-select_streams", "v:0", "-read_intervals", "%+#1", "-show_frames",
+                 "-show_entries", "frame=side_data_list")["frames"][0]["side_data_list"]
+    display = next(d for d in side if d["side_data_type"] == "Mastering display metadata")
+    assert (display["green_x"], display["max_luminance"]) == ("13250/50000", "10000000/10000")
+    light = next(d for d in side if d["side_data_type"] == "Content light level metadata")
+    assert (light["max_content"], light["max_average"]) == (1000, 400)
+    assert next(s for s in result["streams"] if s["action"] == "styled")["mastering"]["action"] == "kept"

@@ -21,6 +21,7 @@ from airflow.sdk import Param
 from aml_backend.cluster import configured_cluster
 from storage.blobs import check_blob_name
 
+from scoring.media.delivery import DEFAULT_DELIVERY, DELIVERIES
 from scoring.media.errors import UserError
 from scoring.options import MAX_TEMPORAL, PRECISIONS, STYLE_PATTERN, check_style_strength, check_temporal, style_weights
 
@@ -57,6 +58,10 @@ PARAMS = {
     "temporal": Param(0, type="number", minimum=0, maximum=MAX_TEMPORAL, title="Steadier video (temporal smoothing)",
                       description="Less flicker where the picture stands still, for some more work per frame: "
                       "0 is off, 0.7 a good start (measured: docs/performance.md); moving parts stay sharp"),
+    "delivery": Param(DEFAULT_DELIVERY, type="string", enum=list(DELIVERIES), title="Delivery encode",
+                      description="The published video's encode: " + "; ".join(f"{name}: {d.why}" for name, d in
+                                                                               DELIVERIES.items())
+                      + " (measured: docs/performance.md)"),
     "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
     "notify_email": Param(None, type=["null", "string"], title="E-mail to notify"),
     "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes",

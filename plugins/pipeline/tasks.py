@@ -34,6 +34,7 @@ from storage.blobs import ACCEPTED, DATA_CONN, INPUTS, OUTPUTS, QUARANTINE, STYL
 from storage.scratch import run_key, scratch, scratch_root
 
 from scoring.launch import child_env, scoring_command
+from scoring.media.delivery import DEFAULT_DELIVERY
 from scoring.media.ffmpeg import Limits
 from scoring.media.segments import Plan
 
@@ -489,7 +490,8 @@ def stitch_and_publish(params: dict, probed: dict, split_facts: dict, scored: di
     video = local / "output.mp4"
     # the upload itself gives the output its audio, subtitles, chapters and metadata
     stitched = scoring("stitch", "--segments", str(local / "segments"), "--styled", str(local / "styled"),
-                       "--source", str(local_input(probed)), str(video))
+                       "--source", str(local_input(probed)), "--delivery", params.get("delivery") or DEFAULT_DELIVERY,
+                       str(video))
     strip = local / "strip.jpg"
     scoring("strip", str(video), str(strip), "--frames", str(STRIP_FRAMES))
     stitch_seconds = time.monotonic() - started
@@ -580,6 +582,8 @@ def settings_digest(params: dict, style_etag: str | None = None, model_etag: str
         settings["style_strength"] = float(params["style_strength"])
     if float(params.get("temporal") or 0):  # only when on: outputs published before the option keep their digest
         settings["temporal"] = float(params["temporal"])
+    if (params.get("delivery") or DEFAULT_DELIVERY) != DEFAULT_DELIVERY:  # as temporal: only when not the default
+        settings["delivery"] = params["delivery"]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -8,6 +8,7 @@ and the conversions to and from RGB use the same matrix both ways.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 UNKNOWN = ("", "unknown", "unspecified", "reserved", None)
 # swscale's names (the scale filter's in/out_color_matrix) for ffprobe's matrix names; swscale
@@ -103,3 +104,42 @@ def hdr_from_sdr_filters(target: Colour) -> list[str]:
     return ["format=gbrp", "zscale=tin=bt709:pin=bt709:rin=full:t=linear:p=bt709:npl=203", "format=gbrpf32le",
             f"zscale=p={target.primaries}:t={target.transfer}:m={target.matrix}:r={colour_range}:npl=203",
             "format=yuv420p10le"]
+
+
+# --------------------------------------------------------------------------- HDR10 static metadata
+
+MASTERING_SIDE_DATA = "Mastering display metadata"
+LIGHT_SIDE_DATA = "Content light level metadata"
+
+
+def mastering_from_side_data(side_data: list[dict]) -> dict | None:
+    """HDR10's static metadata as ffprobe shows it (a frame's or a stream's side data):
+    ``display``, the mastering display in x264's and x265's ``master-display`` form
+    (chromaticities in 1/50000, luminance in 1/10000 cd/m²), and ``light``, the content light
+    level as ``MaxCLL,MaxFALL``; None where the source has neither."""
+    found = {}
+    for entry in side_data or []:
+        kind = entry.get("side_data_type")
+        if kind == MASTERING_SIDE_DATA and "display" not in found and "red_x" in entry:
+            def units(key, scale):
+                return round(Fraction(str(entry[key])) * scale)
+            xy = {c: (units(f"{c}_x", 50000), units(f"{c}_y", 50000)) for c in ("green", "blue", "red", "white_point")}
+            found["display"] = ("G({},{})B({},{})R({},{})WP({},{})".format(*xy["green"], *xy["blue"], *xy["red"],
+                                                                          *xy["white_point"])
+                                + f"L({units('max_luminance', 10000)},{units('min_luminance', 10000)})")
+        elif kind == LIGHT_SIDE_DATA and "light" not in found and "max_content" in entry:
+            found["light"] = f"{int(entry['max_content'])},{int(entry.get('max_average') or 0)}"
+    return found or None
+
+
+def mastering_params(mastering: dict | None, encoder: str) -> str:
+    """The same metadata as ``-x264-params`` (``encoder`` libx264) or ``-x265-params`` take it."""
+    if not mastering:
+        return ""
+    x264 = encoder == "libx264"  # the two name the same options differently
+    params = []
+    if "display" in mastering:
+        params.append(("mastering-display=" if x264 else "master-display=") + mastering["display"])
+    if "light" in mastering:
+        params.append(("cll=" if x264 else "max-cll=") + mastering["light"])
+    return ":".join(params)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .colour import Colour, hdr_from_sdr_filters
+from .colour import Colour, hdr_from_sdr_filters, mastering_params
 from .errors import UserError
 
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif"}
@@ -336,10 +336,11 @@ class FrameWriter(_FfmpegPipe):
 
     def __init__(self, target: Path | str, size: tuple[int, int], frame_rate: str, crf: int = STYLED_CRF,
                  preset: str = STYLED_PRESET, threads: int = 0, pix_fmt: str = "rgb24", colour: Colour | None = None,
-                 hdr: Colour | None = None):
+                 hdr: Colour | None = None, mastering: dict | None = None):
         """``colour``: the matrix and range RGB frames are converted with, and the tags the
         stream carries (none where ``colour`` is None or unknown). ``hdr``: RGB frames in SDR
-        BT.709 are written as this HDR signal instead, in 10 bits (High 10)."""
+        BT.709 are written as this HDR signal instead, in 10 bits (High 10), with ``mastering``
+        (colour.mastering_from_side_data) as its SEI."""
         self.width, self.height = size
         cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", pix_fmt,
                "-s", f"{self.width}x{self.height}", "-framerate", frame_rate, "-i", "pipe:0"]
@@ -349,6 +350,8 @@ class FrameWriter(_FfmpegPipe):
             colour, out_pix_fmt = hdr, "yuv420p10le"
         elif colour and pix_fmt == "rgb24":
             cmd += ["-vf", f"scale=out_color_matrix={colour.sws_matrix}:out_range={colour.sws_range}"]
+        if hdr and mastering:
+            cmd += ["-x264-params", mastering_params(mastering, "libx264")]
         cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-bf", "0", "-pix_fmt", out_pix_fmt,
                 *(colour.tag_args() if colour else []), "-threads", str(threads), "-f", "h264", file_arg(target)]
         self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

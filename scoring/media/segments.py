@@ -55,6 +55,7 @@ class Plan:
     media: dict | None = None
     colour: dict | None = None  # the colour of the segments (and of the output, unless hdr_output)
     hdr_output: dict | None = None  # --hdr keep: the HDR colour the styled frames are written back in
+    mastering: dict | None = None  # --hdr keep: the source's HDR10 mastering display and light level, carried
     sar: str = "1:1"  # the output's sample aspect ratio (its display aspect is the source's)
     timestamps: str | None = None  # TIMES_FILE where the source has frame times
     notes: list[str] = field(default_factory=list)  # what was done to the picture (deinterlaced...)

@@ -15,9 +15,9 @@ from fractions import Fraction
 from pathlib import Path
 
 from . import ffmpeg, tracks
+from .colour import SDR_BT709, Colour, tone_map_filters
 from .errors import UserError
 from .files import atomic_path
-from .colour import SDR_BT709, Colour, tone_map_filters
 from .segments import DEFAULT_SEGMENT_FRAMES, TIMES_FILE, Plan, Segment, segment_lengths, segment_name
 
 # Near-lossless: the segments are an intermediate, styled once and thrown away. ultrafast
@@ -61,15 +61,17 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
     if media["interlaced"]:
         before.append("bwdif=mode=send_frame:deint=all")  # one frame per frame: the count and times stay
         notes.append(f"deinterlaced (bwdif; the source's fields were {media['field_order']})")
-    hdr_output = None
+    hdr_output = mastering = None
     if source_colour.hdr:
         before += tone_map_filters(source_colour)
         colour = SDR_BT709
         if hdr == "keep":
-            hdr_output = source_colour.to_dict()
+            hdr_output, mastering = source_colour.to_dict(), media.get("mastering")
+            named = {"display": "mastering display", "light": "content light level"}
+            carried = (" and ".join(named[k] for k in mastering) + " carried as the source's" if mastering else
+                       "the source declares no mastering display or content light level")
             notes.append(f"HDR ({source_colour.hdr}, {source_colour.primaries}) styled tone-mapped to SDR BT.709, "
-                         "written back as 10-bit HDR with the source's tags (SDR white at 203 cd/m²; the "
-                         "mastering display metadata is not carried)")
+                         f"written back as 10-bit HDR with the source's tags (SDR white at 203 cd/m²; {carried})")
         else:
             notes.append(f"HDR ({source_colour.hdr}, {source_colour.primaries}) tone-mapped to SDR BT.709")
     elif media["bits"] > 8:
@@ -97,7 +99,8 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
     plan = Plan(source=asdict(info), width=width, height=height, frame_rate=info.frame_rate, frames=frames,
                 segment_frames=segment_frames, audio=None, fingerprint=fingerprint,
                 segments=[Segment(i, start, n) for i, (start, n) in enumerate(zip(starts, lengths))],
-                media=media, colour=colour.to_dict(), hdr_output=hdr_output, sar=f"{sar.numerator}:{sar.denominator}",
+                media=media, colour=colour.to_dict(), hdr_output=hdr_output, mastering=mastering,
+                sar=f"{sar.numerator}:{sar.denominator}",
                 timestamps=TIMES_FILE if timing else None, notes=notes)
     plan.save(folder)  # written last: its presence means the split is complete
     return plan
@@ -132,4 +135,5 @@ def _fingerprint(source: Path, width: int, height: int, segment_frames: int, hdr
              "width": width, "height": height, "segment_frames": segment_frames, "layout": 2}
     if hdr != "sdr":
         facts["hdr"] = hdr
+        facts["hdr_layout"] = 2  # the mastering metadata in the plan
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]

@@ -7,17 +7,20 @@ import json
 from pathlib import Path
 
 from . import ffmpeg, tracks
+from .delivery import DEFAULT_DELIVERY, DELIVERIES
 from .errors import UserError
 from .files import atomic_path
 from .segments import Plan, done_marker
 
 
 def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str,
-           source: Path | str | None = None) -> dict:
+           source: Path | str | None = None, delivery: str = DEFAULT_DELIVERY) -> dict:
     """``source``: the input the split was made from (default: where split read it), whose
-    audio, subtitles, chapters and metadata the output takes."""
+    audio, subtitles, chapters and metadata the output takes; ``delivery``: the published
+    video's encode (delivery.py)."""
     segments_dir, styled_dir, output = Path(segments_dir), Path(styled_dir), Path(output)
     check_output_path(output)
+    check_delivery(delivery)
     plan = Plan.load(segments_dir)
     missing = [s for s in plan.segments
                if not (styled_dir / s.name).is_file() or not done_marker(styled_dir, s).is_file()]
@@ -36,7 +39,7 @@ def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str,
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         streams = tracks.mux([styled_dir / s.name for s in plan.segments], plan, timing, source, tmp,
-                             ffmpeg.VIDEO_SUFFIXES[output.suffix.lower()])
+                             ffmpeg.VIDEO_SUFFIXES[output.suffix.lower()], delivery)
         frames = ffmpeg.count_frames(tmp)
         if frames != plan.frames:  # never publish a video with a frame lost or doubled
             raise RuntimeError(f"stitched video has {frames} frames, expected {plan.frames}")
@@ -52,3 +55,8 @@ def check_output_path(output: Path) -> None:
         raise UserError(f"output {output} is a folder; give a file name")
     if output.suffix.lower() not in ffmpeg.VIDEO_SUFFIXES:
         raise UserError(f"output {output.name} must end in one of {', '.join(sorted(ffmpeg.VIDEO_SUFFIXES))}")
+
+
+def check_delivery(delivery: str) -> None:
+    if delivery not in DELIVERIES:
+        raise UserError(f"--delivery must be one of {', '.join(DELIVERIES)}, got {delivery}")

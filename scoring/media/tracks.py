@@ -20,7 +20,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from . import ffmpeg
-from .colour import Colour
+from .colour import Colour, mastering_from_side_data, mastering_params
+from .delivery import DEFAULT_DELIVERY, DELIVERIES
 
 TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"}
 # Audio the mp4/mov muxers take as it is (FLAC in MP4 is experimental in ffmpeg 5.1: it becomes ALAC).
@@ -51,9 +52,11 @@ def describe(path: Path | str) -> dict:
     sar = _ratio(video.get("sample_aspect_ratio"))
     if rotation % 180:
         sar = 1 / sar  # ffmpeg turns the pictures upright when it decodes them
+    colour = Colour.of_stream(video)
     return {
         "video_index": video["index"],
-        "colour": Colour.of_stream(video).to_dict(),
+        "colour": colour.to_dict(),
+        "mastering": mastering(path, video) if colour.hdr else None,
         "pix_fmt": video.get("pix_fmt"),
         "bits": int(video.get("bits_per_raw_sample") or (10 if "10" in str(video.get("pix_fmt")) else 8)),
         "sar": f"{sar.numerator}:{sar.denominator}",
@@ -64,6 +67,15 @@ def describe(path: Path | str) -> dict:
         "start_time": float(facts.get("format", {}).get("start_time") or 0),
         "streams": [_compact(s) for s in streams],
     }
+
+
+def mastering(path: Path | str, video: dict) -> dict | None:
+    """The HDR10 mastering display and content light level of the video stream: from the
+    container (the stream's side data), else from its first frame (the bitstream's SEI, as far
+    as this ffmpeg's decoder reads them)."""
+    frames = ffprobe_json(path, "-select_streams", str(video["index"]), "-read_intervals", "%+#1",
+                          "-show_frames", "-show_entries", "frame=side_data_list").get("frames") or [{}]
+    return mastering_from_side_data(video.get("side_data_list", []) + frames[0].get("side_data_list", []))
 
 
 def _compact(stream: dict) -> dict:
@@ -218,10 +230,34 @@ def decide(stream: dict, video_index: int, container: str, chapters: int = 0) ->
     return {"action": "dropped", "why": f"a {kind} stream ({codec}) has no place in the output"}
 
 
-def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: Path, container: str) -> list[dict]:
+def _video_encode(chosen, plan, colour: Colour, container: str) -> list[str]:
+    """The output options of the styled stream: copied, or encoded for delivery with the
+    segments' own frame times (every frame once, in the source's time base), bit depth, colour
+    tags and HDR10 metadata."""
+    if chosen.codec is None:
+        return ["-c:v", "copy"]
+    options = list(chosen.options)
+    # the pixel format the segments decode to, 8 or 10 bits (full range: yuvj420p), never converted
+    args = ["-fps_mode", "passthrough", "-enc_time_base", "-1", *colour.tag_args()]
+    mastering = mastering_params(getattr(plan, "mastering", None), chosen.codec) if plan.hdr_output else ""
+    if mastering:
+        key = "-x264-params" if chosen.codec == "libx264" else "-x265-params"
+        if key in options:
+            at = options.index(key) + 1
+            options[at] = f"{options[at]}:{mastering}"
+        else:
+            options += [key, mastering]
+    if chosen.codec == "libx265" and container in ("mp4", "mov"):
+        args += ["-tag:v", "hvc1"]  # the sample entry Apple's players take
+    return [*options, *args]
+
+
+def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: Path, container: str,
+        delivery: str = DEFAULT_DELIVERY) -> list[dict]:
     """Write ``target``: the styled segments with the source's frame times (``timing``, from
-    ``frame_times``) and tags, and every other stream of ``source`` as ``decide`` says.
-    Returns the report per source stream."""
+    ``frame_times``) and tags, encoded as ``delivery`` says (delivery.py), and every other
+    stream of ``source`` as ``decide`` says. Returns the report per source stream."""
+    chosen = DELIVERIES[delivery]
     facts = plan.media
     colour = Colour.from_dict(plan.hdr_output or plan.colour)
     if timing:
@@ -238,7 +274,12 @@ def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: P
     video_index = facts["video_index"]
     for stream in facts["streams"]:
         decision = decide(stream, video_index, container, facts["chapters"])
+        if stream["index"] == video_index:
+            decision = decision | {"delivery": delivery, "encoder": chosen.codec or "copy", "delivery_why": chosen.why}
         report.append({k: stream[k] for k in ("index", "type", "codec", "language", "title")} | decision)
+        if stream["index"] == video_index and plan.hdr_output:
+            report[-1]["mastering"] = ({"action": "kept"} | plan.mastering if plan.mastering else
+                                       {"action": "none", "why": "the source declares no HDR10 mastering metadata"})
         if stream["index"] == video_index or decision["action"] == "dropped" or decision["to"] == "chapters":
             continue
         n += 1
@@ -257,9 +298,9 @@ def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: P
     if sar != 1:
         bsf.append(f"sample_aspect_ratio={sar.numerator}/{sar.denominator}")
     cmd += ["-map_metadata", "1", "-map_metadata:s:v:0", f"1:s:{video_index}", "-map_chapters", "1",
-            "-c:v", "copy", *out_args]
+            *_video_encode(chosen, plan, colour, container), *out_args]
     if bsf:
-        cmd += ["-bsf:v", "h264_metadata=" + ":".join(bsf)]
+        cmd += ["-bsf:v", ("hevc" if chosen.codec == "libx265" else "h264") + "_metadata=" + ":".join(bsf)]
     if sar != 1:
         cmd += ["-aspect:v:0", str(sar * plan.width / plan.height)]
     disposition = next(s["disposition"] for s in facts["streams"] if s["index"] == video_index)

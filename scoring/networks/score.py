@@ -123,7 +123,8 @@ def _style_stream(segments_dir: Path, segment: Segment, target: Path, plan: Plan
     smoother = TemporalSmoother(encoding.temporal) if encoding.temporal else None
     with ffmpeg.FrameReader(segments_dir / segment.name, size, input_format="h264", colour=colour) as reader, \
             ffmpeg.FrameWriter(target, size, plan.frame_rate, encoding.crf, encoding.preset, colour=colour,
-                               hdr=Colour.from_dict(plan.hdr_output) if plan.hdr_output else None) as writer, \
+                               hdr=Colour.from_dict(plan.hdr_output) if plan.hdr_output else None,
+                               mastering=plan.mastering) as writer, \
             ThreadPoolExecutor(1) as encoder_thread:
         if smoother and segment.index > 0:
             _warm_up(smoother, segments_dir / plan.segments[segment.index - 1].name, size, stylizer, encoding.batch,
