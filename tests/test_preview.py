@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from scoring.media import ffmpeg
+from scoring.media import ffmpeg, tracks
 from scoring.media.pictures import sample_times
 from scoring.media.samples import make_clip
 
@@ -43,11 +44,36 @@ def test_contact_strip_spreads_over_the_video(clip_factory, tmp_path):
     assert Image.open(tmp_path / "strip.jpg").size == (6 + 8 * (80 + 6), 6 + 45 + 24)
 
 
+def _ffmpeg(*args) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *map(str, args)], check=True, stdin=subprocess.DEVNULL)
+
+
+def test_the_strip_takes_its_frames_at_their_own_times(tmp_path):
+    """Two videos whose frame count and average rate mislead: a phone-like clip (30 fps, then 10,
+    its picture 0.25 s after its sound) and an AVI with an empty packet for its second frame,
+    re-encoded at its own frame times (10 pictures, an average rate of 25/3 over 1.1 s; the
+    strip of that published video once asked for a frame at 1.05 s, after the last)."""
+    phone, gap = tmp_path / "phone.mp4", tmp_path / "gap.mp4"
+    _ffmpeg("-itsoffset", "0.25", "-f", "lavfi", "-i", r"testsrc2=s=96x64:r=30:d=2,select='lt(t\,1)+not(mod(n\,3))'",
+            "-f", "lavfi", "-i", "sine=f=440:d=2.5", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", phone)
+    make_clip(tmp_path / "odd.mkv", seconds=1, fps="10", size=(64, 36), audio=False)
+    _ffmpeg("-i", tmp_path / "odd.mkv", "-c:v", "mpeg4", tmp_path / "odd.avi")
+    _ffmpeg("-i", tmp_path / "odd.avi", "-c:v", "libx264", "-fps_mode", "passthrough", gap)
+    for clip in (phone, gap):
+        result = run_cli("strip", str(clip), str(tmp_path / "strip.jpg"), "--frames", "8")
+        assert result.returncode == 0, result.stderr
+        times, shown = json.loads(result.stdout)["times"], tracks.shown_times(clip)
+        pictures = [min((s for s in shown if s >= t - 0.001), default=None) for t in times]
+        assert None not in pictures and len(set(pictures)) == 8, (clip.name, times, shown)
+        assert all(p - t < 0.03 for p, t in zip(pictures, times))  # a quarter gap early, at most
+        assert pictures[0] < shown[len(shown) // 8] and pictures[-1] >= shown[-len(shown) // 8]
+
+
 def test_a_video_shorter_than_the_preview_gives_each_frame_once(tmp_path):
     clip = tmp_path / "one.mp4"
     make_clip(clip, seconds=0.04, fps="25", size=(64, 36), audio=False)
     info = ffmpeg.probe(clip)
-    assert info.frames == 1 and sample_times(info, 3) == [0.0]
+    assert info.frames == 1 and sample_times(clip, info, 3) == [0.0]
     result = run_cli("preview", str(clip), str(tmp_path / "p.png"))
     assert result.returncode == 0, result.stderr
     assert Image.open(tmp_path / "p.png").size == (6 + 2 * (64 + 6), 6 + 36 + 24)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from . import ffmpeg
+from . import ffmpeg, tracks
 from .errors import UserError
 from .files import atomic_path
 
@@ -129,20 +129,26 @@ def load_style_image(path: Path | str) -> np.ndarray:
 # --------------------------------------------------------------------------- the contact strip
 
 
-def sample_times(info: ffmpeg.MediaInfo, count: int) -> list[float]:
-    """The times of ``count`` frames in the middle of equal slices of the video, each a
-    quarter frame early so that seeking lands on that frame even after rounding."""
-    rate = Fraction(info.frame_rate)
-    frames = max(1, info.frames or round(info.duration * rate))
-    indices = sorted({min(frames - 1, int(frames * (i + 0.5) / count)) for i in range(count)})
-    return [max(0.0, float((index - Fraction(1, 4)) / rate)) for index in indices]
+def sample_times(video: Path | str, info: ffmpeg.MediaInfo, count: int) -> list[float]:
+    """The times of ``count`` pictures in the middle of equal slices of the video, each a
+    quarter of its gap to the one before early, so that seeking lands on that picture even
+    after rounding. The pictures' own times where the container has them (variable rates,
+    start offsets and empty packets, which a container's frame count and average rate miss),
+    else the frame rate's."""
+    shown = tracks.shown_times(video)
+    if not shown:
+        rate = Fraction(info.frame_rate)
+        shown = [float(i / rate) for i in range(max(1, info.frames or round(info.duration * rate)))]
+    indices = sorted({min(len(shown) - 1, int(len(shown) * (i + 0.5) / count)) for i in range(count)})
+    gaps = [b - a for a, b in zip(shown, shown[1:])] or [0.0]
+    return [max(0.0, shown[i] - gaps[max(0, i - 1)] / 4) for i in indices]
 
 
 def contact_strip(video: Path | str, output: Path | str, frames: int = 8, tile_width: int = 192) -> dict:
     """One row of ``frames`` frames spread over ``video``, each labelled with its time."""
     info = ffmpeg.probe(video)
     size = (info.width, info.height)
-    times = sample_times(info, frames)
+    times = sample_times(video, info, frames)
     row = [(f"{t:.1f} s", frame) for t, frame in zip(times, ffmpeg.grab_frames(video, times, size))]
     save_image(labelled_grid([row], tile_width), Path(output))
     return {"output": str(output), "frames": len(times), "times": [round(t, 3) for t in times]}

@@ -120,6 +120,26 @@ def frame_times(path: Path | str, index: int, frames: int) -> dict | None:
     return {"time_base": time_base, "pts": pts}
 
 
+def shown_times(path: Path | str) -> list[float]:
+    """When each picture of the first video stream is shown, in seconds from the file's start
+    (the origin of ffmpeg's ``-ss``), in display order: from the packets, so nothing is decoded;
+    empty packets and those an edit list discards are not pictures. Empty where the input has
+    no times (a raw stream)."""
+    facts = ffprobe_json(path, "-select_streams", "v:0", "-show_entries", "packet=pts_time,size,flags:format=start_time")
+    start = _number(facts.get("format", {}).get("start_time")) or 0.0
+    times = (_number(p.get("pts_time")) for p in facts.get("packets", [])
+             if "D" not in str(p.get("flags", "")) and int(p.get("size") or 0) > 0)
+    return sorted(max(0.0, t - start) for t in times if t is not None)
+
+
+def _number(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def output_times(timing: dict, frame_rate: str) -> tuple[str, list[int]]:
     """The time base and times the output's frames get: the source's, exactly; or, where those
     are a constant rate rounded to the source's time base (Matroska's milliseconds), that rate

@@ -28,7 +28,7 @@ def before_after(source: Path | str, output: Path | str, stylizer: Stylizer, fra
     if info.kind != "video":
         raise UserError(f"{Path(source).name} is a still image: stylize it with `stylize` instead")
     size = ffmpeg.output_size(info.width, info.height, max_side)
-    times = sample_times(info, frames)
+    times = sample_times(source, info, frames)
     originals = ffmpeg.grab_frames(source, times, size)
     styled = np.concatenate([stylizer(frame[None]) for frame in originals])
     rows = [[(f"before  {t:.1f} s", before), ("after", after)] for t, before, after in zip(times, originals, styled)]
