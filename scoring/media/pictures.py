@@ -7,6 +7,7 @@ picture's check) and ``stitch_and_publish`` (the contact strip).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -140,7 +141,7 @@ def sample_times(video: Path | str, info: ffmpeg.MediaInfo, count: int) -> list[
         rate = Fraction(info.frame_rate)
         shown = [float(i / rate) for i in range(max(1, info.frames or round(info.duration * rate)))]
     indices = sorted({min(len(shown) - 1, int(len(shown) * (i + 0.5) / count)) for i in range(count)})
-    gaps = [b - a for a, b in zip(shown, shown[1:])] or [0.0]
+    gaps = [b - a for a, b in itertools.pairwise(shown)] or [0.0]
     return [max(0.0, shown[i] - gaps[max(0, i - 1)] / 4) for i in indices]
 
 
