@@ -13,7 +13,7 @@ from .media import ffmpeg
 from .media.delivery import DEFAULT_DELIVERY, DELIVERIES
 from .media.errors import UserError
 from .media.segments import DEFAULT_SEGMENT_FRAMES
-from .media.split import HDR_MODES
+from .media.split import DEFAULT_HDR, HDR_MODES
 from .options import PRECISIONS, check_style_strength, check_temporal
 
 
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "pixels (aspect kept, even sizes)")
     group.add_argument("--segment-frames", type=positive_int, default=DEFAULT_SEGMENT_FRAMES,
                        help="frames per segment, the unit of work and of resume (default: %(default)s)")
-    group.add_argument("--hdr", default="sdr", choices=HDR_MODES, help="what HDR input (PQ, HLG) becomes: sdr "
+    group.add_argument("--hdr", default=DEFAULT_HDR, choices=HDR_MODES, help="what HDR input (PQ, HLG) becomes: sdr "
                        "tone-maps it to SDR BT.709 and tags it so; keep styles it tone-mapped and writes it back as "
                        "10-bit HDR with the source's tags (default: %(default)s)")
 

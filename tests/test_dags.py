@@ -231,6 +231,27 @@ def test_an_upload_with_two_audio_tracks_and_subtitles_publishes_them(stack, tmp
         ("video", "styled"), ("audio", "kept"), ("audio", "kept"), ("subtitle", "kept")]
 
 
+def test_an_hdr10_upload_is_published_as_hdr10_when_the_run_asks(stack, tmp_path):
+    clip = tmp_path / "hdr10.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-f", "lavfi", "-i", "testsrc2=s=96x64:r=24:d=0.5", "-vf",
+                    "format=yuv420p10le", "-c:v", "libx265", "-x265-params", "log-level=error:colorprim=bt2020:"
+                    "transfer=smpte2084:colormatrix=bt2020nc:range=limited:hdr10=1:master-display=G(13250,34500)"
+                    "B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1):max-cll=1000,400", "-color_primaries",
+                    "bt2020", "-color_trc", "smpte2084", "-colorspace", "bt2020nc", str(clip)], check=True)
+    upload(stack, "grade/hdr10.mp4", clip)
+    assert dags_test(stack, "video_style_transfer", {"input_blob": "grade/hdr10.mp4", "style": "3",
+                                                     "hdr": "keep"}) == "success"
+    out = blobs(stack, "videos-out")
+    (tmp_path / "out.mp4").write_bytes(out["grade/hdr10.style-3.mp4"])
+    video = json.loads(subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-select_streams", "v:0",
+                                       "-show_streams", str(tmp_path / "out.mp4")], capture_output=True, text=True,
+                                      check=True).stdout)["streams"][0]
+    assert (video["color_primaries"], video["color_transfer"], video["pix_fmt"]) == ("bt2020", "smpte2084",
+                                                                                     "yuv420p10le")
+    styled = json.loads(out["grade/hdr10.style-3.mp4.manifest.json"])["streams"][0]
+    assert styled["action"] == "styled" and styled["mastering"]["light"] == "1000,400"
+
+
 def test_bad_upload_is_quarantined_and_input_kept(stack):
     name = "bad/notes.mp4"
     text = b"this is a shopping list, not a video\n"

@@ -41,6 +41,7 @@ def test_score_args_output_name_and_settings(tmp_path):
     # ... and outputs published before these params existed keep their digest
     before = hashlib.sha256(json.dumps(BASE, sort_keys=True).encode()).hexdigest()[:16]
     assert digest(BASE) == digest(BASE | {"style_image": None, "style_strength": 1.0}) == before
+    assert digest(BASE) == digest(BASE | {"hdr": "sdr", "delivery": "web"}) != digest(BASE | {"hdr": "keep"})
 
     # a user's model counts by version too; without a known version, as before
     model = BASE | {"model_blob": "mine.pth"}

@@ -22,6 +22,7 @@ from aml_backend.cluster import configured_cluster
 from storage.blobs import check_blob_name
 
 from scoring.media.delivery import DEFAULT_DELIVERY, DELIVERIES
+from scoring.media.split import DEFAULT_HDR, HDR_MODES
 from scoring.media.errors import UserError
 from scoring.options import MAX_TEMPORAL, PRECISIONS, STYLE_PATTERN, check_style_strength, check_temporal, style_weights
 
@@ -62,6 +63,9 @@ PARAMS = {
                       description="The published video's encode: " + "; ".join(f"{name}: {d.why}" for name, d in
                                                                                DELIVERIES.items())
                       + " (measured: docs/performance.md)"),
+    "hdr": Param(DEFAULT_HDR, type="string", enum=list(HDR_MODES), title="HDR input becomes",
+                 description="For PQ or HLG input only: sdr tone-maps it to SDR BT.709 and tags it so; keep "
+                 "writes the styled video back as 10-bit HDR with the source's tags and mastering metadata"),
     "max_duration": Param(3600, type="number", minimum=1, maximum=86400, title="Longest video accepted (s)"),
     "notify_email": Param(None, type=["null", "string"], title="E-mail to notify"),
     "azureml_nodes": Param(2, type="integer", minimum=1, maximum=100, title="Azure ML nodes",

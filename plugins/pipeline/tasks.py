@@ -35,6 +35,7 @@ from storage.scratch import run_key, scratch, scratch_root
 
 from scoring.launch import child_env, scoring_command
 from scoring.media.delivery import DEFAULT_DELIVERY
+from scoring.media.split import DEFAULT_HDR
 from scoring.media.ffmpeg import Limits
 from scoring.media.segments import Plan
 
@@ -303,7 +304,7 @@ def split(params: dict, probed: dict, run_id: str) -> dict:
     if params.get("style_image"):  # decoded here, before the video is, so that it never fails on the cluster
         validate_style_image(fetch_style_image(params, local, probed["style_etag"]), params["style_image"])
     args = ["split", str(source), "--out", str(local / "segments"), "--segment-frames", str(params["segment_frames"]),
-            *_limit_args(params)]
+            "--hdr", params.get("hdr") or DEFAULT_HDR, *_limit_args(params)]
     if params.get("max_side"):
         args += ["--max-side", str(params["max_side"])]
     with quarantined_on_bad_input(BlobStore(DATA_CONN), probed["input_blob"], probed, source, run_id,
@@ -584,6 +585,8 @@ def settings_digest(params: dict, style_etag: str | None = None, model_etag: str
         settings["temporal"] = float(params["temporal"])
     if (params.get("delivery") or DEFAULT_DELIVERY) != DEFAULT_DELIVERY:  # as temporal: only when not the default
         settings["delivery"] = params["delivery"]
+    if (params.get("hdr") or DEFAULT_HDR) != DEFAULT_HDR:  # so too the HDR choice
+        settings["hdr"] = params["hdr"]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

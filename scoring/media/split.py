@@ -27,6 +27,7 @@ SPLIT_PRESET = "ultrafast"
 # What HDR input (PQ, HLG) becomes: "sdr" tone-maps it to SDR BT.709, tagged so; "keep" styles
 # it tone-mapped too and writes the styled frames back as 10-bit HDR with the source's tags.
 HDR_MODES = ("sdr", "keep")
+DEFAULT_HDR = "sdr"
 
 
 def split(source: Path | str, folder: Path | str, max_side: int | None = None,
