@@ -63,6 +63,9 @@ def airflow_with_emulator(tmp_path_factory):
         except TimeoutError:  # a machine shared with other stacks can take longer than devstack waits
             wait_for_port(stack.api_port, timeout=420)
         wait_for(lambda: _answers(api.healthy), 300, what="a healthy scheduler")
+        # the dag-processor parses the files one by one: a run can be triggered only once its DAG is in
+        dag_ids = [path.stem for path in (REPO / "dags").glob("*.py")]  # each file is named after its DAG
+        wait_for(lambda: all(_answers(lambda d=d: api.has_dag(d)) for d in dag_ids), 300, what="every DAG parsed")
         for watcher in ("blob_watcher", "blob_sweep"):  # runs come from this test only
             wait_for(lambda d=watcher: _answers(lambda: api.call("PATCH", f"/api/v2/dags/{d}",
                                                                  {"is_paused": True})[0] == 200), 180,
