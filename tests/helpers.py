@@ -113,6 +113,15 @@ def azurite(location: Path, accounts: dict[str, str]):
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def wait_until(condition, timeout: float, what: str = "the condition", every: float = 1.0):
+    """``condition()``'s first true value, asked every ``every`` seconds; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(every)
+    return value
+
+
 def urlopen(request, timeout: float = 60):
     """``urllib.request.urlopen`` for a stack on this machine, without any proxy."""
     return DIRECT.open(request, timeout=timeout)

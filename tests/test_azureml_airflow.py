@@ -18,8 +18,8 @@ from devstack import DATA_ACCOUNT, DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, free_po
 from scoring.media import ffmpeg
 
 from .aml_emulator import WORKSPACE, AzureMLEmulator
-from .helpers import Api, xcom_value
-from .test_reliability import upload, wait_for
+from .helpers import Api, wait_until, xcom_value
+from .test_reliability import upload
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")
@@ -62,12 +62,12 @@ def airflow_with_emulator(tmp_path_factory):
             stack.start_airflow()
         except TimeoutError:  # a machine shared with other stacks can take longer than devstack waits
             wait_for_port(stack.api_port, timeout=420)
-        wait_for(lambda: _answers(api.healthy), 300, what="a healthy scheduler")
+        wait_until(lambda: _answers(api.healthy), 300, what="a healthy scheduler")
         # the dag-processor parses the files one by one: a run can be triggered only once its DAG is in
         dag_ids = [path.stem for path in (REPO / "dags").glob("*.py")]  # each file is named after its DAG
-        wait_for(lambda: all(_answers(lambda d=d: api.has_dag(d)) for d in dag_ids), 300, what="every DAG parsed")
+        wait_until(lambda: all(_answers(lambda d=d: api.has_dag(d)) for d in dag_ids), 300, what="every DAG parsed")
         for watcher in ("blob_watcher", "blob_sweep"):  # runs come from this test only
-            wait_for(lambda d=watcher: _answers(lambda: api.call("PATCH", f"/api/v2/dags/{d}",
+            wait_until(lambda d=watcher: _answers(lambda: api.call("PATCH", f"/api/v2/dags/{d}",
                                                                  {"is_paused": True})[0] == 200), 180,
                      what=f"{watcher} paused")
         yield stack, api, emulator
@@ -223,7 +223,7 @@ def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_emulator, cli
         assert status in (200, 201), answer
         runs[key] = answer["dag_run_id"]
     for run_id in runs.values():
-        wait_for(lambda r=run_id: _score_task(api, r).get("state") == "deferred" and _job_of(emulator, r), 420,
+        wait_until(lambda r=run_id: _score_task(api, r).get("state") == "deferred" and _job_of(emulator, r), 420,
                  what=f"score_azureml of {run_id} deferred on a queued job")
 
     # 1. the run is marked failed while its job is queued: the triggerer's on_kill asks for the
@@ -233,16 +233,16 @@ def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_emulator, cli
     # its trigger polling it in the triggerer: a run marked failed before the triggerer picks the
     # trigger up leaves no trigger to cancel the job (seen once on a loaded machine)
     polled = _reads(emulator, killed)
-    wait_for(lambda: _reads(emulator, killed) > polled, 120, every=0.5, what="the trigger polling the job")
+    wait_until(lambda: _reads(emulator, killed) > polled, 120, every=0.5, what="the trigger polling the job")
     stores = {name for name in _run_stores(emulator)}
     status, answer = api.call("PATCH", f"/api/v2/dags/video_style_transfer/dagRuns/"
                               f"{quote(runs['marked_failed'], safe='')}", {"state": "failed"})
     assert status == 200, answer
-    wait_for(lambda: emulator.workspace.cancel_requests, 60, every=0.2, what="the cancel asked for")
+    wait_until(lambda: emulator.workspace.cancel_requests, 60, every=0.2, what="the cancel asked for")
     asked = time.monotonic()
-    wait_for(lambda: len(stores - set(_run_stores(emulator))) == 2, 30, every=0.2, what="its datastores removed")
+    wait_until(lambda: len(stores - set(_run_stores(emulator))) == 2, 30, every=0.2, what="its datastores removed")
     assert time.monotonic() - asked < 25  # not after the SDK's first 30 s poll of the cancel
-    wait_for(lambda: emulator.runner.status(killed) == "Canceled", max(30 - (time.monotonic() - asked), 1), every=0.2,
+    wait_until(lambda: emulator.runner.status(killed) == "Canceled", max(30 - (time.monotonic() - asked), 1), every=0.2,
              what="the queued job cancelled within on_kill's 30 s")
     assert emulator.workspace.cancel_requests == [killed]
 
@@ -252,14 +252,14 @@ def test_kill_retry_and_studio_cancel_through_airflow(airflow_with_emulator, cli
     _settle()
     emulator.workspace.fail(rf"GET .*/jobs/{job}$", 401, "ExpiredAuthenticationToken", "the access token expired",
                             count=6)
-    wait_for(lambda: _score_task(api, runs["retried"]).get("try_number") == 2
+    wait_until(lambda: _score_task(api, runs["retried"]).get("try_number") == 2
              and _score_task(api, runs["retried"]).get("state") == "deferred", 240, what="the retry deferred")
     assert _job_of(emulator, runs["retried"]) == job and emulator.runner.status(job) == "Queued"  # no second job
 
     # 3. a person cancels the job in the studio: the task fails, and is not retried
     _settle()
     emulator.runner.studio_cancel(job)
-    wait_for(lambda: _score_task(api, runs["retried"]).get("state") == "failed", 180, what="the task failed")
+    wait_until(lambda: _score_task(api, runs["retried"]).get("state") == "failed", 180, what="the task failed")
     task = _score_task(api, runs["retried"])
     assert task["try_number"] == 2 and task["max_tries"] > 2  # retries were left, none was used
     assert len(_jobs_of(emulator, runs["retried"])) == 1
@@ -282,7 +282,7 @@ def test_housekeeping_cancels_only_the_jobs_no_task_waits_for(airflow_with_emula
                                   "segment_frames": 8})
     assert status in (200, 201), answer
     run_id = answer["dag_run_id"]
-    wait_for(lambda: _score_task(api, run_id).get("state") == "deferred" and _job_of(emulator, run_id), 420,
+    wait_until(lambda: _score_task(api, run_id).get("state") == "deferred" and _job_of(emulator, run_id), 420,
              what="score_azureml deferred on a queued job")
     waited_for = _job_of(emulator, run_id)
     probe_state = _answers(lambda: api.tasks(run_id)["probe"]["state"])
@@ -296,10 +296,10 @@ def test_housekeeping_cancels_only_the_jobs_no_task_waits_for(airflow_with_emula
 
     status, answer = api.trigger({}, run_id="manual__housekeeping-orphans", dag_id="housekeeping")
     assert status in (200, 201), answer
-    wait_for(lambda: _answers(lambda: api.runs("housekeeping")["manual__housekeeping-orphans"]["state"])
+    wait_until(lambda: _answers(lambda: api.runs("housekeeping")["manual__housekeeping-orphans"]["state"])
              in ("success", "failed"), 300, what="the housekeeping run")
     assert api.runs("housekeeping")["manual__housekeeping-orphans"]["state"] == "success"
-    wait_for(lambda: done_task.status == no_task.status == "Canceled", 60, every=0.5, what="the two jobs cancelled")
+    wait_until(lambda: done_task.status == no_task.status == "Canceled", 60, every=0.5, what="the two jobs cancelled")
     assert emulator.runner.status(waited_for) == "Queued" and other.status == "Queued"
     assert waited_for not in emulator.workspace.cancel_requests and other.name not in emulator.workspace.cancel_requests
     assert _score_task(api, run_id).get("state") == "deferred"
@@ -307,6 +307,6 @@ def test_housekeeping_cancels_only_the_jobs_no_task_waits_for(airflow_with_emula
     status, answer = api.call("PATCH", f"/api/v2/dags/video_style_transfer/dagRuns/{quote(run_id, safe='')}",
                               {"state": "failed"})  # done with it: its trigger cancels the job
     assert status == 200, answer
-    wait_for(lambda: emulator.runner.status(waited_for) == "Canceled", 120, every=0.5,
+    wait_until(lambda: emulator.runner.status(waited_for) == "Canceled", 120, every=0.5,
              what="the waited-for job cancelled")
     emulator.runner.studio_cancel(other.name)

@@ -22,7 +22,7 @@ import pytest
 from devstack import REPO
 from devstack.prod import AIRFLOW_VENV, PG_BIN, QUEUES, SCORING_VENV, ProdStack
 
-from .helpers import urlopen, xcom_value
+from .helpers import urlopen, wait_until, xcom_value
 
 sys.path.insert(0, str(REPO / "plugins"))
 from pipeline.tasks import default_output_name  # noqa: E402
@@ -175,14 +175,6 @@ def taken_in_at(stack, name: str) -> datetime:
             if (entry := Entry.from_line(line)).name == name:
                 return entry.at
     raise AssertionError(f"{name} is not in the ledger")
-
-
-def wait_until(condition, timeout: float, what: str, every: float = 2):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
-    return result
 
 
 def sweep_runs(stack) -> dict[str, dict]:

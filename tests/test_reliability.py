@@ -29,7 +29,7 @@ from devstack import REPO, Stack, free_port
 from scoring.media import ffmpeg
 from scoring.media.samples import make_clip
 
-from .helpers import Api, urlopen
+from .helpers import Api, urlopen, wait_until
 from .test_dags import SECRET, Webhooks
 
 sys.path.insert(0, str(REPO / "plugins"))
@@ -59,23 +59,13 @@ def _ffmpeg(*args) -> None:
 # --------------------------------------------------------------------------- the stack and its API
 
 
-def wait_for(condition, timeout: float, every: float = 2.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(every)
-
-
 def wait_finished(api: Api, run_ids: set[str], timeout: float) -> dict[str, dict]:
     def finished():
         runs = api.runs()
         done = {r: runs[r] for r in run_ids if r in runs and runs[r]["state"] in ("success", "failed")}
         return done if len(done) == len(run_ids) else None
 
-    return wait_for(finished, timeout, what=f"{len(run_ids)} runs to finish")
+    return wait_until(finished, timeout, what=f"{len(run_ids)} runs to finish")
 
 
 def blob_map(stack: Stack, container: str) -> dict[str, bytes]:
@@ -222,7 +212,7 @@ def load(busy, tmp_path_factory):
         uploads = {name: upload(busy, "videos-in", name, data) for name, data in good.items()}
         uploads |= {name: upload(busy, "videos-in", name, data) for name, data in bad.values()}
         expected = {processing_run_id("videos-in", name, etag) for name, etag in uploads.items()}
-        wait_for(lambda: expected <= set(busy.api.runs()), 240, what="the watcher to start every run")
+        wait_until(lambda: expected <= set(busy.api.runs()), 240, what="the watcher to start every run")
         runs = wait_finished(busy.api, expected, 600)
         seconds = time.monotonic() - started
     busy.load = {"good": good, "bad": bad, "odd": odd, "uploads": uploads, "runs": runs, "seconds": seconds,
@@ -471,10 +461,10 @@ def test_storage_stopped_during_a_transfer_the_run_carries_on(load, busy, clip_f
     clip = clip_factory(seconds=4, fps="25", size=(160, 90))
     name = "faults/storage-blip.mp4"
     run_id = processing_run_id("videos-in", name, upload(busy, "videos-in", name, clip.read_bytes()))
-    wait_for(lambda: run_id in busy.api.runs(), 180, every=0.3, what="the watcher to start the run")
+    wait_until(lambda: run_id in busy.api.runs(), 180, every=0.3, what="the watcher to start the run")
     pid = busy.pid("azurite")
     os.killpg(pid, signal.SIGTERM)  # Azurite saves its metadata on the way down
-    wait_for(lambda: _gone(pid), 30, every=0.2, what="Azurite to stop")
+    wait_until(lambda: _gone(pid), 30, every=0.2, what="Azurite to stop")
     down = time.monotonic()
     time.sleep(6)
     busy.start_azurite()
@@ -527,7 +517,7 @@ def test_scheduler_and_task_killed_mid_score_the_run_completes(load, busy, clip_
     run_id = processing_run_id("videos-in", name, upload(busy, "videos-in", name, clip.read_bytes()))
     sampler = ScoringSampler(busy.scratch)
     preview = str(Path(name).with_suffix("")) + ".style-19.mp4.preview.jpg"
-    wait_for(lambda: _task_running(busy.api, run_id, "score_local") and sampler.snapshot()[0] > 0
+    wait_until(lambda: _task_running(busy.api, run_id, "score_local") and sampler.snapshot()[0] > 0
              and preview in blob_map(busy, "videos-out"), 240,  # the kill is meant for score_local alone: a
              every=0.3, what="score_local's ranks to run, its preview out")  # killed preview is not retried
     pid = busy.pid("airflow")
@@ -538,7 +528,7 @@ def test_scheduler_and_task_killed_mid_score_the_run_completes(load, busy, clip_
         with contextlib.suppress(psutil.Error):
             process.kill()
     killed = time.monotonic()
-    wait_for(lambda: _gone(pid) and not sampler.snapshot()[0], 30, every=0.2, what="the standalone to die")
+    wait_until(lambda: _gone(pid) and not sampler.snapshot()[0], 30, every=0.2, what="the standalone to die")
     busy.start_airflow()
     busy.api = Api(busy)
     runs = wait_finished(busy.api, {run_id}, 360)
@@ -610,7 +600,7 @@ def test_output_container_missing_fails_in_one_line_input_kept(azurite, clip_fac
     try:
         error = pipeline(azurite, "publish", state)["error"]
     finally:
-        wait_for(lambda: _recreate(azurite, "videos-out"), 60, every=1, what="videos-out to be created again")
+        wait_until(lambda: _recreate(azurite, "videos-out"), 60, every=1, what="videos-out to be created again")
     assert "\n" not in error and "videos-out does not exist" in error, error
     blob = azurite.blob_client().get_blob_client("accepted", "faults/nowhere-to-go.mp4")
     assert blob.get_blob_properties().etag.strip('"') == etag and md5(blob.download_blob().readall()) == md5(

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from scoring.media import ffmpeg
 
-from .helpers import REPO, psnr, read_frames, run_scoring
+from .helpers import REPO, psnr, read_frames, run_scoring, wait_until
 
 STYLE = "7"
 
@@ -24,14 +23,6 @@ def _score_cmd(ranks: int, segments, out) -> list[str]:
            "--style", STYLE, "--batch", "2"]
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     return [mpiexec, "-n", str(ranks), *cmd] if ranks > 1 else cmd
-
-
-def _wait_until(condition, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        time.sleep(0.01)
 
 
 def _is_rank(process: psutil.Process) -> bool:
@@ -55,7 +46,8 @@ def test_rank_killed_mid_segment_then_rerun(split_clip, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     job = subprocess.Popen(_score_cmd(2, segments, styled), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # wait until some segments are done and one is being written, then SIGKILL a rank
-    _wait_until(lambda: len(list(styled.glob("*.done"))) >= 3 and list(styled.glob(".*.partial")))
+    wait_until(lambda: len(list(styled.glob("*.done"))) >= 3 and list(styled.glob(".*.partial")), 120,
+               "three segments done, a fourth under way", every=0.01)
     candidates = [p for p in psutil.Process(job.pid).children(recursive=True) if _is_rank(p)]
     # a rank that is just forking ffmpeg shows a child with its own command line: skip those
     ranks = [p for p in candidates if p.ppid() not in {c.pid for c in candidates}]
@@ -92,7 +84,8 @@ def test_sigterm_leaves_no_half_written_segment(split_clip, tmp_path):
     styled = tmp_path / "styled"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     job = subprocess.Popen(_score_cmd(1, segments, styled), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _wait_until(lambda: len(list(styled.glob("*.done"))) >= 2 and list(styled.glob(".*.partial")))
+    wait_until(lambda: len(list(styled.glob("*.done"))) >= 2 and list(styled.glob(".*.partial")), 120,
+               "two segments done, a third under way", every=0.01)
     job.send_signal(signal.SIGTERM)  # what a preempted Azure node gets
     job.communicate(timeout=60)
     assert job.returncode == 143

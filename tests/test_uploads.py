@@ -21,7 +21,7 @@ from devstack import REPO, Stack, free_port
 sys.path.insert(0, str(REPO / "plugins"))
 from intake.inbox import processing_run_id  # noqa: E402
 
-from .helpers import Api  # noqa: E402
+from .helpers import Api, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")
@@ -46,18 +46,10 @@ def stack(tmp_path_factory):
         stack.prepare_airflow()
         stack.start_airflow()
         stack.api = Api(stack)
-        wait_for(lambda: stack.api.has_dag("blob_watcher"), 180, "the DAGs")
+        wait_until(lambda: stack.api.has_dag("blob_watcher"), 180, "the DAGs")
         yield stack
     finally:
         stack.stop()
-
-
-def wait_for(condition, timeout: float, what: str, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
-    return result
 
 
 def runs(stack, dag_id: str = "video_style_transfer") -> dict[str, dict]:
@@ -118,7 +110,7 @@ def test_settings_come_from_metadata_then_the_variable_then_the_form(stack, clip
     aml = upload(stack, "meta/cloud.mp4", clip, {"backend": "azureml", "azureml_nodes": "3"})
     run_id = processing_run_id("videos-in", "meta/seven.mp4", etag)
     aml_run = processing_run_id("videos-in", "meta/cloud.mp4", aml)
-    wait_for(lambda: {run_id, aml_run} <= set(runs(stack)), 120, "the watcher to start both runs")
+    wait_until(lambda: {run_id, aml_run} <= set(runs(stack)), 120, "the watcher to start both runs")
 
     conf = run_conf(stack, run_id)
     assert (conf["style"], conf["temporal"], conf["ranks"], conf["backend"]) == ("7", 0.7, 1, "local")
@@ -137,13 +129,13 @@ def test_settings_come_from_metadata_then_the_variable_then_the_form(stack, clip
 
 def test_bad_metadata_is_quarantined_with_the_key_named(stack):
     etag = upload(stack, "meta/bad.mp4", b"not looked at", {"colour": "red"})
-    wait_for(lambda: "meta/bad.mp4.reason.json" in names(stack, "quarantine"), 60, "the quarantine")
+    wait_until(lambda: "meta/bad.mp4.reason.json" in names(stack, "quarantine"), 60, "the quarantine")
     reason = json.loads(stack.blob_client().get_blob_client("quarantine", "meta/bad.mp4.reason.json")
                         .download_blob().readall())
     assert "'colour' is not a setting" in reason["reason"] and "\n" not in reason["reason"]
     assert reason["input"] == "videos-in/meta/bad.mp4"
     etag_bad = upload(stack, "meta/worse.mp4", b"x", {"temporal": "lots"})
-    wait_for(lambda: "meta/worse.mp4.reason.json" in names(stack, "quarantine"), 60, "the quarantine")
+    wait_until(lambda: "meta/worse.mp4.reason.json" in names(stack, "quarantine"), 60, "the quarantine")
     reason = json.loads(stack.blob_client().get_blob_client("quarantine", "meta/worse.mp4.reason.json")
                         .download_blob().readall())
     assert reason["reason"].startswith('metadata: temporal="lots" is refused')
@@ -170,7 +162,7 @@ def test_never_stuck_lost_state_existing_run_and_a_concurrent_sweep(stack, clip_
     stack.api.pause("blob_sweep", False)
     assert stack.api.trigger({}, dag_id="blob_sweep")[0] == 200
     stack.api.pause("blob_watcher", False)
-    wait_for(lambda: not names(stack, "videos-in"), 120, "the inbox to empty")
+    wait_until(lambda: not names(stack, "videos-in"), 120, "the inbox to empty")
     assert set(runs(stack)) - before == expected - {made}
     watcher_before = set(runs(stack, "blob_watcher"))
     time.sleep(60)
@@ -179,7 +171,7 @@ def test_never_stuck_lost_state_existing_run_and_a_concurrent_sweep(stack, clip_
     assert len(new) <= 2, sorted(new)
     assert set(runs(stack)) - before == expected - {made}  # nothing more: no second run, no loop
     assert {"stuck/has-run.mp4", "stuck/fresh.mp4"} <= names(stack, "accepted")
-    sweeps = wait_for(lambda: (found := runs(stack, "blob_sweep")) and all(
+    sweeps = wait_until(lambda: (found := runs(stack, "blob_sweep")) and all(
         r["state"] in ("success", "failed") for r in found.values()) and found, 180, "the sweeps to finish")
     assert all(r["state"] == "success" for r in sweeps.values()), sweeps
     stack.api.pause("blob_sweep")
@@ -196,7 +188,7 @@ def test_a_burst_drains_one_run_per_version(stack):
             f"burst/{i:04d}.mp4").upload_blob(f"tiny {i}".encode())["etag"]).strip('"')), range(BURST)))
     uploaded = time.monotonic()
     expected = {processing_run_id("videos-in", name, etag) for name, etag in etags.items()}
-    wait_for(lambda: not names(stack, "videos-in"), 600, "the inbox to drain", every=2)
+    wait_until(lambda: not names(stack, "videos-in"), 600, "the inbox to drain", every=2)
     drained = time.monotonic() - uploaded
     started = {r: v for r, v in runs(stack).items() if r in expected}
     assert set(started) == expected
@@ -245,7 +237,7 @@ def test_every_bad_setting_is_quarantined_before_anything_runs(stack):
         "bad/escape.mp4": ({"output_name": "../up.mp4"}, 'metadata: output_name="../up.mp4" is refused'),
     }
     etags = {name: upload(stack, name, b"never looked at", metadata) for name, (metadata, _) in refused.items()}
-    wait_for(lambda: {n + ".reason.json" for n in refused} <= names(stack, "quarantine"), 120, "the quarantine")
+    wait_until(lambda: {n + ".reason.json" for n in refused} <= names(stack, "quarantine"), 120, "the quarantine")
     for name, (_, words) in refused.items():
         reason = json.loads(stack.blob_client().get_blob_client("quarantine", name + ".reason.json")
                             .download_blob().readall())["reason"]
@@ -271,7 +263,7 @@ def test_an_upload_that_cannot_be_copied_is_quarantined_after_its_retries_and_th
         with ThreadPoolExecutor(8) as pool:
             etags = dict(pool.map(lambda n: (n, str(inbox.get_blob_client(n).upload_blob(
                 f"upload {n}".encode(), overwrite=True)["etag"]).strip('"')), names_))
-        wait_for(lambda: not names(stack, "videos-in") & set(names_), 180, "the batch to leave the inbox", every=2)
+        wait_until(lambda: not names(stack, "videos-in") & set(names_), 180, "the batch to leave the inbox", every=2)
         started = set(runs(stack))
         assert {processing_run_id("videos-in", n, etags[n]) for n in names_[:20]} <= started
         assert processing_run_id("videos-in", "batch/leased.mp4", etags["batch/leased.mp4"]) not in started
@@ -369,7 +361,7 @@ def test_style_from_metadata_reaches_the_output_name_from_the_pinned_version(sta
     run_id, conf, clip = stack.seven
     stack.api.pause("blob_watcher", False)
     again = upload(stack, "meta/seven.mp4", clip_factory(seconds=2, fps="25", size=(96, 64)).read_bytes())
-    wait_for(lambda: processing_run_id("videos-in", "meta/seven.mp4", again) in runs(stack), 120, "the re-upload")
+    wait_until(lambda: processing_run_id("videos-in", "meta/seven.mp4", again) in runs(stack), 120, "the re-upload")
     assert stack.blob_client().get_blob_client("accepted", "meta/seven.mp4").download_blob().readall() != clip
     assert dags_test(stack, "video_style_transfer", conf) == "success"
     out = stack.blob_client().get_blob_client("videos-out", "meta/seven.style-7.mp4")
@@ -400,7 +392,7 @@ def test_a_missing_container_fails_the_watcher_in_one_line_until_init_makes_it(s
     stack.blob_client().delete_container("accepted")
     before = {r for r, run in runs(stack, "blob_watcher").items() if run["state"] == "failed"}
     etag = upload(stack, "late/clip.mp4", b"waits for its container")
-    failed = wait_for(lambda: {r for r, run in runs(stack, "blob_watcher").items() if run["state"] == "failed"}
+    failed = wait_until(lambda: {r for r, run in runs(stack, "blob_watcher").items() if run["state"] == "failed"}
                       - before, 180, "a failed watcher run")
     line = ("container accepted does not exist in storage account devstoreaccount1: `python -m deployment init` "
             "makes every container the pipeline needs")
@@ -410,7 +402,7 @@ def test_a_missing_container_fails_the_watcher_in_one_line_until_init_makes_it(s
     assert "late/clip.mp4" in names(stack, "videos-in")  # nothing lost: it waits
     made = stack.deployment_init().stdout
     assert "containers made: devstoreaccount1/accepted" in made, made
-    wait_for(lambda: processing_run_id("videos-in", "late/clip.mp4", etag) in runs(stack), 180, "its run")
+    wait_until(lambda: processing_run_id("videos-in", "late/clip.mp4", etag) in runs(stack), 180, "its run")
     assert "late/clip.mp4" in names(stack, "accepted") and "late/clip.mp4" not in names(stack, "videos-in")
     again = stack.deployment_init().stdout
     assert "containers kept" in again and "pool scoring kept with 1 slot(s)" in again, again
