@@ -4,13 +4,20 @@
     python bench/delivery.py --clip my.mp4 --frames 48 --max-side 320
 
 The clip's first ``--frames`` frames are styled by ``python -m scoring stylize`` losslessly
-(``--crf 0``: the network's own frames, in the yuv420p the output carries), plain and with
-``--temporal``. From each, as the pipeline does it, the styled segments are made (x264 at the
-scorer's settings, ``ffmpeg.STYLED_PRESET`` / ``STYLED_CRF``, no B-frames: what the stitch
-copied as it was before a delivery encode was chosen) and every candidate encodes those, as
-the stitch does. Each row: the output's bytes per second of input, PSNR and SSIM against the
-network's own frames (ffmpeg's psnr and ssim filters on yuv420p; VMAF where this ffmpeg has
-libvmaf), the encoder's CPU seconds, and the size against the segments copied as they are.
+(``--crf 0 --delivery mezzanine``: the network's own frames, in the yuv420p the output carries),
+plain and with ``--temporal``. Two kinds of candidate encode them, as the pipeline can:
+
+- **by the ranks**: the network's frames encoded once, as a rank does when it styles a segment
+  (x264 without B-frames: tracks.write_ivf gives the pictures their frame times in order);
+  the stitch copies them. ``--delivery web`` is this kind.
+- **by the stitch**: the intermediate segments made first (x264 at ``delivery.STYLED_PRESET``
+  / ``STYLED_CRF``, no B-frames: ``--delivery mezzanine`` as it is published), then encoded
+  again, B-frames allowed, as the stitch does for ``--delivery hevc``.
+
+Each row: the output's bytes per second of input, PSNR and SSIM against the network's own
+frames (ffmpeg's psnr and ssim filters on yuv420p; VMAF where this ffmpeg has libvmaf), the
+encoder's CPU seconds (for a stitch's encode, the decode of the segments included), and the
+size against the intermediate segments.
 """
 
 from __future__ import annotations
@@ -29,28 +36,44 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scoring.media import ffmpeg  # noqa: E402
-from scoring.media.delivery import DELIVERIES  # noqa: E402
+from scoring.media.delivery import DELIVERIES, STYLED_CRF, STYLED_PRESET, segment_encode  # noqa: E402
 
 SHARED_CLIP = REPO.parent / "shared" / "media" / "car-detection.mp4"
-TODAY = "segments as they are"
-# name: encoder options, after the segments' decode
-CANDIDATES = {
-    "x264 veryfast crf 20 bf 3": ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-bf", "3"],
-    "x264 medium crf 16 bf 3": ["-c:v", "libx264", "-preset", "medium", "-crf", "16", "-bf", "3"],
-    "x264 medium crf 17 bf 3": ["-c:v", "libx264", "-preset", "medium", "-crf", "17", "-bf", "3"],
-    "x264 slow crf 17 bf 3": ["-c:v", "libx264", "-preset", "slow", "-crf", "17", "-bf", "3"],
-    "x264 medium crf 18 bf 0": ["-c:v", "libx264", "-preset", "medium", "-crf", "18", "-bf", "0"],
-    "x264 medium crf 18 bf 3": ["-c:v", "libx264", "-preset", "medium", "-crf", "18", "-bf", "3"],
-    "x264 medium crf 20 bf 0": ["-c:v", "libx264", "-preset", "medium", "-crf", "20", "-bf", "0"],
-    "x264 medium crf 20 bf 3": ["-c:v", "libx264", "-preset", "medium", "-crf", "20", "-bf", "3"],
-    "x264 medium crf 23 bf 3": ["-c:v", "libx264", "-preset", "medium", "-crf", "23", "-bf", "3"],
-    "x264 slow crf 20 bf 3": ["-c:v", "libx264", "-preset", "slow", "-crf", "20", "-bf", "3"],
-    "x264 slow crf 14 bf 3": ["-c:v", "libx264", "-preset", "slow", "-crf", "14", "-bf", "3"],
-    "x265 medium crf 18": ["-c:v", "libx265", "-preset", "medium", "-crf", "18", "-x265-params", "log-level=error"],
-    "x265 medium crf 19": ["-c:v", "libx265", "-preset", "medium", "-crf", "19", "-x265-params", "log-level=error"],
-    "x265 medium crf 20": ["-c:v", "libx265", "-preset", "medium", "-crf", "20", "-x265-params", "log-level=error"],
-    "x265 medium crf 23": ["-c:v", "libx265", "-preset", "medium", "-crf", "23", "-x265-params", "log-level=error"],
+TODAY = "intermediate segments (--delivery mezzanine)"
+
+
+def x264(preset: str, crf: int, bframes: int = 0) -> list[str]:
+    return ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-bf", str(bframes)]
+
+
+def x265(crf: int) -> list[str]:
+    return ["-c:v", "libx265", "-preset", "medium", "-crf", str(crf), "-x265-params", "log-level=error"]
+
+
+# name: encoder options applied to the network's frames (a rank's encode: never B-frames)
+BY_THE_RANKS = {f"x264 {preset} crf {crf}, by the ranks": x264(preset, crf)
+                for preset, crf in (("veryfast", 19), ("veryfast", 20), ("faster", 20), ("faster", 21), ("fast", 20),
+                                    ("medium", 18), ("medium", 20), ("medium", 21), ("medium", 22), ("medium", 23),
+                                    ("slow", 21))}
+# name: encoder options applied to the intermediate segments (a stitch's encode)
+BY_THE_STITCH = {
+    "x264 medium crf 18 bf 3, by the stitch": x264("medium", 18, 3),
+    "x264 medium crf 20 bf 3, by the stitch": x264("medium", 20, 3),
+    "x265 medium crf 18, by the stitch": x265(18),
+    "x265 medium crf 20, by the stitch": x265(20),
 }
+CANDIDATES = BY_THE_RANKS | BY_THE_STITCH
+
+
+def deliveries() -> dict[str, tuple[bool, list[str]]]:
+    """Each delivery that encodes: ``--delivery NAME``: (by the ranks, its encoder options)."""
+    chosen = {}
+    for name, delivery in DELIVERIES.items():
+        if delivery.segments:
+            chosen[f"--delivery {name}"] = (True, x264(*segment_encode(name)))
+        elif delivery.codec:
+            chosen[f"--delivery {name}"] = (False, list(delivery.options))
+    return chosen
 
 
 def run(cmd: list[str]) -> str:
@@ -110,10 +133,8 @@ def main() -> int:
     if not args.clip.is_file():
         raise SystemExit(f"no clip at {args.clip}: give one with --clip")
     vmaf = has_vmaf()
-    candidates = {name: opts for name, opts in CANDIDATES.items() if not args.only or name in args.only}
-    for name, delivery in DELIVERIES.items():
-        if delivery.options and (not args.only or name in args.only):
-            candidates[f"--delivery {name}"] = list(delivery.options)
+    candidates = {name: (name in BY_THE_RANKS, opts) for name, opts in CANDIDATES.items()} | deliveries()
+    candidates = {name: c for name, c in candidates.items() if not args.only or name in args.only}
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -127,25 +148,24 @@ def main() -> int:
             reference = folder / f"reference-{tag}.mp4"
             extra = ["--max-side", str(args.max_side)] if args.max_side else []
             subprocess.run([sys.executable, "-m", "scoring", "stylize", str(cut), str(reference), "--style",
-                            args.style, "--crf", "0", "--preset", "ultrafast", "--temporal", str(temporal),
-                            "--ranks", "1", *extra], check=True, cwd=REPO, stdout=subprocess.DEVNULL,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+                            args.style, "--crf", "0", "--preset", "ultrafast", "--delivery", "mezzanine",
+                            "--temporal", str(temporal), "--ranks", "1", *extra], check=True, cwd=REPO,
+                           stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(REPO)))
             segments = folder / f"segments-{tag}.mp4"
-            segment_cpu = encode(reference, segments, ["-c:v", "libx264", "-preset", ffmpeg.STYLED_PRESET, "-crf",
-                                                       str(ffmpeg.STYLED_CRF), "-bf", "0"])
+            segment_cpu = encode(reference, segments, x264(STYLED_PRESET, STYLED_CRF))
             base = video_bytes(segments)
             rows.append({"video": tag, "encode": TODAY, "bytes_per_second": base / seconds, "ratio": 1.0,
                          "encode_cpu_s": segment_cpu, **quality(segments, reference, vmaf)})
-            for name, options in candidates.items():
+            for name, (by_the_ranks, options) in candidates.items():
                 out = folder / f"{tag}-{len(rows)}.mp4"
-                cpu = encode(segments, out, options)
+                cpu = encode(reference if by_the_ranks else segments, out, options)
                 size = video_bytes(out)
                 rows.append({"video": tag, "encode": name, "bytes_per_second": size / seconds, "ratio": size / base,
                              "encode_cpu_s": cpu, **quality(out, reference, vmaf)})
     print(f"clip: {args.clip.name}, first {info.frames} frames, {info.width}x{info.height} at {info.frame_rate} fps "
           f"({seconds:.2f} s); style {args.style}; quality against the network's own frames"
           + ("" if vmaf else "; VMAF: not in this ffmpeg"))
-    print("| video | encode | kB per second of input | size vs segments | PSNR dB | SSIM |"
+    print("| video | encode | kB per second of input | size vs intermediate | PSNR dB | SSIM |"
           + (" VMAF |" if vmaf else "") + " encoder CPU s |")
     print("| --- | --- | --- | --- | --- | --- |" + (" --- |" if vmaf else "") + " --- |")
     for r in rows:

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"| SSIM vs per-frame, moving regions | 1 | {r['ssim_moving']:.3f} | |")
     print(f"| throughput (median of {args.repeats}) | {r['fps_plain']:.2f} fps | {r['fps_temporal']:.2f} fps "
           f"| cost {r['cost']:.1%} (pairs: {', '.join(f'{c:.1%}' for c in r['cost_per_pair'])}) |")
-    print(f"| output size (x264 {ffmpeg.STYLED_PRESET}, crf {ffmpeg.STYLED_CRF}) | {r['output_bytes']['plain'] / 1e6:.2f} MB | "
+    print(f"| output size (x264 {Encoding().preset}, crf {Encoding().crf}) | {r['output_bytes']['plain'] / 1e6:.2f} MB | "
           f"{r['output_bytes']['temporal'] / 1e6:.2f} MB | {r['output_bytes']['temporal'] / r['output_bytes']['plain'] - 1:+.0%} |")
     print(f"\nparts alone (median per frame): network {r['network_ms_per_frame']:.1f} ms, blend "
           f"{r['blend_ms_per_frame']:.1f} ms ({r['blend_share_of_network']:.1%} of the network); warm-up styles "

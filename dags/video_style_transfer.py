@@ -123,7 +123,7 @@ def video_style_transfer():
         segments=f"{WORK_IN}/segments", styled=f"{WORK_OUT}/styled",
         style="{{ params.style }}", model=MODEL_IN, style_image=STYLE_IMAGE_IN,
         style_strength="{{ params.style_strength }}",
-        precision="{{ params.precision }}", temporal="{{ params.temporal }}",
+        precision="{{ params.precision }}", temporal="{{ params.temporal }}", delivery="{{ params.delivery }}",
         nodes="{{ params.azureml_nodes }}", max_resubmits=3, poll_interval=AZUREML_POLL_SECONDS,
         estimate_seconds=ESTIMATE,
     ).output

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .media import ffmpeg
-from .media.delivery import DEFAULT_DELIVERY, DELIVERIES
+from .media.delivery import DEFAULT_DELIVERY, DELIVERIES, segment_encode
 from .media.errors import UserError
 from .media.segments import DEFAULT_SEGMENT_FRAMES
 from .media.split import DEFAULT_HDR, HDR_MODES
@@ -98,14 +98,15 @@ def cmd_stylize(args) -> dict:
     model_id = model_id_from(args)  # reads a .pth or picture once: its digest names it
     work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"
     plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr)
-    # keyed by split, model and smoothing, so a rerun of the same command resumes and a new style starts clean
-    work_id = f"{plan.fingerprint} {model_id}{work_tag(check_temporal(args.temporal))}"
+    encoding = encoding_from(args, stylizer)
+    # keyed by split, model, smoothing and encode, so a rerun of the same command resumes and a new style starts clean
+    work_id = f"{plan.fingerprint} {model_id}{work_tag(check_temporal(args.temporal))}{encoding.tag}"
     styled = work / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
     ranks = auto_ranks(stylizer.device, plan) if args.ranks == "auto" else plan.useful_ranks(args.ranks)
     if ranks > 1:
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], ranks)
     else:
-        score(work / "segments", styled, stylizer, model_id, encoding_from(args, stylizer))
+        score(work / "segments", styled, stylizer, model_id, encoding)
     result = stitch(work / "segments", styled, output, source, args.delivery)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
@@ -151,11 +152,13 @@ def stylizer_from(args):
 
 
 def encoding_from(args, stylizer):
-    """Batching (``auto`` resolved for the stylizer's device), x264 settings and smoothing."""
+    """Batching (``auto`` resolved for the stylizer's device), x264 settings for the delivery
+    and smoothing."""
     from .networks.score import Encoding
     from .networks.stylizer import resolve_batch
 
-    return Encoding(resolve_batch(args.batch, str(stylizer.device)), args.crf, args.preset, args.temporal)
+    preset, crf = segment_encode(args.delivery, args.preset, args.crf)
+    return Encoding(resolve_batch(args.batch, str(stylizer.device)), crf, preset, args.temporal, args.delivery)
 
 
 def model_id_from(args) -> str:
@@ -172,9 +175,10 @@ def model_args(args) -> list[str]:
         chosen = ["--style-image", str(args.style_image)]
     else:
         chosen = ["--model", str(args.model)] if args.model else ["--style", args.style or "0"]
+    preset, crf = segment_encode(args.delivery, args.preset, args.crf)
     return [*chosen, "--style-strength", str(args.style_strength), "--device", args.device,
-            "--precision", args.precision, "--batch", str(args.batch),
-            "--crf", str(args.crf), "--preset", args.preset, *(["--compile"] if args.compile else []),
+            "--precision", args.precision, "--batch", str(args.batch), "--delivery", args.delivery,
+            "--crf", str(crf), "--preset", preset, *(["--compile"] if args.compile else []),
             "--temporal", repr(args.temporal)]
 
 
@@ -229,10 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "after a first call of about half a minute per process (per rank): for long clips")
     group.add_argument("--batch", type=auto_or_positive, default="auto", help="frames per forward pass; auto: 1 on "
                        "a CPU, 4 on a GPU (bench/run.py, bench/gpu.py; default: %(default)s)")
-    group.add_argument("--crf", type=int, default=ffmpeg.STYLED_CRF, help="x264 quality of the styled segments "
-                       "(the output itself with --delivery mezzanine), lower is better (default: %(default)s)")
-    group.add_argument("--preset", default=ffmpeg.STYLED_PRESET, help="x264 speed preset of the styled "
-                       "segments (default: %(default)s)")
+    group.add_argument("--crf", type=int, help="x264 quality of the styled segments, lower is better (default: "
+                       "the delivery's: " + ", ".join(f"{name} {segment_encode(name)[1]}" for name in DELIVERIES) + ")")
+    group.add_argument("--preset", help="x264 speed preset of the styled segments (default: the delivery's: "
+                       + ", ".join(f"{name} {segment_encode(name)[0]}" for name in DELIVERIES) + ")")
     group = model.add_argument_group("video")
     group.add_argument("--temporal", type=float, default=0.0, metavar="STRENGTH",
                        help="steadier video: blend the previous styled frame into the new one where the input "
@@ -287,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for segments and plan.json")
     p.set_defaults(run=cmd_split)
 
-    p = sub.add_parser("score", parents=[model], help="style the segments (the MPI step)",
+    p = sub.add_parser("score", parents=[model, delivery], help="style the segments (the MPI step)",
                        description="Style every segment of a split; run under mpiexec each rank takes a "
                        "contiguous share. Finished segments are skipped, so a rerun resumes.")
     p.add_argument("--segments", type=Path, required=True, help="folder written by split")

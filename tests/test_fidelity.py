@@ -5,6 +5,7 @@ output is compared with it through ffprobe."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -347,29 +348,58 @@ def stitch_again(work: Path, source: Path, output: Path, delivery: str) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def x264_runs(path: Path) -> list[str]:
+    """The options of each x264 encode whose pictures ``path`` holds: x264 writes them in an SEI
+    where it starts, so a stream joined from segments holds one per segment."""
+    return [m.decode() for m in re.findall(rb"x264 - core \d+ .*? - options: ([ -~]+)", path.read_bytes())]
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 def test_every_delivery_choice_decodes_every_frame_at_the_source_times(clips, tmp_path, suffix):
-    from scoring.media.delivery import DEFAULT_DELIVERY, DELIVERIES
+    from scoring.media.delivery import DEFAULT_DELIVERY, segment_encode
 
-    work = tmp_path / "work"
-    first = stylize(clips["vfr"], tmp_path / f"default{suffix}", "--work-dir", work, "--keep-work")
-    assert first["streams"][0]["delivery"] == DEFAULT_DELIVERY
     source_times = frame_times(clips["vfr"])
-    codecs = {}
-    for name, delivery in DELIVERIES.items():
-        output = tmp_path / f"{name}{suffix}"
-        result = stitch_again(work, clips["vfr"], output, name)
+    segments = -(-len(source_times) // 16)
+    web, mezzanine = tmp_path / "work-web", tmp_path / "work-mezzanine"
+    made = {"web": stylize(clips["vfr"], tmp_path / f"web{suffix}", "--work-dir", web, "--keep-work"),
+            "mezzanine": stylize(clips["vfr"], tmp_path / f"mezzanine{suffix}", "--delivery", "mezzanine",
+                                 "--work-dir", mezzanine, "--keep-work"),
+            # the same segments stitched again: web from the intermediate ones, as a run in flight across
+            # an upgrade does, and HEVC
+            "web again": stitch_again(mezzanine, clips["vfr"], tmp_path / f"web again{suffix}", "web"),
+            "hevc": stitch_again(web, clips["vfr"], tmp_path / f"hevc{suffix}", "hevc")}
+    expected = {"web": (DEFAULT_DELIVERY, "copy", "the ranks, as they styled"),
+                "mezzanine": ("mezzanine", "copy", "the ranks, as they styled"),
+                "web again": ("web", "libx264", "the stitch"), "hevc": ("hevc", "libx265", "the stitch")}
+    for name, result in made.items():
         video = next(s for s in result["streams"] if s["action"] == "styled")
-        assert (video["delivery"], video["encoder"]) == (name, delivery.codec or "copy")
+        assert (video["delivery"], video["encoder"], video["encoded_by"]) == expected[name]
+        output = tmp_path / f"{name}{suffix}"
         times = frame_times(output)
         assert len(times) == len(source_times) == 40
         # as in the default's test above: Matroska may move the whole file by the sound's priming
         shift = times[0] - source_times[0]
         assert shift == pytest.approx(0, abs=0.001) if suffix == ".mp4" else 0 <= shift < 0.05, (name, shift)
         assert max(abs(a - b - shift) for a, b in zip(times, source_times)) < 0.001, name
-        codecs[name] = next(s for s in streams(output) if s["codec_type"] == "video")["codec_name"]
         assert [s["codec_type"] for s in streams(output)].count("audio") == 1
-    assert codecs == {name: "hevc" if d.codec == "libx265" else "h264" for name, d in DELIVERIES.items()}
+    assert next(s for s in streams(tmp_path / f"hevc{suffix}") if s["codec_type"] == "video")["codec_name"] == "hevc"
+    # the default is encoded once, by the ranks, segment by segment, at its own settings; never again
+    preset, crf = segment_encode("web")
+    subme = {"veryfast": 2, "faster": 4, "fast": 6, "medium": 7}[preset]  # what tells x264's presets apart
+    runs = x264_runs(tmp_path / f"web{suffix}")
+    assert len(runs) == segments and all(f" crf={crf}.0 " in r and " bframes=0 " in r and f" subme={subme} " in r
+                                         for r in runs), runs
+    runs = x264_runs(tmp_path / f"mezzanine{suffix}")
+    assert len(runs) == segments and all(" crf=17.0 " in r and " subme=2 " in r for r in runs), runs  # veryfast
+    (again,) = x264_runs(tmp_path / f"web again{suffix}")
+    assert " crf=20.0 " in again and " bframes=3 " in again
+    # a mezzanine is only the segments the ranks wrote for one
+    refused = run_scoring("stitch", "--segments", web / "segments", "--styled", next(web.glob("styled-*")),
+                          "--source", clips["vfr"], "--delivery", "mezzanine", tmp_path / f"refused{suffix}")
+    assert refused.returncode == 2 and not (tmp_path / f"refused{suffix}").exists()
+    assert refused.stderr.strip().splitlines() == [
+        "error: the styled segments were encoded for --delivery web, and a mezzanine is the segments the ranks "
+        "wrote for it: score again with --delivery mezzanine"], refused.stderr
 
 
 def test_hdr10_metadata_kept_in_hevc_delivery(clips, tmp_path):

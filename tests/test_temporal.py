@@ -155,8 +155,9 @@ def test_two_ranks_from_the_command_line_give_the_same_video(clip, tmp_path):
     video matches the single-process temporal run frame by frame."""
     output = tmp_path / "steady.mp4"
     run_scoring("stylize", clip["source"], output, "--style", STYLE, "--temporal", str(STRENGTH),
-                "--segment-frames", str(SEGMENT_FRAMES), "--ranks", "2", "--delivery", "mezzanine", check=True)
-    # mezzanine: the segments themselves, so that the ranks' frames are compared, not a second encode
+                "--segment-frames", str(SEGMENT_FRAMES), "--ranks", "2", check=True)
+    # the default delivery is the segments the ranks encoded, as score's default Encoding here: the ranks'
+    # frames are compared, not a second encode
     got, expected = read_frames(output), _decode(clip["folder"] / "temporal", clip["plan"])
     assert len(got) == len(expected) == FRAMES
     for i, (a, b) in enumerate(zip(got, expected)):

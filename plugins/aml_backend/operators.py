@@ -37,6 +37,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from observability import metrics
 from observability.progress import job_where
+from scoring.media.delivery import DEFAULT_DELIVERY
 
 from .links import JOB_NAME_KEY, STUDIO_URL_KEY, AzureMLJobLink, studio_url
 from .orphans import RUN_TAG, datastore_prefix
@@ -83,6 +84,8 @@ class AzureMLScoreOperator(BaseOperator):
     :param precision: ``fp16`` (default, GPUs), ``bf16`` or ``fp32``.
     :param batch: frames per pass (``auto``, the default: what ``python -m scoring`` picks for the node).
     :param temporal: steadier video, ``--temporal STRENGTH`` (0, the default, is off; see scoring/networks/temporal.py).
+    :param delivery: the published video's encode (``--delivery``, scoring/media/delivery.py): the
+        nodes encode the segments for it as they style them.
     :param extra_score_args: more ``python -m scoring score`` options (``--crf``, ``--preset``).
     :param nodes: nodes of the configured cluster for this run (at most its ``max_nodes``).
     :param output_mode: ``rw_mount`` (resumable) or ``upload`` (write-only token; see ``sas``).
@@ -94,14 +97,15 @@ class AzureMLScoreOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("segments", "styled", "style", "model", "style_image", "style_strength",
-                                      "precision", "batch", "temporal", "nodes", "max_resubmits",
+                                      "precision", "batch", "temporal", "delivery", "nodes", "max_resubmits",
                                       "estimate_seconds")
     ui_color = "#0078d4"
     operator_extra_links = (AzureMLJobLink(),)
 
     def __init__(self, *, segments: str, styled: str, style: str | None = "0", model: str | None = None,
                  style_image: str | None = None, style_strength: float | str = 1.0, precision: str = "fp16",
-                 batch: int | str = "auto", temporal: float | str = 0, extra_score_args: Sequence[str] = (),
+                 batch: int | str = "auto", temporal: float | str = 0, delivery: str = DEFAULT_DELIVERY,
+                 extra_score_args: Sequence[str] = (),
                  nodes: int | str = 1, output_mode: str = "rw_mount",
                  azureml_conn_id: str = "azureml_default", storage_conn_id: str = "wasb_system",
                  logs_container: str = "logs", max_queued: timedelta = timedelta(hours=6),
@@ -111,7 +115,7 @@ class AzureMLScoreOperator(BaseOperator):
         super().__init__(**kwargs)
         self.segments, self.styled, self.style, self.model = segments, styled, style, model
         self.style_image, self.style_strength = style_image, style_strength
-        self.precision, self.batch, self.temporal = precision, batch, temporal
+        self.precision, self.batch, self.temporal, self.delivery = precision, batch, temporal, delivery
         self.extra_score_args = list(extra_score_args)
         self.nodes, self.output_mode = nodes, output_mode
         self.azureml_conn_id, self.storage_conn_id = azureml_conn_id, storage_conn_id
@@ -215,7 +219,8 @@ class AzureMLScoreOperator(BaseOperator):
         args = [] if self.model or self.style_image else ["--style", str(self.style)]
         if float(self.style_strength) != 1:
             args += ["--style-strength", str(float(self.style_strength))]
-        args += ["--precision", str(self.precision), "--batch", str(self.batch)]
+        args += ["--precision", str(self.precision), "--batch", str(self.batch), "--delivery",
+                 str(self.delivery or DEFAULT_DELIVERY)]
         if float(self.temporal or 0):
             args += ["--temporal", str(self.temporal)]
         return [*args, *self.extra_score_args]

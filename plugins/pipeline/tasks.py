@@ -339,7 +339,8 @@ def score_local(params: dict, probed: dict, report: Callable[[dict], None] | Non
         reporter.tick(force=True)
         try:
             summary = scoring("score", "--segments", str(local / "segments"), "--out", str(local / "styled"),
-                              *model_args(params, local, probed.get("model_etag")), ranks=ranks,
+                              *model_args(params, local, probed.get("model_etag")),
+                              "--delivery", params.get("delivery") or DEFAULT_DELIVERY, ranks=ranks,
                               while_running=reporter.tick)
         except Killed:
             raise  # the run is over and the SIGKILL near: the scratch goes first

@@ -319,23 +319,16 @@ class FrameReader(_FfmpegPipe):
             raise UserError(f"cannot decode video: {_ffprobe_reason(stderr)}")
 
 
-
-# x264 settings for styled frames: "veryfast" takes much less CPU per frame than "fast", and
-# one step lower crf keeps the quality for a few more bytes (docs/performance.md).
-STYLED_CRF = 17
-STYLED_PRESET = "veryfast"
-
-
 class FrameWriter(_FfmpegPipe):
     """Encodes frames (RGB, or ``pix_fmt`` as ``FrameReader`` gives them) to raw H.264 (an
     elementary stream joins another by concatenation).
 
     B-frames are off so that every segment's pictures are in display order and a joined
-    stream can be given timestamps from the frame rate alone.
+    stream can be given its frame times from the order alone.
     """
 
-    def __init__(self, target: Path | str, size: tuple[int, int], frame_rate: str, crf: int = STYLED_CRF,
-                 preset: str = STYLED_PRESET, threads: int = 0, pix_fmt: str = "rgb24", colour: Colour | None = None,
+    def __init__(self, target: Path | str, size: tuple[int, int], frame_rate: str, crf: int, preset: str,
+                 threads: int = 0, pix_fmt: str = "rgb24", colour: Colour | None = None,
                  hdr: Colour | None = None, mastering: dict | None = None):
         """``colour``: the matrix and range RGB frames are converted with, and the tags the
         stream carries (none where ``colour`` is None or unknown). ``hdr``: RGB frames in SDR

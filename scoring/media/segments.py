@@ -113,6 +113,14 @@ def finished(folder: Path, segment: Segment, work_id: str) -> bool:
     return facts.get("frames") == segment.frames
 
 
-def mark_done(folder: Path, segment: Segment, work_id: str, seconds: float) -> None:
+def mark_done(folder: Path, segment: Segment, work_id: str, seconds: float, delivery: str | None = None) -> None:
+    """``delivery``: what the segment was encoded for (delivery.py), for the stitch to check."""
+    facts = {"frames": segment.frames, "work": work_id, "seconds": round(seconds, 3)}
     with atomic_path(done_marker(folder, segment)) as tmp:
-        tmp.write_text(json.dumps({"frames": segment.frames, "work": work_id, "seconds": round(seconds, 3)}))
+        tmp.write_text(json.dumps(facts | ({"delivery": delivery} if delivery else {})))
+
+
+def scored_for(folder: Path, segment: Segment) -> str:
+    """The delivery a styled segment was encoded for. A marker that does not say is from before
+    the ranks encoded deliveries, when every segment was the intermediate: a mezzanine's."""
+    return json.loads(done_marker(folder, segment).read_text()).get("delivery", "mezzanine")

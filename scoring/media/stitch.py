@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from . import ffmpeg, tracks
-from .delivery import DEFAULT_DELIVERY, DELIVERIES
+from .delivery import DEFAULT_DELIVERY, DELIVERIES, needs_encode
 from .errors import UserError
 from .files import atomic_path
-from .segments import Plan, done_marker
+from .segments import Plan, done_marker, scored_for
 
 
 def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str,
@@ -37,12 +37,16 @@ def stitch(segments_dir: Path | str, styled_dir: Path | str, output: Path | str,
         raise UserError(f"{source.name} is not the video {segments_dir} was split from (its size differs)")
     timing = json.loads((segments_dir / plan.timestamps).read_text()) if plan.timestamps else None
     output.parent.mkdir(parents=True, exist_ok=True)
+    encode = needs_encode(delivery, {scored_for(styled_dir, s) for s in plan.segments})
     with atomic_path(output) as tmp:
         streams = tracks.mux([styled_dir / s.name for s in plan.segments], plan, timing, source, tmp,
-                             ffmpeg.VIDEO_SUFFIXES[output.suffix.lower()], delivery)
+                             ffmpeg.VIDEO_SUFFIXES[output.suffix.lower()], delivery, encode)
         frames = ffmpeg.count_frames(tmp)
         if frames != plan.frames:  # never publish a video with a frame lost or doubled
             raise RuntimeError(f"stitched video has {frames} frames, expected {plan.frames}")
+    for stream in streams:
+        if stream["action"] == "styled":  # where the published picture was encoded
+            stream["encoded_by"] = "the stitch" if encode else "the ranks, as they styled"
     kept = [s for s in streams if s["action"] != "dropped" and s["type"] == "audio"]
     return {"output": str(output), "frames": frames, "frame_rate": plan.frame_rate,
             "audio": bool(kept), "size": f"{plan.width}x{plan.height}", "sar": plan.sar,

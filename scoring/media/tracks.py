@@ -250,11 +250,11 @@ def decide(stream: dict, video_index: int, container: str, chapters: int = 0) ->
     return {"action": "dropped", "why": f"a {kind} stream ({codec}) has no place in the output"}
 
 
-def _video_encode(chosen, plan, colour: Colour, container: str) -> list[str]:
-    """The output options of the styled stream: copied, or encoded for delivery with the
-    segments' own frame times (every frame once, in the source's time base), bit depth, colour
-    tags and HDR10 metadata."""
-    if chosen.codec is None:
+def _video_encode(chosen, plan, colour: Colour, container: str, encode: bool) -> list[str]:
+    """The output options of the styled stream: copied, or (``encode``) encoded for delivery
+    with the segments' own frame times (every frame once, in the source's time base), bit
+    depth, colour tags and HDR10 metadata."""
+    if not encode:
         return ["-c:v", "copy"]
     options = list(chosen.options)
     # the pixel format the segments decode to, 8 or 10 bits (full range: yuvj420p), never converted
@@ -273,11 +273,13 @@ def _video_encode(chosen, plan, colour: Colour, container: str) -> list[str]:
 
 
 def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: Path, container: str,
-        delivery: str = DEFAULT_DELIVERY) -> list[dict]:
+        delivery: str = DEFAULT_DELIVERY, encode: bool = True) -> list[dict]:
     """Write ``target``: the styled segments with the source's frame times (``timing``, from
-    ``frame_times``) and tags, encoded as ``delivery`` says (delivery.py), and every other
-    stream of ``source`` as ``decide`` says. Returns the report per source stream."""
+    ``frame_times``) and tags, encoded as ``delivery`` says (delivery.py) where ``encode``, else
+    copied, and every other stream of ``source`` as ``decide`` says. Returns the report per
+    source stream."""
     chosen = DELIVERIES[delivery]
+    encoder = chosen.codec if encode and chosen.codec else None
     facts = plan.media
     colour = Colour.from_dict(plan.hdr_output or plan.colour)
     if timing:
@@ -295,7 +297,7 @@ def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: P
     for stream in facts["streams"]:
         decision = decide(stream, video_index, container, facts["chapters"])
         if stream["index"] == video_index:
-            decision = decision | {"delivery": delivery, "encoder": chosen.codec or "copy", "delivery_why": chosen.why}
+            decision = decision | {"delivery": delivery, "encoder": encoder or "copy", "delivery_why": chosen.why}
         report.append({k: stream[k] for k in ("index", "type", "codec", "language", "title")} | decision)
         if stream["index"] == video_index and plan.hdr_output:
             report[-1]["mastering"] = ({"action": "kept"} | plan.mastering if plan.mastering else
@@ -318,9 +320,9 @@ def mux(segments: list[Path], plan, timing: dict | None, source: Path, target: P
     if sar != 1:
         bsf.append(f"sample_aspect_ratio={sar.numerator}/{sar.denominator}")
     cmd += ["-map_metadata", "1", "-map_metadata:s:v:0", f"1:s:{video_index}", "-map_chapters", "1",
-            *_video_encode(chosen, plan, colour, container), *out_args]
+            *_video_encode(chosen, plan, colour, container, encoder is not None), *out_args]
     if bsf:
-        cmd += ["-bsf:v", ("hevc" if chosen.codec == "libx265" else "h264") + "_metadata=" + ":".join(bsf)]
+        cmd += ["-bsf:v", ("hevc" if encoder == "libx265" else "h264") + "_metadata=" + ":".join(bsf)]
     if sar != 1:
         cmd += ["-aspect:v:0", str(sar * plan.width / plan.height)]
     disposition = next(s["disposition"] for s in facts["streams"] if s["index"] == video_index)

@@ -26,6 +26,7 @@ import numpy as np
 from ..launch import scoring_command
 from ..media import ffmpeg
 from ..media.colour import Colour
+from ..media.delivery import DEFAULT_DELIVERY, segment_encode
 from ..media.errors import UserError
 from ..media.files import atomic_path
 from ..media.segments import Plan, Segment, finished, mark_done, share
@@ -82,10 +83,16 @@ class Encoding:
     # On a CPU one frame per pass is fastest (26-style bf16 at 768x432: 0.11 s/frame at batch 1,
     # 0.15 at batch 4): a bigger batch only spills the activations out of the caches.
     batch: int = 1
-    crf: int = ffmpeg.STYLED_CRF
-    preset: str = ffmpeg.STYLED_PRESET
+    crf: int = segment_encode(DEFAULT_DELIVERY)[1]
+    preset: str = segment_encode(DEFAULT_DELIVERY)[0]
     # 0: each frame styled on its own; above 0, still regions are smoothed over time (temporal.py)
     temporal: float = 0.0
+    delivery: str = DEFAULT_DELIVERY  # what the segments are encoded for (delivery.py), in their done markers
+
+    @property
+    def tag(self) -> str:
+        """How the segments are encoded, in the work id: a rerun with another encode styles them again."""
+        return f" for {self.delivery} (x264 {self.preset} crf {self.crf})"
 
 
 def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, model_id: str,
@@ -96,7 +103,7 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
     plan = Plan.load(segments_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     temporal = check_strength(encoding.temporal)
-    work_id = f"{model_id}{work_tag(temporal)} on {plan.fingerprint}"
+    work_id = f"{model_id}{work_tag(temporal)}{encoding.tag} on {plan.fingerprint}"
     mine = [plan.segments[i] for i in share(len(plan.segments), world.size, world.rank)]
     todo = [s for s in mine if not finished(out_dir, s, work_id)]
     progress = Progress(world, sum(s.frames for s in todo))
@@ -107,7 +114,7 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
             frames = _style_stream(segments_dir, segment, tmp, plan, stylizer, encoding, progress)
             if frames != segment.frames:
                 raise RuntimeError(f"{segment.name}: styled {frames} frames, the plan says {segment.frames}")
-        mark_done(out_dir, segment, work_id, time.monotonic() - t0)
+        mark_done(out_dir, segment, work_id, time.monotonic() - t0, encoding.delivery)
     return {"rank": world.rank, "segments": len(mine), "scored": len(todo), "skipped": len(mine) - len(todo),
             "frames_scored": progress.done, "seconds": round(time.monotonic() - started, 3)}
 
