@@ -90,3 +90,38 @@ def test_preview_of_what_is_not_a_video_is_one_line(tmp_path, kind):
     result = run_cli("preview", str(source), str(tmp_path / "p.png"))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert source.read_bytes() == before and not (tmp_path / "p.png").exists()
+
+
+def test_an_hdr_source_is_shown_tone_mapped_as_the_network_sees_it(tmp_path):
+    """An HDR10 source's PQ code values shown as SDR are grey and flat: the preview's before,
+    the frames it styles and the strip are the tone-mapped frames split gives the network."""
+    hdr = tmp_path / "hdr10.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=s=160x90:r=24:d=1", "-vf", "format=yuv420p10le", "-c:v", "libx265",
+            "-x265-params", "log-level=error:colorprim=bt2020:transfer=smpte2084:colormatrix=bt2020nc:range=limited",
+            "-color_primaries", "bt2020", "-color_trc", "smpte2084", "-colorspace", "bt2020nc", hdr)
+    # the frames the run styles: split's tone-mapped SDR, through the network unchanged at strength 0
+    seen = tmp_path / "seen.mp4"
+    result = run_cli("stylize", hdr, seen, "--style", "7", "--style-strength", "0", "--crf", "0", "--ranks", "1")
+    assert result.returncode == 0, result.stderr
+
+    out = tmp_path / "preview.png"
+    result = run_cli("preview", hdr, out, "--style", "7", "--frames", "2")
+    assert result.returncode == 0, result.stderr
+    times = json.loads(result.stdout)["times"]
+    sheet = np.asarray(Image.open(out), float)
+    expected = ffmpeg.grab_frames(seen, times, (160, 90)).astype(float)
+    untouched = ffmpeg.grab_frames(hdr, times, (160, 90)).astype(float)  # PQ decoded as if it were SDR
+    for row in range(2):
+        top = 6 + row * (90 + 18 + 6) + 18
+        before = sheet[top:top + 90, 6:166]
+        assert np.abs(before - expected[row]).mean() < 3
+        assert np.abs(before - untouched[row]).mean() > 3 * np.abs(before - expected[row]).mean()
+
+    strip = tmp_path / "strip.png"
+    result = run_cli("strip", hdr, strip, "--frames", "2", "--tile-width", "160")
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    tiles = np.asarray(Image.open(strip), float)
+    expected = ffmpeg.grab_frames(seen, facts["times"], (160, 90)).astype(float)
+    first = tiles[24:24 + 90, 6:166]
+    assert np.abs(first - expected[0]).mean() < 3

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .colour import Colour, hdr_from_sdr_filters, mastering_params
+from .colour import Colour, hdr_from_sdr_filters, mastering_params, tone_map_filters
 from .errors import UserError
 
 IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif"}
@@ -362,15 +362,18 @@ class FrameWriter(_FfmpegPipe):
 
 
 
-def grab_frames(source: Path | str, times: list[float], size: tuple[int, int]) -> np.ndarray:
+def grab_frames(source: Path | str, times: list[float], size: tuple[int, int], colour: Colour | None = None
+                ) -> np.ndarray:
     """The frames shown at ``times`` (seconds) as ``uint8 [N, H, W, 3]``: one short ffmpeg
-    per frame, seeking in the input, so a long video is never decoded whole."""
+    per frame, seeking in the input, so a long video is never decoded whole. An HDR source
+    (``colour``, the source's) is tone-mapped to SDR as split does it: what the network sees,
+    and what an SDR picture can show."""
     width, height = size
+    filters = [*(tone_map_filters(colour) if colour and colour.hdr else []), f"scale={width}:{height}:flags=bicubic"]
     frames = np.empty((len(times), height, width, 3), np.uint8)
     for n, time in enumerate(times):
         cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-ss", f"{max(0.0, time):.3f}", *input_args(),
-               "-i", file_arg(source),
-               "-map", "0:v:0", "-frames:v", "1", "-vf", f"scale={width}:{height}:flags=bicubic",
+               "-i", file_arg(source), "-map", "0:v:0", "-frames:v", "1", "-vf", ",".join(filters),
                "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
         result = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0 or len(result.stdout) != frames[n].nbytes:
