@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from . import ffmpeg, tracks
-from .colour import Colour
 from .errors import UserError
 from .files import atomic_path
 
@@ -151,7 +150,7 @@ def contact_strip(video: Path | str, output: Path | str, frames: int = 8, tile_w
     info = ffmpeg.probe(video)
     size = (info.width, info.height)
     times = sample_times(video, info, frames)
-    colour = Colour.from_dict(tracks.describe(video)["colour"])  # an HDR video shown tone-mapped
-    row = [(f"{t:.1f} s", frame) for t, frame in zip(times, ffmpeg.grab_frames(video, times, size, colour))]
+    frames = ffmpeg.grab_frames(video, times, size, tracks.video_colour(video))  # an HDR video shown tone-mapped
+    row = [(f"{t:.1f} s", frame) for t, frame in zip(times, frames)]
     save_image(labelled_grid([row], tile_width), Path(output))
     return {"output": str(output), "frames": len(times), "times": [round(t, 3) for t in times]}

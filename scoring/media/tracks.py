@@ -46,8 +46,7 @@ def describe(path: Path | str) -> dict:
     sample aspect ratio, rotation and whether it is interlaced."""
     facts = ffprobe_json(path, "-show_streams", "-show_chapters", "-show_format")
     streams = facts.get("streams", [])
-    video = next(s for s in streams if s.get("codec_type") == "video"
-                 and not s.get("disposition", {}).get("attached_pic"))
+    video = _styled_video(streams)
     rotation = next((int(float(d["rotation"])) for d in video.get("side_data_list", []) if "rotation" in d), 0)
     sar = _ratio(video.get("sample_aspect_ratio"))
     if rotation % 180:
@@ -67,6 +66,17 @@ def describe(path: Path | str) -> dict:
         "start_time": float(facts.get("format", {}).get("start_time") or 0),
         "streams": [_compact(s) for s in streams],
     }
+
+
+def video_colour(path: Path | str) -> Colour:
+    """The colour of the stream ``describe`` styles, read alone (for pictures of a video)."""
+    return Colour.of_stream(_styled_video(ffprobe_json(path, "-select_streams", "v", "-show_streams")["streams"]))
+
+
+def _styled_video(streams: list[dict]) -> dict:
+    """The first video stream that is not cover art: the one the pipeline styles."""
+    return next(s for s in streams
+                if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic"))
 
 
 def mastering(path: Path | str, video: dict) -> dict | None:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from ..media import ffmpeg, tracks
-from ..media.colour import Colour
 from ..media.errors import UserError
 from ..media.pictures import labelled_grid, sample_times, save_image
 from .stylizer import Stylizer
@@ -31,7 +30,7 @@ def before_after(source: Path | str, output: Path | str, stylizer: Stylizer, fra
     size = ffmpeg.output_size(info.width, info.height, max_side)
     times = sample_times(source, info, frames)
     # an HDR source tone-mapped, as split gives it to the network: the preview shows what the run makes
-    originals = ffmpeg.grab_frames(source, times, size, Colour.from_dict(tracks.describe(source)["colour"]))
+    originals = ffmpeg.grab_frames(source, times, size, tracks.video_colour(source))
     styled = np.concatenate([stylizer(frame[None]) for frame in originals])
     rows = [[(f"before  {t:.1f} s", before), ("after", after)] for t, before, after in zip(times, originals, styled)]
     save_image(labelled_grid(rows, tile_width), Path(output))
