@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,6 +112,26 @@ def azurite(location: Path, accounts: dict[str, str]):
 # Azure ML tests set the emulator's proxy for the SDK while they run: a later module's calls
 # to its own stack then went to the emulator's closed port (Connection refused).
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def x264_runs(path: Path) -> list[str]:
+    """The options of each x264 encode whose pictures ``path`` holds: x264 writes them in an SEI
+    where it starts, so a stream joined from segments holds one per segment."""
+    return [m.decode() for m in re.findall(rb"x264 - core \d+ .*? - options: ([ -~]+)", Path(path).read_bytes())]
+
+
+def encoded_by_the_ranks(video: Path, manifest: dict, segments: int, delivery: str | None = None) -> None:
+    """The published video is the ranks' own encode for ``delivery`` (default: the default),
+    copied by the stitch: one x264 run per segment at the delivery's settings, no second encode."""
+    from scoring.media.delivery import DEFAULT_DELIVERY, segment_encode
+
+    delivery = delivery or DEFAULT_DELIVERY
+    styled = next(s for s in manifest["streams"] if s["action"] == "styled")
+    assert (styled["delivery"], styled["encoder"], styled["encoded_by"]) == (
+        delivery, "copy", "the ranks, as they styled"), styled
+    crf = segment_encode(delivery)[1]
+    runs = x264_runs(video)
+    assert len(runs) == segments and all(f" crf={crf}.0 " in r and " bframes=0 " in r for r in runs), runs
 
 
 def wait_until(condition, timeout: float, what: str = "the condition", every: float = 1.0):

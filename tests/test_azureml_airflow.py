@@ -18,7 +18,7 @@ from devstack import DATA_ACCOUNT, DEV_KEY, REPO, SYSTEM_ACCOUNT, Stack, free_po
 from scoring.media import ffmpeg
 
 from .aml_emulator import WORKSPACE, AzureMLEmulator
-from .helpers import Api, wait_until, xcom_value
+from .helpers import Api, encoded_by_the_ranks, wait_until, xcom_value
 from .test_reliability import upload
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
@@ -144,7 +144,8 @@ def test_a_run_through_a_restart_in_place_and_a_preemption_publishes_its_video(a
     clip = clip_factory(seconds=2, fps="25", size=(96, 64))
     upload(stack, "accepted", "aml/clip.mp4", clip.read_bytes())  # as the watcher leaves it
     status, answer = api.trigger({"input_blob": "aml/clip.mp4", "backend": "azureml", "azureml_nodes": 1,
-                                  "segment_frames": 8, "output_name": "aml/clip-styled.mp4"})
+                                  "segment_frames": 8, "output_name": "aml/clip-styled.mp4",
+                                  "delivery": "mezzanine"})  # the job must encode for it, or the stitch refuses
     assert status in (200, 201), answer
     run_id = answer["dag_run_id"]
     viewer, progress, deadline = Api(stack, user="viewer"), [], time.monotonic() + 900
@@ -164,6 +165,7 @@ def test_a_run_through_a_restart_in_place_and_a_preemption_publishes_its_video(a
     assert ffmpeg.probe(tmp_path / "out.mp4").frames == ffmpeg.probe(clip).frames == 50
     manifest = json.loads(out.download_blob("aml/clip-styled.mp4.manifest.json").readall())
     scoring, cost = manifest["scoring"], manifest["cost"]
+    encoded_by_the_ranks(tmp_path / "out.mp4", manifest, segments=-(-50 // 8), delivery="mezzanine")
     assert scoring["resubmits"] == 1 and scoring["job_names"] == [first, second]
     assert [job["job"] for job in cost["jobs"]] == scoring["job_names"] and cost["jobs"][0]["restarts"] == 1
     assert set(cost["node_seconds"]) == {"low_priority/Standard_NC4as_T4_v3"}

@@ -24,6 +24,8 @@ sys.path.insert(0, str(REPO / "plugins"))
 from intake.inbox import processing_run_id  # noqa: E402
 from pipeline.notifications import SIGNATURE_HEADER, verify_signature  # noqa: E402
 
+from .helpers import encoded_by_the_ranks  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
                                 reason="Azurite is not installed (make setup runs npm ci)")
 SECRET = "test-webhook-secret"
@@ -155,6 +157,7 @@ def test_upload_to_stylized_video_with_notifications(stack, clip_factory, tmp_pa
     assert manifest["input"]["etag"] == etag and manifest["output"]["frames"] == 60
     assert manifest["segments"] == 3 and manifest["scoring"]["scored"] == 3
     assert set(manifest["seconds"]) == {"probe", "split", "score", "stitch", "publish"}
+    encoded_by_the_ranks(tmp_path / "out.mp4", manifest, segments=3)  # the default: no second encode
 
     # the preview: three rows of (before | after) frames; the contact strip: one row of eight
     assert manifest["pictures"] == {"preview": video_name + ".preview.jpg", "contact_strip": video_name + ".strip.jpg"}
@@ -215,7 +218,9 @@ def test_an_upload_with_two_audio_tracks_and_subtitles_publishes_them(stack, tmp
                     "-c:a", "aac", "-c:s", "mov_text", "-metadata:s:a:0", "language=eng", "-metadata:s:a:1",
                     "language=por", "-metadata:s:s:0", "language=por", str(clip)], check=True)
     upload(stack, "dubbed.mp4", clip)
-    assert dags_test(stack, "video_style_transfer", {"input_blob": "dubbed.mp4", "style": "3"}) == "success"
+    # a mezzanine, as a team that edits the video asks: score_local must encode for it, or the stitch refuses
+    assert dags_test(stack, "video_style_transfer", {"input_blob": "dubbed.mp4", "style": "3",
+                                                     "delivery": "mezzanine"}) == "success"
     out = blobs(stack, "videos-out")
     (tmp_path / "out.mp4").write_bytes(out["dubbed.style-3.mp4"])
     probed = json.loads(subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams",
@@ -227,6 +232,7 @@ def test_an_upload_with_two_audio_tracks_and_subtitles_publishes_them(stack, tmp
                           capture_output=True, text=True, check=True).stdout
     assert "ola" in text
     manifest = json.loads(out["dubbed.style-3.mp4.manifest.json"])
+    encoded_by_the_ranks(tmp_path / "out.mp4", manifest, segments=1, delivery="mezzanine")
     assert [(s["type"], s["action"]) for s in manifest["streams"]] == [
         ("video", "styled"), ("audio", "kept"), ("audio", "kept"), ("subtitle", "kept")]
 

@@ -5,7 +5,6 @@ output is compared with it through ffprobe."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from scoring.media import ffmpeg, tracks
 from scoring.media.samples import make_clip
 
-from .helpers import assert_every_frame_decodes, decoded_frames, run_scoring
+from .helpers import assert_every_frame_decodes, decoded_frames, run_scoring, x264_runs
 
 SUBTITLES = "1\n00:00:00,100 --> 00:00:00,900\nhello there\n\n2\n00:00:01,000 --> 00:00:01,400\nsecond line\n"
 CHAPTERS = (";FFMETADATA1\ntitle=My film\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=800\ntitle=Opening\n"
@@ -346,12 +345,6 @@ def stitch_again(work: Path, source: Path, output: Path, delivery: str) -> dict:
                          "--delivery", delivery, output, check=True)
     assert_every_frame_decodes(output, source)
     return json.loads(result.stdout.splitlines()[-1])
-
-
-def x264_runs(path: Path) -> list[str]:
-    """The options of each x264 encode whose pictures ``path`` holds: x264 writes them in an SEI
-    where it starts, so a stream joined from segments holds one per segment."""
-    return [m.decode() for m in re.findall(rb"x264 - core \d+ .*? - options: ([ -~]+)", path.read_bytes())]
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
