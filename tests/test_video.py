@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from scoring.media import ffmpeg
@@ -48,6 +50,47 @@ def test_styled_frames_are_the_source_frames_styled_in_order(clip_factory, tmp_p
         scores = [psnr(got[i], frame) for frame in expected]
         assert scores[i] > 30, f"frame {i}: {scores[i]:.1f} dB"
         assert max(range(len(scores)), key=scores.__getitem__) == i, f"frame {i} is closest to another frame"
+
+
+@pytest.mark.parametrize("fps, segment_frames", [("30000/1001", 1), ("179/6", 7), ("24000/1001", 16), ("25", 48)])
+def test_split_cuts_every_segment_at_its_frame_and_each_decodes_alone(clip_factory, tmp_path, fps, segment_frames):
+    """split encodes the segments in one ffmpeg, cut by the segment muxer at forced IDR
+    pictures: each segment must hold exactly its frames (a cut one frame late or early shifts
+    every later segment), decode on its own, and be the source's frames in order."""
+    assert_split_cuts_at_frames(clip_factory(seconds=1.6, fps=fps), tmp_path / "seg", segment_frames)
+
+
+@pytest.mark.parametrize("segment_frames", [7, 16])
+def test_split_cuts_a_variable_rate_source_at_its_frames(tmp_path, segment_frames):
+    """Phone footage: 30 frames a second, then 10, the picture 0.25 s after the sound. split
+    retimes the frames one after another at the plan's one average rate, and the muxer, which
+    cuts by time, must still cut at each segment's first frame."""
+    source = tmp_path / "vfr.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-itsoffset", "0.25", "-f", "lavfi", "-i",
+                    r"testsrc2=s=96x64:r=30:d=2,select='lt(t\,1)+not(mod(n\,3))'", "-f", "lavfi", "-i",
+                    "sine=f=440:d=2.5", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    str(source)], check=True)
+    assert_split_cuts_at_frames(source, tmp_path / "seg", segment_frames)
+
+
+def assert_split_cuts_at_frames(source, folder, segment_frames):
+    from scoring.media.segments import Plan, segment_lengths
+
+    run_scoring("split", source, "--out", folder, "--segment-frames", str(segment_frames), check=True)
+    plan = Plan.load(folder)
+    expected = read_frames(source)
+    assert plan.frames == len(expected)
+    assert [s.frames for s in plan.segments] == segment_lengths(len(expected), segment_frames)
+    assert sorted(p.name for p in folder.glob("seg-*")) == [s.name for s in plan.segments]
+    for segment in plan.segments:
+        with ffmpeg.FrameReader(folder / segment.name, (plan.width, plan.height), input_format="h264") as r:
+            got = np.concatenate(list(r.batches(8)))
+        assert len(got) == segment.frames, segment.name
+        for i, frame in enumerate(got):
+            scores = [psnr(frame, other) for other in expected]
+            assert scores[segment.first_frame + i] > 35, f"{segment.name} frame {i}: {scores[segment.first_frame + i]:.1f} dB"
+            assert max(range(len(scores)), key=scores.__getitem__) == segment.first_frame + i, \
+                f"{segment.name} frame {i} is closest to another source frame"
 
 
 def test_steps_one_by_one_and_max_side(clip_factory, tmp_path):

@@ -273,6 +273,65 @@ class _FfmpegPipe:
 FRAME_SHAPES = {"rgb24": lambda w, h: (h, w, 3), "yuv420p": lambda w, h: (h * 3 // 2, w)}
 
 
+def decode_args(source: Path | str, size: tuple[int, int], input_format: str | None = None, threads: int = 0,
+                pix_fmt: str = "rgb24", colour: Colour | None = None, before: list[str] = (),
+                after: list[str] = ()) -> list[str]:
+    """The input and filters that decode ``source``'s first video stream at ``size``: the
+    ``before`` filters, a bicubic scale that converts from ``colour``'s matrix and range (and
+    keeps them where ``pix_fmt`` stays YUV), then the ``after`` filters."""
+    width, height = size
+    scale = f"scale={width}:{height}:flags=bicubic"
+    if colour:
+        scale += f":in_color_matrix={colour.sws_matrix}:in_range={colour.sws_range}"
+        if pix_fmt != "rgb24":
+            scale += f":out_color_matrix={colour.sws_matrix}:out_range={colour.sws_range}"
+    return ["-threads", str(threads), *(["-f", input_format] if input_format else []), *input_args(),
+            "-i", file_arg(source), "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", ",".join([*before, scale, *after])]
+
+
+def x264_args(crf: int, preset: str, pix_fmt: str = "yuv420p", colour: Colour | None = None,
+              threads: int = 0) -> list[str]:
+    """libx264 at ``preset`` and ``crf`` with no B-frames (every picture in display order, so
+    a joined stream takes its frame times from the order alone), tagged with ``colour``."""
+    return ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-bf", "0", "-pix_fmt", pix_fmt,
+            *(colour.tag_args() if colour else []), "-threads", str(threads)]
+
+
+def encode_segments(source: Path | str, folder: Path | str, size: tuple[int, int], rate: str, segment_frames: int,
+                    crf: int, preset: str, colour: Colour | None = None, before: list[str] = (),
+                    pattern: str = "seg-%05d.h264") -> int:
+    """Decode ``source`` and encode it as raw H.264 segments of ``segment_frames`` frames each
+    (the last one takes the rest), named by ``pattern`` from 0, in one ffmpeg: the decoder,
+    the filters and x264 run in ffmpeg's own threads and no frame passes through Python.
+
+    Every segment starts with an IDR picture carrying its parameter sets, so it decodes alone.
+    The frames are retimed one after another at ``rate`` (as the raw segments are read back),
+    and the segment muxer cuts at the IDR pictures, forced on every ``segment_frames``-th
+    frame. Returns the frames encoded."""
+    num, _, den = rate.partition("/")
+    den = den or "1"
+    # one tick per frame, frames one after another: the encoder's time base is a frame (-r)
+    after = [f"settb={den}/{num}", "setpts=N"]
+    seconds = Fraction(segment_frames * int(den), int(num))
+    # The muxer cuts at the first IDR picture at or after k x segment_time (in µs, rounded down
+    # here so that it never passes frame k x segment_frames); half a frame of slack keeps the
+    # IDR picture a frame before out of reach, and anything a rounding can do within reach.
+    cut_every = math.floor(seconds * 1_000_000) / 1_000_000
+    slack = float(Fraction(int(den), int(num)) / 2)
+    cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y",
+           *decode_args(source, size, pix_fmt="yuv420p", colour=colour, before=before, after=after),
+           "-fps_mode", "passthrough", "-r", rate, *x264_args(crf, preset, "yuv420p", colour),
+           "-force_key_frames", f"expr:eq(mod(n,{segment_frames}),0)", "-forced-idr", "1",
+           "-g", str(segment_frames), "-sc_threshold", "0", "-bsf:v", "dump_extra=freq=keyframe",
+           "-f", "segment", "-segment_format", "h264", "-segment_time", f"{cut_every:.6f}",
+           "-segment_time_delta", f"{slack:.6f}", "-progress", "pipe:1", "-nostats", str(Path(folder) / pattern)]
+    result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise UserError(f"cannot decode video: {_ffprobe_reason(result.stderr)}")
+    counts = re.findall(r"^frame=(\d+)$", result.stdout, re.MULTILINE)
+    return int(counts[-1]) if counts else 0
+
+
 class FrameReader(_FfmpegPipe):
     """Decodes a video into batches of frames through a pipe: RGB ``uint8 [N, H, W, 3]``, or
     ``yuv420p`` (``[N, H * 3/2, W]``) where the frames only pass through to an encoder."""
@@ -284,17 +343,9 @@ class FrameReader(_FfmpegPipe):
         (deinterlacing, tone mapping)."""
         self.width, self.height = size
         self.frame_shape = FRAME_SHAPES[pix_fmt](self.width, self.height)
-        cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-threads", str(threads)]
-        if input_format:
-            cmd += ["-f", input_format]
-        scale = f"scale={self.width}:{self.height}:flags=bicubic"
-        if colour:
-            scale += f":in_color_matrix={colour.sws_matrix}:in_range={colour.sws_range}"
-            if pix_fmt != "rgb24":
-                scale += f":out_color_matrix={colour.sws_matrix}:out_range={colour.sws_range}"
-        cmd += [*input_args(), "-i", file_arg(source), "-map", "0:v:0", "-an", "-sn", "-dn",
-                "-vf", ",".join([*before, scale]),
-                "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1"]
+        cmd = [ffmpeg_path(), "-v", "error", "-nostdin",
+               *decode_args(source, size, input_format, threads, pix_fmt, colour, before),
+               "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1"]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
@@ -345,8 +396,7 @@ class FrameWriter(_FfmpegPipe):
             cmd += ["-vf", f"scale=out_color_matrix={colour.sws_matrix}:out_range={colour.sws_range}"]
         if hdr and mastering:
             cmd += ["-x264-params", mastering_params(mastering, "libx264")]
-        cmd += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-bf", "0", "-pix_fmt", out_pix_fmt,
-                *(colour.tag_args() if colour else []), "-threads", str(threads), "-f", "h264", file_arg(target)]
+        cmd += [*x264_args(crf, preset, out_pix_fmt, colour, threads), "-f", "h264", file_arg(target)]
         self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.frames = 0
 

@@ -34,8 +34,11 @@ class Segment:
         return segment_name(self.index)
 
 
+SEGMENT_PATTERN = "seg-%05d.h264"  # as ffmpeg numbers files
+
+
 def segment_name(index: int) -> str:
-    return f"seg-{index:05d}.h264"
+    return SEGMENT_PATTERN % index
 
 
 @dataclass

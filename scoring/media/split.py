@@ -7,7 +7,6 @@ tone-mapped to SDR BT.709; ``plan.json`` holds the source's streams, colour and 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import shutil
 from dataclasses import asdict
@@ -18,7 +17,8 @@ from . import ffmpeg, tracks
 from .colour import SDR_BT709, Colour, tone_map_filters
 from .errors import UserError
 from .files import atomic_path
-from .segments import DEFAULT_SEGMENT_FRAMES, TIMES_FILE, Plan, Segment, segment_lengths, segment_name
+from .segments import (DEFAULT_SEGMENT_FRAMES, SEGMENT_PATTERN, TIMES_FILE, Plan, Segment, segment_lengths,
+                       segment_name)
 
 # Near-lossless: the segments are an intermediate, styled once and thrown away. ultrafast
 # splits faster than veryfast for more bytes at the same fidelity (docs/performance.md).
@@ -109,24 +109,17 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
 
 def _write_segments(source: Path, folder: Path, size: tuple[int, int], rate: str, segment_frames: int,
                     colour: Colour, before: list[str]) -> int:
-    """Decode once, streaming; start a new encoder every ``segment_frames`` frames."""
-    step = max(d for d in range(1, 9) if segment_frames % d == 0)  # batches never straddle segments
-    per_segment = segment_frames // step
-    total = 0
-    # yuv420p through the pipe, as the encoder stores it: no RGB round trip (faster, and the
-    # chroma is not resampled twice)
-    with ffmpeg.FrameReader(source, size, pix_fmt="yuv420p", colour=colour, before=before) as reader:
-        batches = reader.batches(step)
-        while (first := next(batches, None)) is not None:
-            index = total // segment_frames
-            with atomic_path(folder / segment_name(index)) as tmp:
-                with ffmpeg.FrameWriter(tmp, size, rate, SPLIT_CRF, SPLIT_PRESET, pix_fmt="yuv420p",
-                                        colour=colour) as writer:
-                    for batch in itertools.chain([first], itertools.islice(batches, per_segment - 1)):
-                        writer.write(batch)
-            total += writer.frames
+    """Decode once and encode the segments in the same ffmpeg (yuv420p throughout, as the
+    encoder stores it: no RGB round trip, the chroma not resampled twice). The files are
+    written in place: the plan, written after them, is what says the split is complete."""
+    total = ffmpeg.encode_segments(source, folder, size, rate, segment_frames, SPLIT_CRF, SPLIT_PRESET, colour,
+                                   before, pattern=SEGMENT_PATTERN)
     if total == 0:
         raise UserError(f"{source.name}: no frames could be decoded")
+    written = sorted(path.name for path in folder.glob("seg-*.h264"))
+    expected = [segment_name(i) for i in range(len(segment_lengths(total, segment_frames)))]
+    if written != expected:
+        raise RuntimeError(f"split wrote {len(written)} segments for {total} frames, expected {len(expected)}")
     return total
 
 
