@@ -60,6 +60,10 @@ def test_bench_prints_every_row(tmp_path, clip_factory):
     for s in r["scaling"]:
         assert set(s["steps_s"]) == {"probe", "split", "score", "stitch"}
         assert 0 < s["non_scoring_share"] < 1 and s["fps"] > 0
+        # the network alone (bench/network_alone.py) on the same ranks, against the whole clip
+        assert s["network_alone_fps"] > 0
+        assert math.isclose(s["whole_vs_network"], s["fps"] / s["network_alone_fps"], rel_tol=1e-6)
+        assert f"| 5 whole clip vs network alone, {s['ranks']} rank" in table
 
     limit = r["limit"]
     # TransformerNet: 307,584 FLOPs per pixel (9x9 in/out convs, 2 down, 10 residual, 2 up)

@@ -1,0 +1,66 @@
+"""The network alone on a split clip, on the ranks the score step would use: what the whole
+clip is measured against (bench/run.py row 5).
+
+    python bench/network_alone.py SEGMENTS_DIR --style 7            # one rank, all cores
+    mpiexec -n 2 python bench/network_alone.py SEGMENTS_DIR --style 7
+
+Each rank takes the share of the segments ``score`` gives it, with the threads ``score``
+gives it, and decodes them into memory first; then all ranks start together and style their
+frames one at a time, with no decode, no encode and no start-up. Rank 0 prints JSON: the
+frames, the seconds from the common start to the last rank's end, and the rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scoring.media import ffmpeg  # noqa: E402
+from scoring.media.colour import Colour  # noqa: E402
+from scoring.media.segments import Plan, share  # noqa: E402
+from scoring.networks.models import load_model  # noqa: E402
+from scoring.networks.score import World, set_threads  # noqa: E402
+from scoring.networks.stylizer import Stylizer  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("segments", type=Path, help="a folder written by `python -m scoring split`")
+    parser.add_argument("--style", default="7", help="built-in style (default: %(default)s)")
+    parser.add_argument("--precision", default="auto", help="as score's --precision (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    world = World()
+    set_threads(world)
+    plan = Plan.load(args.segments)
+    colour = Colour.from_dict(plan.colour) if plan.colour else None
+    frames = []
+    for index in share(len(plan.segments), world.size, world.rank):
+        with ffmpeg.FrameReader(args.segments / plan.segments[index].name, (plan.width, plan.height),
+                                input_format="h264", colour=colour) as reader:
+            frames += list(reader.batches(1))
+    stylizer = Stylizer(load_model(args.style), "cpu", args.precision)
+    stylizer(frames[0] if frames else np.zeros((1, plan.height, plan.width, 3), np.uint8))  # warm-up
+    if world.comm:
+        world.comm.Barrier()
+    start = time.perf_counter()
+    for frame in frames:
+        stylizer(frame)
+    ends = world.gather(time.perf_counter())
+    counts = world.gather(len(frames))
+    if world.rank == 0:
+        seconds = max(ends) - start
+        print(json.dumps({"ranks": world.size, "frames": sum(counts), "seconds": seconds,
+                          "fps": sum(counts) / seconds, "precision": stylizer.precision}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
