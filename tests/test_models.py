@@ -8,7 +8,8 @@ import torch
 from skimage import data
 
 from scoring.media.errors import UserError
-from scoring.networks.layers import InstanceNorm, double_then_conv3, instance_norm, instance_norm_by_moments, wide_conv
+from scoring.networks.layers import (InstanceNorm, double_then_conv3, instance_norm, instance_norm_by_moments,
+                                    is_channels_last, wide_conv)
 from scoring.networks.models import MultiStyleNet, TransformerNet, load_model, model_id, parse_style
 from scoring.networks.stylizer import Stylizer
 
@@ -106,6 +107,71 @@ def test_the_network_gets_plain_nchw_frames_on_a_cpu():
 
     Stylizer(Probe(), "cpu", "fp32")(np.zeros((2, 36, 48, 3), np.uint8))
     assert seen == [True]
+
+
+@pytest.mark.parametrize("amx, precision, layout", [(True, "bf16", torch.channels_last), (True, "fp32", None),
+                                                     (False, "bf16", None)])
+def test_bf16_on_a_cpu_with_amx_runs_channels_last(monkeypatch, amx, precision, layout):
+    """oneDNN's AMX convolutions take channels-last directly (docs/performance.md#on-a-cpu-with-amx);
+    elsewhere on a CPU the network gets plain NCHW."""
+    import scoring.networks.stylizer as stylizer
+
+    monkeypatch.setattr(stylizer, "cpu_has_amx", lambda: amx)
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append("channels-last" if is_channels_last(x) else "nchw" if x.is_contiguous() else "other")
+            return x
+
+    Stylizer(Probe(), "cpu", precision)(np.zeros((2, 36, 48, 3), np.uint8))
+    assert seen == ["channels-last" if layout == torch.channels_last else "nchw"]
+
+
+@pytest.mark.parametrize("network", ["26-style", "TransformerNet", "style picture"])
+def test_channels_last_gives_the_frames_nchw_gives_and_keeps_its_layout(tmp_path, photos, network):
+    """On any CPU (slowly without AMX): every convolution of the network gets channels-last
+    input (no layer falls back to NCHW and converts every tensor after it), and the frames
+    are those of the NCHW run, in bf16 and in fp32."""
+    from unittest import mock
+
+    from scoring.networks.models import UnitRange
+
+    from PIL import Image
+
+    if network == "26-style":
+        model = load_model("7")
+    elif network == "TransformerNet":
+        torch.manual_seed(0)
+        model = UnitRange(TransformerNet()).eval()
+    else:
+        Image.fromarray(data.chelsea()).save(tmp_path / "style.png")
+        model = load_model(style_image=tmp_path / "style.png")
+    frame = photos[0][None]
+    for precision, floor in (("bf16", 45), ("fp32", 60)):
+        plain = Stylizer(model, "cpu", precision, layout=torch.contiguous_format)(frame)
+        channels_last = Stylizer(model, "cpu", precision, layout=torch.channels_last)
+        with mock.patch("torch.nn.functional.conv2d", wraps=torch.nn.functional.conv2d) as conv:
+            got = channels_last(frame)
+        # channels innermost: the folded doubling's inputs are slices of a channels-last tensor
+        layouts = {call.args[0].stride(1) == 1 for call in conv.call_args_list}
+        assert layouts == {True}, f"{precision}: some convolutions got NCHW input"
+        assert psnr(plain[0], got[0]) >= floor, f"{precision}: {psnr(plain[0], got[0]):.1f} dB"
+
+
+@pytest.mark.parametrize("channels", [3, 4, 32])
+def test_the_norm_and_the_folded_doubling_keep_channels_last(channels):
+    torch.manual_seed(0)
+    x = torch.randn(1, channels, 14, 22)
+    weight, bias = torch.randn(channels), torch.randn(channels)
+    last = x.contiguous(memory_format=torch.channels_last)
+    normed = instance_norm(last, weight, bias)
+    assert is_channels_last(normed)
+    assert torch.allclose(normed, instance_norm(x, weight, bias), atol=1e-5)
+    kernel = torch.randn(8, channels, 3, 3)
+    doubled = double_then_conv3(last, kernel)
+    assert is_channels_last(doubled)
+    assert torch.allclose(doubled, double_then_conv3(x, kernel), atol=1e-4)
 
 
 @pytest.mark.parametrize("form", ["cpu", "cuda"])

@@ -8,11 +8,13 @@ style network flicker) and a patch of another photo crossing it (what must not s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from scoring.media import ffmpeg
@@ -59,10 +61,16 @@ def clip(tmp_path_factory):
     subprocess.run(cmd, input=_frames().tobytes(), check=True)
     segments = folder / "segments"
     plan = split(source, segments, None, SEGMENT_FRAMES)
+    # The module's runs style on the threads a rank of `stylize --ranks 2` gets, as the runs it
+    # compares with: oneDNN's channels-last kernels (a CPU with AMX) sum in an order that
+    # follows the threads, and a frame's last bit with it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
     stylizer = Stylizer(load_model(STYLE), "cpu", "auto")
     score(segments, folder / "plain", stylizer, MODEL_ID)
     score(segments, folder / "temporal", stylizer, MODEL_ID, Encoding(temporal=STRENGTH))
-    return {"folder": folder, "source": source, "segments": segments, "plan": plan, "stylizer": stylizer}
+    yield {"folder": folder, "source": source, "segments": segments, "plan": plan, "stylizer": stylizer}
+    torch.set_num_threads(threads)
 
 
 def _decode(folder, plan: Plan, only: list[int] | None = None) -> np.ndarray:

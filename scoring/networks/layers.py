@@ -28,12 +28,25 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     offsets = [(r, c) for r in (0, 1) for c in (0, 1)]
     phases = [F.conv2d(padded[..., r:r + h + 1, c:c + w + 1], _fold(_fold(folded, 2, r), 3, c).to(x.dtype), bias)
               for r, c in offsets]
-    # interleaved by strided copies, faster than stack + pixel_shuffle on a CPU in bf16 (docs/performance.md)
-    out = phases[0].new_empty(n, phases[0].shape[1], 2 * h, 2 * w)
+    # interleaved by strided copies, faster than stack + pixel_shuffle on a CPU in bf16
+    # (docs/performance.md), into the layout the input came in
+    channels = phases[0].shape[1]
+    if is_channels_last(x):
+        out = phases[0].new_empty(n, 2 * h, 2 * w, channels)
+        grid = out.view(n, h, 2, w, 2, channels)  # [n, row, row phase, column, column phase, channels]
+        for (r, c), phase in zip(offsets, phases):
+            grid[:, :, r, :, c] = phase.permute(0, 2, 3, 1)
+        return out.permute(0, 3, 1, 2)
+    out = phases[0].new_empty(n, channels, 2 * h, 2 * w)
     grid = out.view(n, -1, h, 2, w, 2)  # [n, channels, row, row phase, column, column phase]
     for (r, c), phase in zip(offsets, phases):
         grid[:, :, :, r, :, c] = phase
     return out
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last (and not also plain NCHW, as one channel is)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _fold(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
@@ -56,10 +69,12 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
       dilated by 3, so that tap ``(3a + i, 3b + j)`` reads shift ``(i, j)`` at ``(3a, 3b)``.
 
     Other shapes go to ``F.conv2d`` unchanged, and so, in fp32 on a CPU, do few input
-    channels: oneDNN's fp32 convolution runs those well (docs/performance.md#on-a-cpu-without-bf16).
+    channels: oneDNN's fp32 convolution runs those well (docs/performance.md#on-a-cpu-without-bf16),
+    and so does a channels-last ``x`` (a CPU with AMX): oneDNN's channels-last kernels run
+    the direct form fastest (docs/performance.md#on-a-cpu-with-amx).
     """
     cout, cin, k, _ = weight.shape
-    if k < 5 or weight.shape[3] != k:
+    if k < 5 or weight.shape[3] != k or is_channels_last(x):
         return F.conv2d(x, weight, bias)
     height, width = x.shape[-2] - k + 1, x.shape[-1] - k + 1
     if cout <= 4:
@@ -79,6 +94,9 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     return F.conv2d(x, weight, bias)
 
 
+FEW_CHANNELS = 8
+
+
 def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                   eps: float = 1e-5) -> torch.Tensor:
     """``F.instance_norm`` without running statistics, as every norm of these networks is.
@@ -91,11 +109,17 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: tor
     On a CPU it is a group norm with one group per channel, the same statistics per sample
     and channel: torch's CPU instance norm, run as a batch norm over ``N * C`` channels, takes
     several times as long over the same activations (docs/performance.md#on-a-cpu-without-bf16).
-    Elsewhere ``F.instance_norm`` as it is.
+    Channels-last with a few channels (the last layers of a style network on a CPU with AMX),
+    torch's group norm runs several times slower than over the same values in NCHW, so those
+    go through NCHW and back (docs/performance.md#on-a-cpu-with-amx). Elsewhere
+    ``F.instance_norm`` as it is.
     """
     if x.device.type == "cuda":
         return instance_norm_by_moments(x, weight, bias, eps)
     if x.device.type == "cpu":
+        if x.shape[1] <= FEW_CHANNELS and is_channels_last(x):
+            y = F.group_norm(x.contiguous(), x.shape[1], weight, bias, eps)
+            return y.contiguous(memory_format=torch.channels_last)
         return F.group_norm(x, x.shape[1], weight, bias, eps)
     return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
 

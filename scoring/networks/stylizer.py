@@ -4,7 +4,8 @@ Frames arrive as ``uint8 [N, H, W, 3]`` (what the ffmpeg pipe gives) and leave t
 contiguous for the encoder.
 
 Precision: on CUDA, fp16/bf16 run under autocast. On a CPU, bf16 runs the whole network in
-bf16 (a bf16 copy of the weights, activations in bf16, NCHW): autocast there casts every
+bf16 (a bf16 copy of the weights, activations in bf16; NCHW, or channels-last on a CPU with
+AMX: ``resolve_layout``): autocast there casts every
 instance norm's fp32 output back to bf16 and keeps the reflection pads in fp32, which cost
 a large share of the run (docs/performance.md; the bf16 test bounds its distance from fp32).
 ``auto`` picks fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), else fp32.
@@ -46,6 +47,24 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, on which oneDNN runs bf16 convolutions channels-last."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_layout(device: torch.device, precision: str) -> torch.memory_format:
+    """The activations' layout: channels-last for bf16 on a CPU with AMX, where oneDNN's AMX
+    convolutions take it directly (several times faster than in NCHW); plain NCHW on other
+    CPUs, where the layers run fastest in it; on a GPU the layout the frames come in
+    (docs/performance.md#on-a-cpu-with-amx)."""
+    if device.type != "cpu":
+        return torch.preserve_format
+    return torch.channels_last if precision == "bf16" and cpu_has_amx() else torch.contiguous_format
 
 
 def resolve_precision(precision: str, device: str = "auto") -> str:
@@ -90,7 +109,8 @@ def keep_freed_memory() -> None:
 
 class Stylizer:
     def __init__(self, model: nn.Module, device: str = "auto", precision: str = "fp32", compile: bool = False,
-                 strength: float = 1.0):
+                 strength: float = 1.0, layout: torch.memory_format | None = None):
+        """``layout``: the activations' memory format, ``resolve_layout``'s choice by default."""
         self.strength = check_strength(strength)
         keep_freed_memory()
         self.device = resolve_device(device)
@@ -100,10 +120,15 @@ class Stylizer:
         if precision == "fp16" and self.device.type != "cuda":
             raise UserError("fp16 needs a CUDA device; on a CPU use bf16 or fp32")
         self.precision = precision
-        # CPU bf16: the network itself in bf16 (a copy: the caller's model stays as it was)
+        # CPU bf16: the network itself in bf16
         self.cast = PRECISIONS[precision] if self.device.type == "cpu" else None
+        self.layout = layout or resolve_layout(self.device, precision)
+        if self.cast is not None or self.layout == torch.channels_last:
+            model = copy.deepcopy(model)  # the caller's model stays as it was
         if self.cast is not None:
-            model = copy.deepcopy(model).to(self.cast)
+            model = model.to(self.cast)
+        if self.layout == torch.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # the weights as oneDNN takes them
         self.model = model.to(self.device).eval()
         self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
 
@@ -116,17 +141,17 @@ class Stylizer:
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.asarray(frames)).to(self.device, non_blocking=True)
-        # on a CPU the network's layers want plain NCHW: left in the frames' channels-last order,
+        # without AMX a CPU's layers want plain NCHW: left in the frames' channels-last order,
         # every convolution answers in it too and each instance norm first copies it back
-        # (docs/performance.md#on-a-cpu-without-bf16); the GPU path is left as it was measured
-        layout = torch.contiguous_format if self.device.type == "cpu" else torch.preserve_format
-        x = original = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=layout).div_(255.0)
+        # (docs/performance.md#on-a-cpu-without-bf16); with AMX, channels-last is the fast
+        # layout; the GPU path is left as it was measured
+        x = original = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=self.layout).div_(255.0)
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % 4, -width % 4  # the networks downsample by 4
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
         if self.cast is not None:
-            x = x.to(self.cast)  # already plain NCHW: a CPU is where the cast applies
+            x = x.to(self.cast)  # already in its layout: a CPU is where the cast applies
         with self._autocast():
             y = self.forward(x)
         y = y[..., :height, :width].float()
