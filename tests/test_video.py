@@ -93,6 +93,21 @@ def assert_split_cuts_at_frames(source, folder, segment_frames):
                 f"{segment.name} frame {i} is closest to another source frame"
 
 
+def test_a_reader_left_before_the_end_stops_its_decoder(clip_factory, tmp_path):
+    """A caller that takes the frames it wants and leaves: no error (ffmpeg would fail on the
+    closed pipe), no decoder left running; a damaged video read to its end still raises."""
+    source = clip_factory(seconds=2.0, fps="25")
+    with ffmpeg.FrameReader(source, (160, 90)) as reader:
+        first = next(reader.batches(4))
+    assert first.shape == (4, 90, 160, 3) and reader.process.returncode is not None
+
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    with pytest.raises(ffmpeg.UserError, match="cannot decode video"):
+        with ffmpeg.FrameReader(damaged, (160, 90)) as reader:
+            list(reader.batches(4))
+
+
 def test_steps_one_by_one_and_max_side(clip_factory, tmp_path):
     source = clip_factory(seconds=1, fps="24", size=(320, 180))
     split = json.loads(run_scoring("split", source, "--out", tmp_path / "seg", "--max-side", "101",

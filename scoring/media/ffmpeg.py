@@ -347,6 +347,7 @@ class FrameReader(_FfmpegPipe):
                *decode_args(source, size, input_format, threads, pix_fmt, colour, before),
                "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", pix_fmt, "pipe:1"]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.drained = False
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Read straight into fresh numpy buffers (writable, no extra copy)."""
@@ -360,10 +361,15 @@ class FrameReader(_FfmpegPipe):
             if frames:
                 yield buffer[:frames]
             if frames < batch_size:
+                self.drained = True
                 return
 
     def close(self) -> None:
-        """Wait for the decoder; raise if it failed (a broken input must not pass silently)."""
+        """Wait for the decoder; raise if it failed (a broken input must not pass silently).
+        Left before the end, the decoder is stopped instead: it would fail on the closed pipe."""
+        if not self.drained:
+            self.kill()
+            return
         self.process.stdout.close()
         stderr = self.process.stderr.read().decode(errors="replace")
         if self.process.wait() != 0:
