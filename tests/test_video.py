@@ -93,6 +93,24 @@ def assert_split_cuts_at_frames(source, folder, segment_frames):
                 f"{segment.name} frame {i} is closest to another source frame"
 
 
+def test_split_onto_a_full_disk_is_the_disks_failure_not_the_inputs(clip_factory, tmp_path):
+    """ffmpeg failing to write the segments is the scratch disk's fault: an error naming the
+    cause, never the one-line refusal of a bad input (exit 2), which would quarantine a sound
+    upload."""
+    scratch = tmp_path / "tiny"
+    scratch.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(scratch)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        result = run_scoring("split", clip_factory(seconds=4, fps="25", size=(320, 180)), "--out", scratch / "seg")
+    finally:
+        subprocess.run(["umount", str(scratch)], check=False)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "No space left on device" in last, result.stderr[-2000:]
+    assert "cannot decode" not in result.stderr
+
+
 def test_a_reader_left_before_the_end_stops_its_decoder(clip_factory, tmp_path):
     """A caller that takes the frames it wants and leaves: no error (ffmpeg would fail on the
     closed pipe), no decoder left running; a damaged video read to its end still raises."""

@@ -9,6 +9,7 @@ only (no network, no other protocol), and no demuxer that opens further files by
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -297,6 +298,13 @@ def x264_args(crf: int, preset: str, pix_fmt: str = "yuv420p", colour: Colour | 
             *(colour.tag_args() if colour else []), "-threads", str(threads)]
 
 
+# How ffmpeg reports a failure to write its output (the first such line names the cause, e.g.
+# "av_interleaved_write_frame(): No space left on device"), and the errno of each cause.
+_WRITE_FAILURE = re.compile(r"^(?:av_interleaved_write_frame\(\)|Error writing trailer of .*?|Error closing file .*?)"
+                            r": (.+)$", re.MULTILINE)
+_ERRNO = {os.strerror(code): code for code in errno.errorcode}
+
+
 def encode_segments(source: Path | str, folder: Path | str, size: tuple[int, int], rate: str, segment_frames: int,
                     crf: int, preset: str, colour: Colour | None = None, before: list[str] = (),
                     pattern: str = "seg-%05d.h264") -> int:
@@ -327,6 +335,9 @@ def encode_segments(source: Path | str, folder: Path | str, size: tuple[int, int
            "-segment_time_delta", f"{slack:.6f}", "-progress", "pipe:1", "-nostats", str(Path(folder) / pattern)]
     result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     if result.returncode != 0:
+        if written := _WRITE_FAILURE.search(result.stderr):  # our disk, not the input
+            reason = written.group(1).strip()
+            raise OSError(_ERRNO.get(reason, errno.EIO), f"cannot write the segments: {reason}", str(folder))
         raise UserError(f"cannot decode video: {_ffprobe_reason(result.stderr)}")
     counts = re.findall(r"^frame=(\d+)$", result.stdout, re.MULTILINE)
     return int(counts[-1]) if counts else 0
