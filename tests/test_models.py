@@ -159,6 +159,23 @@ def test_channels_last_gives_the_frames_nchw_gives_and_keeps_its_layout(tmp_path
         assert psnr(plain[0], got[0]) >= floor, f"{precision}: {psnr(plain[0], got[0]):.1f} dB"
 
 
+def test_a_gpu_keeps_the_forms_it_was_measured_with():
+    """Frames reach a GPU channels-last too; there the wide layers keep their rewritten forms
+    and the doubling its NCHW interleave (docs/performance.md#on-a-cuda-gpu): only a CPU takes
+    the direct forms channels-last. Meta tensors stand in for a GPU's (any device but a CPU)."""
+    from unittest import mock
+
+    last = torch.channels_last
+    x = torch.empty(1, 3, 29, 41, device="meta", dtype=torch.bfloat16).contiguous(memory_format=last)
+    weight = torch.empty(32, 3, 9, 9, device="meta", dtype=torch.bfloat16)
+    with mock.patch("torch.nn.functional.conv2d", wraps=torch.nn.functional.conv2d) as conv:
+        wide_conv(x, weight)
+    assert [tuple(call.args[1].shape) for call in conv.call_args_list] == [(32, 27, 3, 3)]  # the dilated form
+    doubled = double_then_conv3(torch.empty(1, 32, 7, 9, device="meta").contiguous(memory_format=last),
+                                torch.empty(8, 32, 3, 3, device="meta"))
+    assert doubled.is_contiguous() and doubled.shape == (1, 8, 14, 18)
+
+
 @pytest.mark.parametrize("channels", [3, 4, 32])
 def test_the_norm_and_the_folded_doubling_keep_channels_last(channels):
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     # interleaved by strided copies, faster than stack + pixel_shuffle on a CPU in bf16
     # (docs/performance.md), into the layout the input came in
     channels = phases[0].shape[1]
-    if is_channels_last(x):
+    if is_channels_last(x) and x.device.type == "cpu":  # a CPU with AMX; a GPU as it was measured
         out = phases[0].new_empty(n, 2 * h, 2 * w, channels)
         grid = out.view(n, h, 2, w, 2, channels)  # [n, row, row phase, column, column phase, channels]
         for (r, c), phase in zip(offsets, phases):
@@ -70,11 +70,12 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
 
     Other shapes go to ``F.conv2d`` unchanged, and so, in fp32 on a CPU, do few input
     channels: oneDNN's fp32 convolution runs those well (docs/performance.md#on-a-cpu-without-bf16),
-    and so does a channels-last ``x`` (a CPU with AMX): oneDNN's channels-last kernels run
-    the direct form fastest (docs/performance.md#on-a-cpu-with-amx).
+    and so does a channels-last ``x`` on a CPU (one with AMX): oneDNN's channels-last kernels
+    run the direct form fastest (docs/performance.md#on-a-cpu-with-amx). On a GPU the frames
+    come channels-last too and take the forms above, as measured there.
     """
     cout, cin, k, _ = weight.shape
-    if k < 5 or weight.shape[3] != k or is_channels_last(x):
+    if k < 5 or weight.shape[3] != k or (is_channels_last(x) and x.device.type == "cpu"):
         return F.conv2d(x, weight, bias)
     height, width = x.shape[-2] - k + 1, x.shape[-1] - k + 1
     if cout <= 4:
