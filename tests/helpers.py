@@ -114,6 +114,22 @@ def azurite(location: Path, accounts: dict[str, str]):
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+@contextlib.contextmanager
+def tiny_disk(folder: Path, size: str = "1m"):
+    """``folder`` on a tmpfs of ``size`` (a full scratch disk) for the block; skips the test
+    where this machine cannot mount one."""
+    import pytest
+
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
 def x264_runs(path: Path) -> list[str]:
     """The options of each x264 encode whose pictures ``path`` holds: x264 writes them in an SEI
     where it starts, so a stream joined from segments holds one per segment."""

@@ -29,7 +29,7 @@ from devstack import REPO, Stack, free_port
 from scoring.media import ffmpeg
 from scoring.media.samples import make_clip
 
-from .helpers import Api, urlopen, wait_until
+from .helpers import Api, tiny_disk, urlopen, wait_until
 from .test_dags import SECRET, Webhooks
 
 sys.path.insert(0, str(REPO / "plugins"))
@@ -620,20 +620,13 @@ def _recreate(stack: Stack, container: str) -> bool:
 
 def test_scratch_disk_full_fails_clearly_input_kept(azurite, clip_factory, tmp_path):
     """The scratch folder on a 1 MiB tmpfs: the video fits, its segments do not."""
-    scratch = tmp_path / "tiny"
-    scratch.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(scratch)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tiny_disk(tmp_path / "tiny") as scratch:
         clip = clip_factory(seconds=4, fps="25", size=(320, 180))
         assert 200_000 < clip.stat().st_size < 900_000
         etag = upload(azurite, "accepted", "faults/disk-full.mp4", clip.read_bytes())
         state = tmp_path / "state.json"
         state.write_text(json.dumps({"params": PARAMS | {"input_blob": "faults/disk-full.mp4"}, "run_id": "fault_2"}))
         result = pipeline(azurite, "probe,split,score,publish", state, scratch=scratch)
-    finally:
-        subprocess.run(["umount", str(scratch)], check=False)
     error = result.get("error", "")
     assert "\n" not in error and "No space left on device" in error, result
     blob = azurite.blob_client().get_blob_client("accepted", "faults/disk-full.mp4")

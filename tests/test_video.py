@@ -11,7 +11,7 @@ import pytest
 
 from scoring.media import ffmpeg
 
-from .helpers import SHARED_MEDIA, psnr, read_frames, run_scoring
+from .helpers import SHARED_MEDIA, psnr, read_frames, run_scoring, tiny_disk
 
 
 @pytest.mark.parametrize("fps, suffix, audio", [
@@ -97,15 +97,8 @@ def test_split_onto_a_full_disk_is_the_disks_failure_not_the_inputs(clip_factory
     """ffmpeg failing to write the segments is the scratch disk's fault: an error naming the
     cause, never the one-line refusal of a bad input (exit 2), which would quarantine a sound
     upload."""
-    scratch = tmp_path / "tiny"
-    scratch.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(scratch)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tiny_disk(tmp_path / "tiny") as scratch:
         result = run_scoring("split", clip_factory(seconds=4, fps="25", size=(320, 180)), "--out", scratch / "seg")
-    finally:
-        subprocess.run(["umount", str(scratch)], check=False)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and "No space left on device" in last, result.stderr[-2000:]
     assert "cannot decode" not in result.stderr

@@ -306,8 +306,8 @@ _ERRNO = {os.strerror(code): code for code in errno.errorcode}
 
 
 def encode_segments(source: Path | str, folder: Path | str, size: tuple[int, int], rate: str, segment_frames: int,
-                    crf: int, preset: str, colour: Colour | None = None, before: list[str] = (),
-                    pattern: str = "seg-%05d.h264") -> int:
+                    crf: int, preset: str, pattern: str, colour: Colour | None = None,
+                    before: list[str] = ()) -> int:
     """Decode ``source`` and encode it as raw H.264 segments of ``segment_frames`` frames each
     (the last one takes the rest), named by ``pattern`` from 0, in one ffmpeg: the decoder,
     the filters and x264 run in ffmpeg's own threads and no frame passes through Python.

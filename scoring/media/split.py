@@ -112,8 +112,8 @@ def _write_segments(source: Path, folder: Path, size: tuple[int, int], rate: str
     """Decode once and encode the segments in the same ffmpeg (yuv420p throughout, as the
     encoder stores it: no RGB round trip, the chroma not resampled twice). The files are
     written in place: the plan, written after them, is what says the split is complete."""
-    total = ffmpeg.encode_segments(source, folder, size, rate, segment_frames, SPLIT_CRF, SPLIT_PRESET, colour,
-                                   before, pattern=SEGMENT_PATTERN)
+    total = ffmpeg.encode_segments(source, folder, size, rate, segment_frames, SPLIT_CRF, SPLIT_PRESET,
+                                   SEGMENT_PATTERN, colour, before)
     if total == 0:
         raise UserError(f"{source.name}: no frames could be decoded")
     written = sorted(path.name for path in folder.glob("seg-*.h264"))

@@ -31,7 +31,7 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     # interleaved by strided copies, faster than stack + pixel_shuffle on a CPU in bf16
     # (docs/performance.md), into the layout the input came in
     channels = phases[0].shape[1]
-    if is_channels_last(x) and x.device.type == "cpu":  # a CPU with AMX; a GPU as it was measured
+    if _channels_last_on_a_cpu(x):  # a CPU with AMX; a GPU as it was measured
         out = phases[0].new_empty(n, 2 * h, 2 * w, channels)
         grid = out.view(n, h, 2, w, 2, channels)  # [n, row, row phase, column, column phase, channels]
         for (r, c), phase in zip(offsets, phases):
@@ -47,6 +47,12 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 def is_channels_last(x: torch.Tensor) -> bool:
     """Whether ``x`` is laid out channels-last (and not also plain NCHW, as one channel is)."""
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _channels_last_on_a_cpu(x: torch.Tensor) -> bool:
+    """The layout ``Stylizer`` gives a CPU with AMX (docs/performance.md#on-a-cpu-with-amx); a
+    GPU gets channels-last frames too, and keeps the forms measured there."""
+    return x.device.type == "cpu" and is_channels_last(x)
 
 
 def _fold(weight: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
@@ -75,7 +81,7 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     come channels-last too and take the forms above, as measured there.
     """
     cout, cin, k, _ = weight.shape
-    if k < 5 or weight.shape[3] != k or (is_channels_last(x) and x.device.type == "cpu"):
+    if k < 5 or weight.shape[3] != k or _channels_last_on_a_cpu(x):
         return F.conv2d(x, weight, bias)
     height, width = x.shape[-2] - k + 1, x.shape[-1] - k + 1
     if cout <= 4:
@@ -118,7 +124,7 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: tor
     if x.device.type == "cuda":
         return instance_norm_by_moments(x, weight, bias, eps)
     if x.device.type == "cpu":
-        if x.shape[1] <= FEW_CHANNELS and is_channels_last(x):
+        if x.shape[1] <= FEW_CHANNELS and _channels_last_on_a_cpu(x):
             y = F.group_norm(x.contiguous(), x.shape[1], weight, bias, eps)
             return y.contiguous(memory_format=torch.channels_last)
         return F.group_norm(x, x.shape[1], weight, bias, eps)
