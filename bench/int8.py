@@ -182,10 +182,12 @@ class Ranges:
     def __init__(self, modules: list[nn.Module]):
         self.low: dict[nn.Module, float] = {}
         self.high: dict[nn.Module, float] = {}
-        self.handles = [m.register_forward_pre_hook(self._seen) for m in modules]
+        self.handles = [m.register_forward_pre_hook(self._seen, with_kwargs=True) for m in modules]
 
-    def _seen(self, module, args):
+    def _seen(self, module, args, kwargs):
         x = args[0].detach()
+        if kwargs.get("relu_input"):  # the layer takes the ReLU of what it is given
+            x = F.relu(x)
         self.low[module] = min(self.low.get(module, np.inf), float(x.min()))
         self.high[module] = max(self.high.get(module, -np.inf), float(x.max()))
 

@@ -9,7 +9,7 @@ from skimage import data
 
 from scoring.media.errors import UserError
 from scoring.networks.layers import (InstanceNorm, double_then_conv3, instance_norm, instance_norm_by_moments,
-                                    is_channels_last, wide_conv)
+                                    is_channels_last, relu_padded, wide_conv)
 from scoring.networks.models import MultiStyleNet, TransformerNet, load_model, model_id, parse_style
 from scoring.networks.stylizer import Stylizer
 
@@ -65,6 +65,24 @@ def test_doubling_folded_into_the_convolution_is_exact(size):
     got = double_then_conv3(x, weight, bias)
     assert got.shape == expected.shape == (2, 8, 2 * size[0], 2 * size[1])
     assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size, pad", [((5, 7), 1), ((5, 7), 4), ((27, 48), 1), ((9, 6), 4)])
+def test_the_relu_written_into_its_padding_is_relu_then_pad(size, pad, dtype, layout):
+    """Border rows, columns and corners as ``F.pad`` reflects them, bit for bit, in the layout
+    the input came in."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, *size).to(dtype).contiguous(memory_format=layout)
+    got = relu_padded(x, pad)
+    assert torch.equal(got, torch.nn.functional.pad(torch.relu(x), [pad] * 4, mode="reflect"))
+    assert got.is_contiguous(memory_format=layout)
+
+
+def test_a_padding_as_wide_as_the_input_fails_as_f_pad_does():
+    with pytest.raises(RuntimeError, match="[Pp]adding size should be less than"):
+        relu_padded(torch.randn(1, 2, 4, 9), 4)
 
 
 @pytest.mark.parametrize("cin, cout, kernel", [(3, 32, 9), (4, 3, 9), (32, 3, 9), (3, 8, 9), (16, 16, 9), (3, 5, 5)])

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..media.errors import UserError
 from ..media.pictures import STYLE_SIZE, load_style_image  # noqa: F401 (the style picture is media-side)
-from .layers import double_then_conv3, instance_norm, wide_conv
+from .layers import double_then_conv3, instance_norm, relu_padded, wide_conv
 
 STYLE_DIM = 100
 
@@ -60,8 +60,10 @@ class ReflectConv(nn.Conv2d):
     """A convolution on its input reflect-padded by half the kernel (TF's MirrorPad + VALID);
     the wide 9x9 ones at the ends through ``wide_conv``."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, [self.kernel_size[0] // 2] * 4, mode="reflect")
+    def forward(self, x: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
+        """``relu_input``: the ReLU of ``x`` taken in the same pass as the padding."""
+        pad = self.kernel_size[0] // 2
+        x = relu_padded(x, pad) if relu_input else F.pad(x, [pad] * 4, mode="reflect")
         if self.stride == (1, 1):
             return wide_conv(x, self.weight, self.bias)
         return F.conv2d(x, self.weight, self.bias, self.stride)
@@ -80,12 +82,15 @@ class StyledConv(nn.Module):
         self.conv = reflect_conv(cin, cout, kernel)
         self.norm = StyleNorm(cout)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
+        """``relu_input``: the ReLU of ``x`` taken here, in the padding's pass where there is one."""
+        if relu_input and self.upsample > 1:
+            x, relu_input = F.relu(x), False
         if self.upsample == 2 and self.conv.kernel_size == (3, 3):
             return self.norm(double_then_conv3(x, self.conv.weight, self.conv.bias), style)
         if self.upsample > 1:
             x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
-        return self.norm(self.conv(x), style)
+        return self.norm(self.conv(x, relu_input=relu_input), style)
 
 
 class StyledResidual(nn.Module):
@@ -116,15 +121,15 @@ class ArbitraryStyleNet(nn.Module):
                                      StyledConv(8, 3, 9)])
 
     def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        x = image
-        for conv in self.contract:
-            x = F.relu(conv(x))
+        # a ReLU before a reflection pad is taken by the next layer, in the pad's pass
+        first, down, down_again = self.contract
+        x = down(first(image), relu_input=True)
+        x = F.relu(down_again(x, relu_input=True))
         for block in self.residual:
             x = block(x, style)
         up_first, up_second, last = self.expand
-        x = F.relu(up_first(x, style))
-        x = F.relu(up_second(x, style))
-        return torch.sigmoid(last(x, style))
+        x = up_second(F.relu(up_first(x, style)), style)
+        return torch.sigmoid(last(x, style, relu_input=True))
 
     @classmethod
     def from_onnx(cls, path: Path | str | None = None) -> ArbitraryStyleNet:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..media.errors import UserError
 from ..options import NUM_STYLES, style_weights
-from .layers import InstanceNorm, double_then_conv3, instance_norm, wide_conv
+from .layers import InstanceNorm, double_then_conv3, instance_norm, relu_padded, wide_conv
 
 # --------------------------------------------------------------------------- style specs
 
@@ -72,10 +72,12 @@ class StyledConv(nn.Module):
         self.w = nn.Parameter(torch.empty(cout, cin, kernel, kernel))
         self.norm = ConditionalInstanceNorm(cout)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
+        """``relu_input``: ``x`` is the previous layer's output before its ReLU, taken here in
+        the same pass as the padding (``relu_padded``)."""
         if self.double:
-            return self.norm(double_then_conv3(x, self.w), style)
-        x = F.pad(x, [self.pad] * 4, mode="reflect")
+            return self.norm(double_then_conv3(F.relu(x) if relu_input else x, self.w), style)
+        x = relu_padded(x, self.pad) if relu_input else F.pad(x, [self.pad] * 4, mode="reflect")
         if self.stride == 1:
             return self.norm(wide_conv(x, self.w), style)
         return self.norm(F.conv2d(x, self.w, stride=self.stride), style)
@@ -106,15 +108,16 @@ class MultiStyleNet(nn.Module):
                                      StyledConv(4, 3, 9)])
 
     def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        x = image
-        for layer in self.contract:
-            x = F.relu(layer(x, style))
+        # a ReLU before a reflection pad is taken by the next layer, in the pad's pass
+        first, down, down_again = self.contract
+        x = first(image, style)
+        x = down(x, style, relu_input=True)
+        x = F.relu(down_again(x, style, relu_input=True))
         for block in self.res:
             x = block(x, style)
         up_first, up_second, last = self.expand
-        x = F.relu(up_first(x, style))
-        x = F.relu(up_second(x, style))
-        return torch.sigmoid(last(x, style))
+        x = up_second(F.relu(up_first(x, style)), style)
+        return torch.sigmoid(last(x, style, relu_input=True))
 
     @classmethod
     def from_onnx(cls, path: Path | str | None = None) -> MultiStyleNet:
@@ -153,10 +156,12 @@ class ConvLayer(nn.Module):
         self.reflection_pad = nn.ReflectionPad2d(kernel // 2)
         self.conv2d = nn.Conv2d(cin, cout, kernel, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
+        """``relu_input``: the ReLU of ``x`` taken in the same pass as the padding."""
+        x = relu_padded(x, self.reflection_pad.padding[0]) if relu_input else self.reflection_pad(x)
         if self.conv2d.stride == (1, 1):
-            return wide_conv(self.reflection_pad(x), self.conv2d.weight, self.conv2d.bias)
-        return self.conv2d(self.reflection_pad(x))
+            return wide_conv(x, self.conv2d.weight, self.conv2d.bias)
+        return self.conv2d(x)
 
 
 class ResidualBlock(nn.Module):
@@ -204,14 +209,15 @@ class TransformerNet(nn.Module):
         self.deconv3 = ConvLayer(32, 3, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.in1(self.conv1(x)))
-        y = F.relu(self.in2(self.conv2(y)))
-        y = F.relu(self.in3(self.conv3(y)))
+        # a ReLU before a reflection pad is taken by the next layer, in the pad's pass
+        y = self.in1(self.conv1(x))
+        y = self.in2(self.conv2(y, relu_input=True))
+        y = F.relu(self.in3(self.conv3(y, relu_input=True)))
         for block in (self.res1, self.res2, self.res3, self.res4, self.res5):
             y = block(y)
         y = F.relu(self.in4(self.deconv1(y)))
-        y = F.relu(self.in5(self.deconv2(y)))
-        return self.deconv3(y)
+        y = self.in5(self.deconv2(y))
+        return self.deconv3(y, relu_input=True)
 
 
 # Checkpoints saved with torch < 0.4 carry InstanceNorm running stats that the module no
