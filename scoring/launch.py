@@ -17,13 +17,40 @@ from .media.errors import UserError
 # gets no credentials: no AIRFLOW_CONN_* (account keys), no Airflow config, no cloud logins.
 CHILD_ENV = re.compile(r"PATH|HOME|USER|LOGNAME|SHELL|LANG|LANGUAGE|TZ|TERM|TMPDIR|TEMP|TMP|PYTHONPATH|"
                        r"PYTHONHASHSEED|PYTHONUNBUFFERED|VIRTUAL_ENV|LD_LIBRARY_PATH|XDG_CACHE_HOME|"
-                       r"(LC|VST|OMP|MKL|KMP|OPENBLAS|TORCH|TORCHINDUCTOR|CUDA|NVIDIA|NCCL|HYDRA|MPIR|MPICH|PMI|"
+                       r"(LC|GLIBC|VST|OMP|MKL|KMP|OPENBLAS|TORCH|TORCHINDUCTOR|CUDA|NVIDIA|NCCL|HYDRA|MPIR|MPICH|PMI|"
                        r"FI|UCX)_\w*")
 
 
 def child_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The environment a scoring step runs with: the names ``CHILD_ENV`` allows, nothing else."""
     return {name: value for name, value in environ.items() if CHILD_ENV.fullmatch(name)}
+
+
+# glibc's malloc backs its heap with transparent huge pages when asked (glibc 2.35 and later;
+# older ones ignore it). A frame's activations are tens of MB, read and written a few times
+# each: with 4 KB pages most of those passes wait on the TLB, and the 26-style network takes
+# about 7% longer a frame (docs/performance.md#on-a-cpu-with-amx). The kernel's default, THP
+# "madvise", gives huge pages only to memory that asks.
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+
+
+def huge_pages_environ(environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
+    """``environ`` with ``HUGE_PAGES`` added to its glibc tunables; None where they already
+    say how malloc should treat huge pages (a user's choice, or this process restarted)."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb=" in tunables:
+        return None
+    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, HUGE_PAGES]))}
+
+
+def restart_with_huge_pages() -> None:
+    """Start this Python again, same command line, with ``huge_pages_environ``: glibc reads its
+    tunables only when a process starts. Call it first thing, before any import that counts.
+    The PID stays (``exec``), so mpiexec keeps track of its rank. A no-op off Linux and where
+    the tunables already decide."""
+    environ = huge_pages_environ() if sys.platform.startswith("linux") else None
+    if environ is not None:
+        os.execve(sys.executable, sys.orig_argv, environ)
 
 
 def mpiexec_path() -> str | None:

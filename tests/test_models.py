@@ -406,3 +406,60 @@ def test_frames_after_the_first_reuse_memory_instead_of_faulting_it_in():
     assert result.returncode == 0, result.stderr[-2000:]
     faults = float(result.stdout.split()[-1])
     assert faults < 500, f"{faults:.0f} page faults per frame"
+
+
+_RESTART = (
+    "import os, sys\n"
+    "print('started', flush=True)\n"
+    "from scoring.launch import restart_with_huge_pages\n"
+    "restart_with_huge_pages()\n"
+    "print(os.environ.get('GLIBC_TUNABLES'))\n"
+)
+
+
+@pytest.mark.parametrize("tunables, expected", [
+    (None, "glibc.malloc.hugetlb=1"),
+    ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+    ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),  # a user's choice stands
+])
+def test_a_scoring_process_restarts_once_with_huge_pages_for_its_heap(tunables, expected):
+    """``python -m scoring`` starts again with glibc's huge-page tunable (read only at start-up),
+    once, keeping what was set; where the tunables already decide, it does not restart."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | ({"GLIBC_TUNABLES": tunables} if tunables else {})
+    result = subprocess.run([sys.executable, "-c", _RESTART], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    restarts = 0 if tunables and "hugetlb" in tunables else 1
+    assert result.stdout.split("\n")[:-1] == ["started"] * (1 + restarts) + [expected]
+
+
+def test_the_restarted_heap_is_in_huge_pages():
+    """What the tunable is for: a large tensor's memory, once touched, is in 2 MB pages (where
+    the kernel gives them at all) after the restart, and not without it."""
+    from pathlib import Path
+
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[never]" in thp.read_text():
+        pytest.skip("this kernel gives no transparent huge pages")
+    import os
+    import subprocess
+    import sys
+
+    code = _RESTART + (
+        "import re, torch\n"
+        "x = torch.ones(64 << 20, dtype=torch.uint8)\n"
+        "rollup = open('/proc/self/smaps_rollup').read()\n"
+        "print(int(re.search(r'AnonHugePages:\\s+(\\d+) kB', rollup).group(1)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    huge = {}
+    for tunables in (None, "glibc.malloc.hugetlb=0"):
+        run_env = env | ({"GLIBC_TUNABLES": tunables} if tunables else {})
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        huge[tunables] = int(result.stdout.split()[-1])
+    assert huge[None] >= 32 << 10, huge  # at least half of the 64 MB, in kB
+    assert huge["glibc.malloc.hugetlb=0"] < 8 << 10, huge
