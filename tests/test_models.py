@@ -54,15 +54,18 @@ def test_bf16_stays_close_to_fp32(photos):
     assert psnr(fp32, bf16) >= 35
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("size", [(5, 7), (27, 48)])
-def test_doubling_folded_into_the_convolution_is_exact(size):
-    """The four 2x2 convolutions at low resolution give what upsampling, reflect padding and
-    a 3x3 convolution give, borders included."""
+def test_doubling_folded_into_the_convolution_is_exact(size, layout):
+    """The four 2x2 convolutions at low resolution (channels-last on a CPU: one convolution
+    with the four phases as channels) give what upsampling, reflect padding and a 3x3
+    convolution give, borders included, in the input's layout."""
     torch.manual_seed(0)
     x, weight, bias = torch.randn(2, 16, *size), torch.randn(8, 16, 3, 3), torch.randn(8)
     doubled = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
     expected = torch.nn.functional.conv2d(torch.nn.functional.pad(doubled, (1, 1, 1, 1), mode="reflect"), weight, bias)
-    got = double_then_conv3(x, weight, bias)
+    got = double_then_conv3(x.contiguous(memory_format=layout), weight, bias)
+    assert got.is_contiguous(memory_format=layout)
     assert got.shape == expected.shape == (2, 8, 2 * size[0], 2 * size[1])
     assert (got - expected).abs().max() < 1e-4 * expected.abs().max()
 

@@ -26,17 +26,24 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
     folded = weight.float()
     offsets = [(r, c) for r in (0, 1) for c in (0, 1)]
-    phases = [F.conv2d(padded[..., r:r + h + 1, c:c + w + 1], _fold(_fold(folded, 2, r), 3, c).to(x.dtype), bias)
-              for r, c in offsets]
+    kernels = [_fold(_fold(folded, 2, r), 3, c) for r, c in offsets]  # [cout, cin, 2, 2] each
+    channels = weight.shape[0]
+    if _channels_last_on_a_cpu(x):  # a CPU with AMX; a GPU as it was measured
+        # the four phases as one convolution with four times the output channels, each 2x2
+        # kernel at its offset in a 3x3 one: oneDNN's AMX kernels run one wide convolution
+        # much faster than four narrow ones (docs/performance.md#on-a-cpu-with-amx); its
+        # channels-last output is [n, row, column, (row phase, column phase, channels)],
+        # interleaved by one copy
+        spread = torch.cat([F.pad(kernel, (c, 1 - c, r, 1 - r)) for (r, c), kernel in zip(offsets, kernels)])
+        phases = F.conv2d(padded, spread.to(x.dtype).contiguous(memory_format=torch.channels_last),
+                          None if bias is None else bias.repeat(4))
+        grid = phases.permute(0, 2, 3, 1).unflatten(3, (2, 2, channels))  # [n, row, column, r, c, channels]
+        out = grid.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, channels)
+        return out.permute(0, 3, 1, 2)
+    phases = [F.conv2d(padded[..., r:r + h + 1, c:c + w + 1], kernel.to(x.dtype), bias)
+              for (r, c), kernel in zip(offsets, kernels)]
     # interleaved by strided copies, faster than stack + pixel_shuffle on a CPU in bf16
     # (docs/performance.md), into the layout the input came in
-    channels = phases[0].shape[1]
-    if _channels_last_on_a_cpu(x):  # a CPU with AMX; a GPU as it was measured
-        out = phases[0].new_empty(n, 2 * h, 2 * w, channels)
-        grid = out.view(n, h, 2, w, 2, channels)  # [n, row, row phase, column, column phase, channels]
-        for (r, c), phase in zip(offsets, phases):
-            grid[:, :, r, :, c] = phase.permute(0, 2, 3, 1)
-        return out.permute(0, 3, 1, 2)
     out = phases[0].new_empty(n, channels, 2 * h, 2 * w)
     grid = out.view(n, -1, h, 2, w, 2)  # [n, channels, row, row phase, column, column phase]
     for (r, c), phase in zip(offsets, phases):
