@@ -27,10 +27,10 @@ def child_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 
 
 # glibc's malloc backs its heap with transparent huge pages when asked (glibc 2.35 and later;
-# older ones ignore it). A frame's activations are tens of MB, read and written a few times
-# each: with 4 KB pages most of those passes wait on the TLB, and the 26-style network takes
-# about 7% longer a frame (docs/performance.md#on-a-cpu-with-amx). The kernel's default, THP
-# "madvise", gives huge pages only to memory that asks.
+# older ones ignore it), and the kernel's usual THP setting, "madvise", gives them only to
+# memory that asks. A frame's activations are tens of MB, each read and written a few times:
+# with 4 KB pages the 26-style network takes about 8% longer a frame on a CPU
+# (docs/performance.md#fewer-passes-over-the-full-size-activations-2026-12-04).
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 
@@ -48,7 +48,7 @@ def restart_with_huge_pages() -> None:
     tunables only when a process starts. Call it first thing, before any import that counts.
     The PID stays (``exec``), so mpiexec keeps track of its rank. A no-op off Linux and where
     the tunables already decide."""
-    environ = huge_pages_environ() if sys.platform.startswith("linux") else None
+    environ = huge_pages_environ() if sys.platform.startswith("linux") and sys.executable else None
     if environ is not None:
         os.execve(sys.executable, sys.orig_argv, environ)
 

@@ -21,6 +21,10 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     at twice the resolution with 16/36 of the multiplications. At the border, reflecting the
     doubled image by one pixel repeats the input's edge, hence the replicate padding. The
     result equals the straightforward one up to float rounding (tests/test_models.py).
+
+    Channels-last on a CPU (one with AMX) the four phases run as one convolution with four
+    times the output channels, 9/4 of the folded form's multiplications (as many as the
+    straightforward one, without its doubled input), for oneDNN runs it several times faster.
     """
     n, _, h, w = x.shape
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
@@ -29,10 +33,9 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     kernels = [_fold(_fold(folded, 2, r), 3, c) for r, c in offsets]  # [cout, cin, 2, 2] each
     channels = weight.shape[0]
     if _channels_last_on_a_cpu(x):  # a CPU with AMX; a GPU as it was measured
-        # the four phases as one convolution with four times the output channels, each 2x2
-        # kernel at its offset in a 3x3 one: oneDNN's AMX kernels run one wide convolution
-        # much faster than four narrow ones (docs/performance.md#on-a-cpu-with-amx); its
-        # channels-last output is [n, row, column, (row phase, column phase, channels)],
+        # each 2x2 kernel at its offset in a 3x3 one: oneDNN's AMX kernels run one wide
+        # convolution much faster than four narrow ones (docs/performance.md#on-a-cpu-with-amx);
+        # its channels-last output is [n, row, column, (row phase, column phase, channels)],
         # interleaved by one copy
         spread = torch.cat([F.pad(kernel, (c, 1 - c, r, 1 - r)) for (r, c), kernel in zip(offsets, kernels)])
         phases = F.conv2d(padded, spread.to(x.dtype).contiguous(memory_format=torch.channels_last),
@@ -114,8 +117,9 @@ def relu_padded(x: torch.Tensor, pad: int) -> torch.Tensor:
     On a CPU the ReLU writes straight into the padded tensor's interior and the border is
     reflected from there, a few rows and columns: one pass over ``x`` instead of two, which
     after the first layer (32 channels at full size, memory-bound) is worth about 1.5 ms a
-    768x432 frame (docs/performance.md#on-a-cpu-with-amx). The same values, in ``x``'s layout.
-    Elsewhere, and where the padding is as wide as ``x`` (``F.pad`` says why not), the two steps.
+    768x432 frame (docs/performance.md#fewer-passes-over-the-full-size-activations-2026-12-04).
+    The same values, in ``x``'s layout. Elsewhere, and where the padding is as wide as ``x``
+    (``F.pad`` says why not), the two steps.
     """
     n, channels, height, width = x.shape
     if x.device.type != "cpu" or pad >= min(height, width):
