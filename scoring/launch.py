@@ -28,8 +28,8 @@ def child_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 
 # glibc's malloc backs its heap with transparent huge pages when asked (glibc 2.35 and later;
 # older ones ignore it), and the kernel's usual THP setting, "madvise", gives them only to
-# memory that asks. A frame's activations are tens of MB, each read and written a few times:
-# with 4 KB pages the 26-style network takes about 8% longer a frame on a CPU
+# memory that asks. A frame's activations are tens of MB, each read and written a few times,
+# and with 4 KB pages a CPU's frame takes measurably longer
 # (docs/performance.md#fewer-passes-over-the-full-size-activations-2026-12-04).
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 

@@ -116,8 +116,8 @@ def relu_padded(x: torch.Tensor, pad: int) -> torch.Tensor:
 
     On a CPU the ReLU writes straight into the padded tensor's interior and the border is
     reflected from there, a few rows and columns: one pass over ``x`` instead of two, which
-    after the first layer (32 channels at full size, memory-bound) is worth about 1.5 ms a
-    768x432 frame (docs/performance.md#fewer-passes-over-the-full-size-activations-2026-12-04).
+    counts after the first layer, 32 channels at full size and memory-bound
+    (docs/performance.md#fewer-passes-over-the-full-size-activations-2026-12-04).
     The same values, in ``x``'s layout. Elsewhere, and where the padding is as wide as ``x``
     (``F.pad`` says why not), the two steps.
     """
