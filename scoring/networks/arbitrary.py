@@ -84,11 +84,10 @@ class StyledConv(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
         """``relu_input``: the ReLU of ``x`` taken here, in the padding's pass where there is one."""
-        if relu_input and self.upsample > 1:
-            x, relu_input = F.relu(x), False
         if self.upsample == 2 and self.conv.kernel_size == (3, 3):
-            return self.norm(double_then_conv3(x, self.conv.weight, self.conv.bias), style)
-        if self.upsample > 1:
+            return self.norm(double_then_conv3(F.relu(x) if relu_input else x, self.conv.weight, self.conv.bias),
+                             style)
+        if self.upsample > 1:  # nearest neighbours: the ReLU can as well come after
             x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
         return self.norm(self.conv(x, relu_input=relu_input), style)
 
