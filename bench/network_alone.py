@@ -18,11 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scoring.launch import restart_with_huge_pages  # noqa: E402
+
+if __name__ == "__main__":
+    restart_with_huge_pages()  # the malloc `python -m scoring` runs with; before torch loads
+
+import numpy as np  # noqa: E402
+
 from scoring.media import ffmpeg  # noqa: E402
 from scoring.media.colour import Colour  # noqa: E402
 from scoring.media.segments import Plan, share  # noqa: E402
@@ -64,5 +68,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    restart_with_huge_pages()  # the malloc `python -m scoring` runs with
     sys.exit(main())

@@ -43,18 +43,22 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+
+from scoring.launch import mpiexec_path, restart_with_huge_pages  # noqa: E402
+
+if __name__ == "__main__":
+    restart_with_huge_pages()  # the malloc `python -m scoring` runs with, for OpenVINO too; before torch loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 import int8  # noqa: E402  (bench/int8.py)
 import reference  # noqa: E402  (bench/reference.py)
 from nets import conv_flops, psnr, random_weights  # noqa: E402  (bench/nets.py)
 
-from scoring.launch import mpiexec_path, restart_with_huge_pages  # noqa: E402
 from scoring.media import ffmpeg  # noqa: E402
 from scoring.networks.models import NUM_STYLES, TransformerNet, builtin_weights_path, load_model, parse_style  # noqa: E402
 from scoring.networks.stylizer import Stylizer, cpu_has_native_bf16, resolve_precision  # noqa: E402
@@ -451,5 +455,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    restart_with_huge_pages()  # the malloc `python -m scoring` runs with, for OpenVINO too
     sys.exit(main())
