@@ -466,3 +466,33 @@ def test_the_restarted_heap_is_in_huge_pages():
         huge[tunables] = int(result.stdout.split()[-1])
     assert huge[None] >= 32 << 10, huge  # at least half of the 64 MB, in kB
     assert huge["glibc.malloc.hugetlb=0"] < 8 << 10, huge
+
+
+def test_python_m_scoring_and_the_steps_airflow_starts_run_with_the_tunable(tmp_path):
+    """Driven as Airflow starts a step: ``python -m scoring`` under ``child_env``'s environment.
+    A ``sitecustomize`` notes the tunables of every interpreter that starts: the first without
+    them, the restarted one with them; a worker's own setting passes ``child_env`` and stands."""
+    import os
+    import subprocess
+    import sys
+
+    from scoring.launch import child_env, scoring_command
+
+    from .helpers import REPO
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os\n"
+        f"open({str(tmp_path / 'starts')!r}, 'a').write(os.environ.get('GLIBC_TUNABLES', '-') + '\\n')\n")
+    for worker_tunables, expected in ((None, ["-", "glibc.malloc.hugetlb=1"]),
+                                      ("glibc.malloc.hugetlb=0", ["glibc.malloc.hugetlb=0"])):
+        (tmp_path / "starts").unlink(missing_ok=True)
+        worker = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]), "AIRFLOW_CONN_WASB_DATA": "secret"}
+        if worker_tunables:
+            worker["GLIBC_TUNABLES"] = worker_tunables
+        env = child_env(worker)
+        assert "AIRFLOW_CONN_WASB_DATA" not in env
+        result = subprocess.run(scoring_command(["probe", str(tmp_path / "none.mp4")]), capture_output=True,
+                                text=True, env=env, timeout=60)
+        assert result.returncode == 2, result.stderr[-2000:]  # the step itself ran: a missing input
+        assert (tmp_path / "starts").read_text().split() == expected
