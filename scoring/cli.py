@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .media import ffmpeg
@@ -14,7 +15,7 @@ from .media.delivery import DEFAULT_DELIVERY, DELIVERIES, segment_encode
 from .media.errors import UserError
 from .media.segments import DEFAULT_SEGMENT_FRAMES
 from .media.split import DEFAULT_HDR, HDR_MODES
-from .options import PRECISIONS, check_style_strength, check_temporal
+from .options import PRECISIONS, check_model_choice, check_style_strength, check_temporal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,25 +83,41 @@ def cmd_stitch(args) -> dict:
 def cmd_stylize(args) -> dict:
     source, output = Path(args.input), Path(args.output)
     info = ffmpeg.probe(source, limits_from(args))
-    stylizer = stylizer_from(args)  # a bad style or model fails here, before any work
     if info.kind == "image":
         from .networks.images import stylize_image
 
-        return stylize_image(source, output, stylizer, args.max_side, limits_from(args))
+        return stylize_image(source, output, stylizer_from(args), args.max_side, limits_from(args))
     from .media.split import split
     from .media.stitch import check_delivery, check_output_path, stitch
-    from .networks.devices import auto_ranks
-    from .networks.score import run_ranks, score
-    from .networks.temporal import work_tag
 
     check_output_path(output)
     check_delivery(args.delivery)
-    model_id = model_id_from(args)  # reads a .pth or picture once: its digest names it
+    check_model_choice(args.style, args.model, args.style_image)  # a bad style fails here, before any work
+    temporal = check_temporal(args.temporal)
     work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"
-    plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr)
+    fresh = not work.exists()
+    with ThreadPoolExecutor(1) as pool:
+        # torch and the network load (seconds of one core) while the split runs in ffmpeg's own
+        # process; a device or precision this machine may lack is checked first, before any work
+        loading = pool.submit(stylizer_from, args)
+        if args.device not in ("auto", "cpu") or args.precision == "fp16":
+            loading.result()
+        try:
+            plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr)
+            stylizer = loading.result()
+        except UserError as refused:
+            if fresh:  # a run refused leaves no split behind
+                shutil.rmtree(work, ignore_errors=True)
+            # a model that does not load is the error to show, as it would be without the overlap
+            raise (loading.exception() or refused) from None
+    from .networks.devices import auto_ranks  # torch, loaded by now
+    from .networks.score import run_ranks, score
+    from .networks.temporal import work_tag
+
+    model_id = model_id_from(args)  # reads a .pth or picture once: its digest names it
     encoding = encoding_from(args, stylizer)
     # keyed by split, model, smoothing and encode, so a rerun of the same command resumes and a new style starts clean
-    work_id = f"{plan.fingerprint} {model_id}{work_tag(check_temporal(args.temporal))}{encoding.tag}"
+    work_id = f"{plan.fingerprint} {model_id}{work_tag(temporal)}{encoding.tag}"
     styled = work / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
     ranks = auto_ranks(stylizer.device, plan) if args.ranks == "auto" else plan.useful_ranks(args.ranks)
     if ranks > 1:
@@ -110,7 +127,7 @@ def cmd_stylize(args) -> dict:
     result = stitch(work / "segments", styled, output, source, args.delivery)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
-    return result
+    return {**result, "ranks": ranks}
 
 
 def cmd_preview(args) -> dict:

@@ -9,6 +9,7 @@ a worker that has no torch.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from .media.errors import UserError
 
@@ -46,6 +47,21 @@ def style_weights(spec: str) -> list[float]:
     if total <= 0:
         raise UserError(f"style spec {spec!r} has no positive weight")
     return [w / total for w in weights]
+
+
+def check_model_choice(style: str | None, model_path, style_image) -> None:
+    """What styles a run, as far as it can be checked without loading a network: one choice
+    of the three, a built-in spec that parses, a file that is there. A UserError otherwise."""
+    chosen = [flag for flag, value in (("--style", style), ("--model", model_path), ("--style-image", style_image))
+              if value is not None]
+    if len(chosen) > 1:
+        raise UserError(f"{' and '.join(chosen)} each choose the style; give only one")
+    if style_image or model_path:
+        path = Path(style_image or model_path)
+        if not path.is_file():
+            raise UserError(f"{'style image' if style_image else 'model file'} not found: {path}")
+    else:
+        style_weights(style if style is not None else "0")
 
 
 def check_style_strength(strength: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from fractions import Fraction
 
 import numpy as np
@@ -50,6 +51,30 @@ def test_styled_frames_are_the_source_frames_styled_in_order(clip_factory, tmp_p
         scores = [psnr(got[i], frame) for frame in expected]
         assert scores[i] > 30, f"frame {i}: {scores[i]:.1f} dB"
         assert max(range(len(scores)), key=scores.__getitem__) == i, f"frame {i} is closest to another frame"
+
+
+def test_stylize_loads_the_network_while_it_splits(clip_factory, tmp_path, monkeypatch):
+    """torch and the weights load alongside the split's ffmpeg, not before it: the loading
+    here waits until the split has started, which never happens if the two run in turn."""
+    import scoring.media.split
+    from scoring import cli
+
+    splitting = threading.Event()
+    load, split = cli.stylizer_from, scoring.media.split.split
+
+    def load_once_splitting(args):
+        assert splitting.wait(20), "the network loaded before the split started"
+        return load(args)
+
+    def split_and_say(*args, **kwargs):
+        splitting.set()
+        return split(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "stylizer_from", load_once_splitting)
+    monkeypatch.setattr(scoring.media.split, "split", split_and_say)
+    output = tmp_path / "styled.mp4"
+    assert cli.main(["stylize", str(clip_factory(seconds=1)), str(output), "--ranks", "1"]) == 0
+    assert ffmpeg.probe(output).frames == 25
 
 
 @pytest.mark.parametrize("fps, segment_frames", [("30000/1001", 1), ("179/6", 7), ("24000/1001", 16), ("25", 48)])

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..media.errors import UserError
-from ..options import NUM_STYLES, style_weights
+from ..options import NUM_STYLES, check_model_choice, style_weights
 from .layers import InstanceNorm, double_then_conv3, instance_norm, relu_padded, wide_conv
 
 # --------------------------------------------------------------------------- style specs
@@ -260,7 +260,7 @@ def load_model(style: str | None = None, model_path: Path | str | None = None,
                style_image: Path | str | None = None) -> nn.Module:
     """The network for a run: one of a user's TransformerNet ``.pth``, a style picture (the
     arbitrary-style network) or a built-in style spec (default ``"0"``)."""
-    _check_one_choice(style, model_path, style_image)
+    check_model_choice(style, model_path, style_image)
     if style_image:
         from .arbitrary import load_arbitrary
 
@@ -273,11 +273,9 @@ def load_model(style: str | None = None, model_path: Path | str | None = None,
 def model_id(style: str | None = None, model_path: Path | str | None = None, style_image: Path | str | None = None,
              strength: float = 1.0) -> str:
     """A short name for what styles a run; done-markers record it so runs never mix."""
-    _check_one_choice(style, model_path, style_image)
+    check_model_choice(style, model_path, style_image)
     if style_image or model_path:
         kind, path = ("image", Path(style_image)) if style_image else ("pth", Path(model_path))
-        if not path.is_file():
-            raise UserError(f"{'style image' if style_image else 'model file'} not found: {path}")
         name = f"{kind}:{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
     else:
         weights = parse_style(style if style is not None else "0")
@@ -285,8 +283,3 @@ def model_id(style: str | None = None, model_path: Path | str | None = None, sty
     return name if strength == 1 else f"{name}~strength:{strength:.4g}"
 
 
-def _check_one_choice(style, model_path, style_image) -> None:
-    chosen = [flag for flag, value in (("--style", style), ("--model", model_path), ("--style-image", style_image))
-              if value is not None]
-    if len(chosen) > 1:
-        raise UserError(f"{' and '.join(chosen)} each choose the style; give only one")
