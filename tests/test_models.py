@@ -474,7 +474,6 @@ def test_python_m_scoring_and_the_steps_airflow_starts_run_with_the_tunable(tmp_
     them, the restarted one with them; a worker's own setting passes ``child_env`` and stands."""
     import os
     import subprocess
-    import sys
 
     from scoring.launch import child_env, scoring_command
 
