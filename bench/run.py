@@ -24,7 +24,8 @@ our defaults unless --ranks/--precision/--ours-arg say otherwise, start-up inclu
    form that was tried and not kept (bench/int8.py), each with its PSNR against fp32; then
    the whole clip on 1 and 2 ranks (row 3) as a share of the network alone's rate on the same
    ranks: bench/network_alone.py styles the same split's frames, decoded into memory first,
-   with the score step's shares and threads.
+   with the score step's shares and threads; and the whole clip as a user runs it (``stylize``
+   at our defaults, one command) against the network alone on that run's ranks.
 6. cuda: on a machine with a CUDA GPU, both networks at 1920x1080, our Stylizer at its
    defaults against plain torch fp32, with the share of the GPU's measured fp16 matmul rate
    (bench/gpu.py, which also runs alone); without one the table says it is unmeasured.
@@ -194,7 +195,7 @@ def missing(rows: list[str]) -> str | None:
                    "(or pip install -r bench/requirements.txt -c constraints.txt)"
     if "cuda" in rows and not torch.cuda.is_available():
         return "the CUDA row needs a CUDA GPU, and torch sees none on this machine"
-    if "scaling" in rows and not mpiexec_path():
+    if ("scaling" in rows or "stylize" in rows) and not mpiexec_path():
         return "the 2-rank row needs mpiexec: pip install mpich (requirements.txt has it)"
     return None
 
@@ -228,10 +229,7 @@ def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
         steps["score"] = timed(score)
         steps["stitch"] = timed(scoring_cmd("stitch", "--segments", folder / "segments", "--styled",
                                             folder / "styled", folder / "out.mp4"))
-        # the network alone on the same segments' frames, on the same ranks and threads
-        alone = [sys.executable, REPO / "bench" / "network_alone.py", folder / "segments", "--style", args.style,
-                 *(["--precision", args.precision] if args.precision else [])]
-        alone = json.loads(_run([mpiexec, "-n", ranks, *alone] if ranks > 1 else alone).stdout.splitlines()[-1])
+        alone = network_alone(folder / "segments", ranks, args)  # the same segments' frames, ranks and threads
         total = sum(steps.values())
         rows.append({"ranks": ranks, "steps_s": steps, "total_s": total, "fps": info.frames / total,
                      "score_fps": info.frames / steps["score"],
@@ -239,6 +237,28 @@ def row_scaling(clip: Path, info, work: Path, args) -> list[dict]:
                      "network_alone_fps": alone["fps"], "whole_vs_network": info.frames / total / alone["fps"]})
         shutil.rmtree(folder, ignore_errors=True)
     return rows
+
+
+def row_stylize(clip: Path, info, work: Path, args) -> dict:
+    """The whole clip as a user runs it, ``stylize`` at our defaults (start-up, split, score and
+    stitch in one command), against the network alone on that run's split and ranks."""
+    folder = work / "stylize"
+    start = time.perf_counter()
+    result = _run(scoring_cmd("stylize", clip, folder / "out.mp4", "--style", args.style, "--work-dir", folder / "work",
+                              "--keep-work", *ours_flags(args)))
+    seconds = time.perf_counter() - start
+    ranks = json.loads(result.stdout.splitlines()[-1])["ranks"]
+    alone = network_alone(folder / "work" / "segments", ranks, args)
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"ranks": ranks, "seconds": seconds, "fps": info.frames / seconds, "network_alone_fps": alone["fps"],
+            "whole_vs_network": info.frames / seconds / alone["fps"]}
+
+
+def network_alone(segments: Path, ranks: int, args) -> dict:
+    """bench/network_alone.py on a split's frames, on the score step's ranks and threads."""
+    alone = [sys.executable, REPO / "bench" / "network_alone.py", segments, "--style", args.style,
+             *(["--precision", args.precision] if args.precision else [])]
+    return json.loads(_run([mpiexec_path(), "-n", ranks, *alone] if ranks > 1 else alone).stdout.splitlines()[-1])
 
 
 def row_network(clip: Path, info, work: Path, args) -> dict:
@@ -383,6 +403,11 @@ def table(results: dict) -> str:
                      f"(bench/network_alone.py) | network alone {s['network_alone_fps']:.2f} fps | whole clip "
                      f"{s['fps']:.2f} fps (score step {s['score_fps']:.2f}) | {s['whole_vs_network']:.2f}x | "
                      f"score step {s['score_fps'] / s['network_alone_fps']:.2f}x; goal 0.90x |")
+    w = results.get("stylize")
+    if w:
+        lines.append(f"| 5 whole clip by `stylize` at our defaults ({w['ranks']} rank{'s' if w['ranks'] > 1 else ''}) "
+                     f"vs network alone | network alone {w['network_alone_fps']:.2f} fps | whole clip {w['fps']:.2f} "
+                     f"fps ({w['seconds']:.1f} s) | {w['whole_vs_network']:.2f}x | goal 0.90x |")
     if "cuda" in results:
         import gpu  # bench/gpu.py
 
@@ -407,13 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", help="--precision for our runs (default: none given, our default)")
     parser.add_argument("--ours-arg", action="append", default=[], help="extra option for our runs, repeatable "
                         "(e.g. --ours-arg=--compile)")
-    parser.add_argument("--only", action="append", choices=["reference", "peer", "network", "scaling", "cuda"],
+    parser.add_argument("--only", action="append", choices=["reference", "peer", "network", "scaling", "stylize", "cuda"],
                         help="run only this row (repeatable; the limit row always runs, the CUDA row wherever "
                         "there is a GPU)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (outputs) and print it")
     args = parser.parse_args(argv)
-    problem = missing(args.only or ["reference", "peer", "network", "scaling"])
+    problem = missing(args.only or ["reference", "peer", "network", "scaling", "stylize"])
     if problem:
         print(f"bench: error: {problem}", file=sys.stderr)
         return 2
@@ -431,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                             "load_before": f"{os.getloadavg()[0]:.2f}",
                             "ours": " ".join(map(str, ours_flags(args))) or "defaults"}}
         for name, row in (("reference", row_reference), ("peer", row_peer), ("network", row_network),
-                          ("scaling", row_scaling)):
+                          ("scaling", row_scaling), ("stylize", row_stylize)):
             if args.only and name not in args.only:
                 continue
             print(f"bench: {name} ...", file=sys.stderr, flush=True)

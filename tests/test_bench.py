@@ -65,6 +65,12 @@ def test_bench_prints_every_row(tmp_path, clip_factory):
         assert math.isclose(s["whole_vs_network"], s["fps"] / s["network_alone_fps"], rel_tol=1e-6)
         assert f"| 5 whole clip vs network alone, {s['ranks']} rank" in table
 
+    w = r["stylize"]  # the whole clip as `stylize` runs it, against the network alone on its ranks
+    assert w["ranks"] >= 1 and w["fps"] > 0 and w["network_alone_fps"] > 0
+    assert math.isclose(w["fps"], 6 / w["seconds"], rel_tol=1e-6)
+    assert math.isclose(w["whole_vs_network"], w["fps"] / w["network_alone_fps"], rel_tol=1e-6)
+    assert "| 5 whole clip by `stylize` at our defaults" in table
+
     limit = r["limit"]
     # TransformerNet: 307,584 FLOPs per pixel (9x9 in/out convs, 2 down, 10 residual, 2 up)
     assert limit["transformer_net_flops"] == 307_584 * 320 * 180
