@@ -281,5 +281,3 @@ def model_id(style: str | None = None, model_path: Path | str | None = None, sty
         weights = parse_style(style if style is not None else "0")
         name = "style:" + ",".join(f"{i}:{w:.4g}" for i, w in enumerate(weights.tolist()) if w > 0)
     return name if strength == 1 else f"{name}~strength:{strength:.4g}"
-
-
