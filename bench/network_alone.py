@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from scoring.media import ffmpeg  # noqa: E402
 from scoring.media.colour import Colour  # noqa: E402
-from scoring.media.segments import Plan, share  # noqa: E402
+from scoring.media.segments import Plan  # noqa: E402
 from scoring.networks.models import load_model  # noqa: E402
 from scoring.networks.score import World, set_threads  # noqa: E402
 from scoring.networks.stylizer import Stylizer  # noqa: E402
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.load(args.segments)
     colour = Colour.from_dict(plan.colour) if plan.colour else None
     frames = []
-    for index in share(len(plan.segments), world.size, world.rank):
-        with ffmpeg.FrameReader(args.segments / plan.segments[index].name, (plan.width, plan.height),
+    for segment in plan.share(world.size, world.rank):
+        with ffmpeg.FrameReader(args.segments / segment.name, (plan.width, plan.height),
                                 input_format="h264", colour=colour) as reader:
             frames += list(reader.batches(1))
     stylizer = Stylizer(load_model(args.style), "cpu", args.precision)

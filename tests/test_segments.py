@@ -16,27 +16,44 @@ def test_every_frame_once_for_any_counts(frames, segment_frames, ranks):
     lengths = segment_lengths(frames, segment_frames)
     assert sum(lengths) == frames and all(0 < n <= segment_frames for n in lengths)
     assert all(n == segment_frames for n in lengths[:-1])
-    starts = [sum(lengths[:i]) for i in range(len(lengths))]
-    owner = []
-    shares = [share(len(lengths), ranks, r) for r in range(ranks)]
-    for rank_share in shares:
-        owner.extend(rank_share)
-    assert owner == list(range(len(lengths)))  # contiguous, in order, no gap, no overlap
-    sizes = [len(s) for s in shares]
-    assert max(sizes) - min(sizes) <= 1
-    covered = [f for i in owner for f in range(starts[i], starts[i] + lengths[i])]
-    assert covered == list(range(frames))
+    shares = _check_shares(lengths, ranks)
+    if len(set(lengths)) == 1:  # segments of one length share out by count
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+# a copy split's segments, cut at the source's keyframes: as long as its GOPs, the last shorter
+@pytest.mark.parametrize("lengths", [[60] * 6 + [17], [50, 96, 50, 96, 3], [1, 95, 2], [96, 48], [48, 96, 60, 60]])
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4, 7])
+def test_unequal_segments_share_by_frames(lengths, ranks):
+    _check_shares(lengths, ranks)
+
+
+def test_shares_balance_frames_not_segments():
+    """Seven GOPs of a copy split: by count the first rank took four (240 frames to 137)."""
+    lengths = [60] * 6 + [17]
+    assert [share(lengths, 2, r) for r in range(2)] == [range(0, 3), range(3, 7)]  # 180 and 197 frames
+
+
+def _check_shares(lengths: list[int], ranks: int) -> list[range]:
+    """Every segment on exactly one rank, contiguous and in order; each rank's frames within
+    one segment of an equal part of them."""
+    shares = [share(lengths, ranks, r) for r in range(ranks)]
+    assert [i for s in shares for i in s] == list(range(len(lengths)))  # contiguous, in order, no gap, no overlap
+    part = sum(lengths) / ranks
+    for s in shares:
+        assert abs(sum(lengths[i] for i in s) - part) <= max(lengths), (lengths, ranks, shares)
+    return shares
 
 
 def test_more_ranks_than_segments_leaves_some_idle():
-    assert [len(share(2, 5, r)) for r in range(5)] == [1, 1, 0, 0, 0]
+    assert sorted(len(share([48, 48], 5, r)) for r in range(5)) == [0, 0, 0, 1, 1]
 
 
 def test_bad_partition_arguments():
     with pytest.raises(UserError):
         segment_lengths(10, 0)
     with pytest.raises(ValueError):
-        share(3, 2, 2)
+        share([48, 48, 48], 2, 2)
 
 
 def test_atomic_path_publishes_only_on_success(tmp_path):

@@ -10,6 +10,8 @@ run killed at any moment leaves finished work and, at most, ignorable ``.partial
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,6 +78,10 @@ class Plan:
         data["segments"] = [Segment(**s) for s in data["segments"]]
         return cls(**data)
 
+    def share(self, ranks: int, rank: int) -> list[Segment]:
+        """The segments rank ``rank`` of ``ranks`` styles: about an equal part of the frames."""
+        return [self.segments[i] for i in share([s.frames for s in self.segments], ranks, rank)]
+
     def useful_ranks(self, ranks: int) -> int:
         """At most one rank per segment: a rank with no share would still start (torch, the
         network: seconds of CPU) and keep its half of the cores from the one that works."""
@@ -90,13 +96,17 @@ def segment_lengths(total_frames: int, segment_frames: int) -> list[int]:
     return [segment_frames] * full + ([rest] if rest else [])
 
 
-def share(count: int, ranks: int, rank: int) -> range:
-    """Rank ``rank``'s contiguous share of ``count`` items; shares differ by at most one."""
+def share(frames: Sequence[int], ranks: int, rank: int) -> range:
+    """Rank ``rank``'s contiguous share of segments of these ``frames``: those whose middle
+    frame falls in its equal part of all the frames. A share is within one segment of an equal
+    part; segments of one length (a re-encoded split) share out by count, differing by at most one."""
     if not 0 <= rank < ranks:
         raise ValueError(f"rank {rank} outside 0..{ranks - 1}")
-    base, extra = divmod(count, ranks)
-    start = rank * base + min(rank, extra)
-    return range(start, start + base + (rank < extra))
+    total, start, owners = sum(frames), 0, []
+    for length in frames:
+        owners.append((2 * start + length) * ranks // (2 * total))  # the part that holds its middle frame
+        start += length
+    return range(bisect_left(owners, rank), bisect_left(owners, rank + 1))
 
 
 def done_marker(folder: Path, segment: Segment) -> Path:

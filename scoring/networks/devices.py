@@ -10,7 +10,7 @@ import torch
 from ..gpus import VM_SIZE_ENV, device_for, local_rank, unsupported_reason
 from ..launch import mpiexec_path
 from ..media.errors import UserError
-from ..media.segments import Plan, share
+from ..media.segments import Plan
 
 
 def check_node(local: int | None = None) -> str | None:
@@ -41,7 +41,7 @@ def auto_ranks(device, plan: Plan) -> int:
     if device.type == "cuda":
         return plan.useful_ranks(torch.cuda.device_count())
     for ranks in range(min(len(os.sched_getaffinity(0)), len(plan.segments)), 1, -1):
-        frames = [sum(plan.segments[i].frames for i in share(len(plan.segments), ranks, r)) for r in range(ranks)]
+        frames = [sum(s.frames for s in plan.share(ranks, r)) for r in range(ranks)]
         if max(frames) <= EVEN_SHARES * plan.frames / ranks:
             return ranks
     return 1

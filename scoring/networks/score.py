@@ -29,7 +29,7 @@ from ..media.colour import Colour
 from ..media.delivery import DEFAULT_DELIVERY, segment_encode
 from ..media.errors import UserError
 from ..media.files import atomic_path
-from ..media.segments import Plan, Segment, finished, mark_done, share
+from ..media.segments import Plan, Segment, finished, mark_done
 from .stylizer import Stylizer
 from .temporal import WARMUP_FRAMES, TemporalSmoother, check_strength, work_tag
 
@@ -104,7 +104,7 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
     out_dir.mkdir(parents=True, exist_ok=True)
     temporal = check_strength(encoding.temporal)
     work_id = f"{model_id}{work_tag(temporal)}{encoding.tag} on {plan.fingerprint}"
-    mine = [plan.segments[i] for i in share(len(plan.segments), world.size, world.rank)]
+    mine = plan.share(world.size, world.rank)
     todo = [s for s in mine if not finished(out_dir, s, work_id)]
     progress = Progress(world, sum(s.frames for s in todo))
     started = time.monotonic()
