@@ -46,7 +46,7 @@ def cmd_split(args) -> dict:
     plan = split(args.input, args.out, args.max_side, args.segment_frames, limits_from(args), args.hdr)
     audio = any(s["type"] == "audio" for s in plan.media["streams"])
     return {"segments": len(plan.segments), "frames": plan.frames, "frame_rate": plan.frame_rate,
-            "size": f"{plan.width}x{plan.height}", "audio": audio, "folder": str(args.out)}
+            "size": f"{plan.width}x{plan.height}", "audio": audio, "copied": plan.copied, "folder": str(args.out)}
 
 
 def cmd_score(args) -> dict | None:
@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-side", type=positive_int, help="scale down so the longer side is at most this many "
                        "pixels (aspect kept, even sizes)")
     group.add_argument("--segment-frames", type=positive_int, default=DEFAULT_SEGMENT_FRAMES,
-                       help="frames per segment, the unit of work and of resume (default: %(default)s)")
+                       help="frames per segment, the unit of work and of resume; an H.264 source that needs no "
+                       "filter is cut at its own IDR pictures instead of encoded again, into segments of N to 2N "
+                       "frames, where they come that often (default: %(default)s)")
     group.add_argument("--hdr", default=DEFAULT_HDR, choices=HDR_MODES, help="what HDR input (PQ, HLG) becomes: sdr "
                        "tone-maps it to SDR BT.709 and tags it so; keep styles it tone-mapped and writes it back as "
                        "10-bit HDR with the source's tags (default: %(default)s)")

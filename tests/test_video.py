@@ -6,6 +6,7 @@ import json
 import subprocess
 import threading
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,14 +37,23 @@ def test_timing_frames_and_audio_follow_the_source(clip_factory, tmp_path, fps, 
     assert not list(tmp_path.glob(".*")), "work files or partial outputs left behind"
 
 
-def test_styled_frames_are_the_source_frames_styled_in_order(clip_factory, tmp_path):
-    """Each output frame must resemble the styled version of the same input frame, not a neighbour."""
+@pytest.mark.parametrize("camera", [False, True], ids=["re-encoded split", "copied split"])
+def test_styled_frames_are_the_source_frames_styled_in_order(clip_factory, tmp_path, camera):
+    """Each output frame must resemble the styled version of the same input frame, not a
+    neighbour: from a re-encoded split, and from a camera's H.264 cut as it is at its IDR
+    pictures, B-frames and all (segments of 12, 12 and 6 frames, shared by frames on 2 ranks)."""
+    from scoring.media.segments import Plan
     from scoring.networks.models import load_model
     from scoring.networks.stylizer import Stylizer
 
     source = clip_factory(seconds=1.2, fps="25")
+    if camera:
+        source = camera_clip(source, tmp_path / "camera.mp4", "-g", "12")
     output = tmp_path / "out.mp4"
-    run_scoring("stylize", source, output, "--style", "7", "--segment-frames", "5", "--ranks", "2", check=True)
+    run_scoring("stylize", source, output, "--style", "7", "--segment-frames", "6" if camera else "5", "--ranks", "2",
+                "--work-dir", tmp_path / "work", "--keep-work", check=True)
+    plan = Plan.load(tmp_path / "work" / "segments")
+    assert plan.copied == camera and (not camera or [s.frames for s in plan.segments] == [12, 12, 6])
     expected = Stylizer(load_model("7"), "cpu")(read_frames(source))
     got = read_frames(output)
     assert len(got) == len(expected)
@@ -118,12 +128,69 @@ def assert_split_cuts_at_frames(source, folder, segment_frames):
                 f"{segment.name} frame {i} is closest to another source frame"
 
 
-def test_split_onto_a_full_disk_is_the_disks_failure_not_the_inputs(clip_factory, tmp_path):
+def camera_clip(source: Path, path: Path, *x264: str) -> Path:
+    """``source`` as a camera records it: H.264 (x264 veryfast: B-frames) with ``x264``'s GOP, its sound copied."""
+    subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(source), "-map", "0", "-c:v", "libx264", "-preset",
+                    "veryfast", *x264, "-pix_fmt", "yuv420p", "-c:a", "copy", str(path)], check=True)
+    return path
+
+
+def raw_pictures(path: Path, input_format: str | None = None) -> bytes:
+    """Every picture of ``path``'s first video stream as the decoder gives it: yuv420p, no conversion."""
+    return subprocess.run(["ffmpeg", "-v", "error", "-nostdin", *(["-f", input_format] if input_format else []),
+                           "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"],
+                          capture_output=True, check=True).stdout
+
+
+def test_split_copies_h264_cut_at_its_idr_pictures(clip_factory, tmp_path):
+    """H.264 already as the ranks decode it (8-bit 4:2:0, upright, at its size), with IDR
+    pictures at most every twice the segment's frames: split cuts its own packets at them
+    instead of encoding it again. Each segment starts at a keyframe and decodes alone to the
+    source's very pictures, bit for bit (B-frames and all); a rerun does no work."""
+    from scoring.media import tracks
+    from scoring.media.segments import Plan
+
+    source = camera_clip(clip_factory(seconds=2, fps="25"), tmp_path / "camera.mp4", "-g", "12")
+    folder = tmp_path / "seg"
+    run_scoring("split", source, "--out", folder, "--segment-frames", "10", check=True)
+    plan = Plan.load(folder)
+    assert plan.copied and [s.frames for s in plan.segments] == [12, 12, 12, 12, 2]
+    keyframes = [n for n, flags in enumerate(tracks.packet_flags(source, 0)) if "K" in flags]
+    assert [s.first_frame for s in plan.segments] == keyframes
+    picture = plan.width * plan.height * 3 // 2
+    pieces = [raw_pictures(folder / s.name, "h264") for s in plan.segments]
+    assert [len(piece) // picture for piece in pieces] == [s.frames for s in plan.segments]
+    assert b"".join(pieces) == raw_pictures(source)
+
+    written = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    run_scoring("split", source, "--out", folder, "--segment-frames", "10", check=True)
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == written
+
+
+@pytest.mark.parametrize("x264", [("-g", "12", "-x264-params", "open-gop=1"), ("-g", "50")],
+                         ids=["open GOPs", "IDR pictures too far apart"])
+def test_split_encodes_what_it_cannot_cut_as_it_is(clip_factory, tmp_path, x264):
+    """Open GOPs: the later keyframes are I pictures that are not IDR, and the B-frames after
+    them refer to pictures before (as segments, they decode to as many frames, some of them
+    wrong). IDR pictures 50 frames apart would make segments of 50 frames where 10 were asked
+    for. Both are split as any other source: encoded, cut at every 10th frame."""
+    from scoring.media.segments import Plan
+
+    source = camera_clip(clip_factory(seconds=2, fps="25"), tmp_path / "camera.mp4", *x264)
+    assert_split_cuts_at_frames(source, tmp_path / "seg", 10)
+    assert not Plan.load(tmp_path / "seg").copied
+
+
+@pytest.mark.parametrize("options, disk", [(["--max-side", "256"], "512k"), ([], "100k")], ids=["encoded", "copied"])
+def test_split_onto_a_full_disk_is_the_disks_failure_not_the_inputs(clip_factory, tmp_path, options, disk):
     """ffmpeg failing to write the segments is the scratch disk's fault: an error naming the
     cause, never the one-line refusal of a bad input (exit 2), which would quarantine a sound
-    upload."""
-    with tiny_disk(tmp_path / "tiny") as scratch:
-        result = run_scoring("split", clip_factory(seconds=4, fps="25", size=(320, 180)), "--out", scratch / "seg")
+    upload. Scaled, the clip is encoded (about 0.75 MB of segments); at its size its own
+    packets are copied (about 0.16 MB, keyframes 50 frames apart), and when that fails too the
+    split encodes, which fails the same way."""
+    with tiny_disk(tmp_path / "tiny", disk) as scratch:
+        result = run_scoring("split", clip_factory(seconds=4, fps="25", size=(320, 180)), "--out", scratch / "seg",
+                             *options)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and "No space left on device" in last, result.stderr[-2000:]
     assert "cannot decode" not in result.stderr
@@ -149,7 +216,7 @@ def test_steps_one_by_one_and_max_side(clip_factory, tmp_path):
     split = json.loads(run_scoring("split", source, "--out", tmp_path / "seg", "--max-side", "101",
                                    "--segment-frames", "10", check=True).stdout)
     assert split == {"segments": 3, "frames": 24, "frame_rate": "24/1", "size": "100x56", "audio": True,
-                     "folder": str(tmp_path / "seg")}
+                     "copied": False, "folder": str(tmp_path / "seg")}  # scaled: encoded
     again = run_scoring("split", source, "--out", tmp_path / "seg", "--max-side", "101", "--segment-frames", "10",
                         check=True)
     assert json.loads(again.stdout) == split  # reused, not redone
@@ -196,7 +263,7 @@ def test_real_clip_from_shared_media(tmp_path):
 def test_no_more_ranks_than_segments(clip_factory, tmp_path):
     """A rank with no segment would only pay torch's start and hold half the cores: 10 frames
     in 2 segments on --ranks 4 run on 2 ranks (each prints its progress as [rank r/size])."""
-    source = clip_factory(seconds=1, fps="10", size=(64, 36))
+    source = camera_clip(clip_factory(seconds=1, fps="10", size=(64, 36)), tmp_path / "in.mp4", "-g", "5")
     result = run_scoring("stylize", source, tmp_path / "out.mp4", "--style", "7", "--segment-frames", "5",
                          "--ranks", "4", check=True)
     sizes = {line.split("]")[0].split("/")[1] for line in result.stderr.splitlines() if line.startswith("[rank ")}

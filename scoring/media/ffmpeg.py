@@ -343,6 +343,37 @@ def encode_segments(source: Path | str, folder: Path | str, size: tuple[int, int
     return int(counts[-1]) if counts else 0
 
 
+def copy_segments(source: Path | str, folder: Path | str, index: int, cuts: list[int], pattern: str) -> bool:
+    """Stream ``index`` of ``source`` (H.264) as raw H.264 segments named by ``pattern`` from 0,
+    its packets copied as they are: a new segment starts at each packet numbered in ``cuts``
+    (in decoding order; keyframes), and the parameter sets go before every keyframe, so that a
+    segment that starts at an IDR picture decodes alone. False where ffmpeg fails."""
+    output = ["-f", "segment", "-segment_format", "h264", "-segment_frames", ",".join(map(str, cuts)),
+              str(Path(folder) / pattern)] if cuts else ["-f", "h264", str(Path(folder) / (pattern % 0))]
+    cmd = [ffmpeg_path(), "-v", "error", "-nostdin", "-y", *input_args(), "-i", file_arg(source),
+           "-map", f"0:{index}", "-c:v", "copy", "-bsf:v", "h264_mp4toannexb,dump_extra=freq=keyframe", *output]
+    return subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL).returncode == 0
+
+
+# H.264 NAL unit types: the slices of a picture, and of an IDR picture (after which no picture
+# refers to one before it)
+_SLICE, _IDR_SLICE = 1, 5
+
+
+def starts_with_idr(path: Path | str, window: int = 1 << 20) -> bool:
+    """Whether the first picture of a raw H.264 stream is an IDR picture: from the type of its
+    first slice's NAL unit, past the parameter sets and SEI before it."""
+    with open(path, "rb") as f:
+        data = f.read(window)
+    at = data.find(b"\x00\x00\x01")
+    while 0 <= at < len(data) - 3:
+        kind = data[at + 3] & 0x1F
+        if _SLICE <= kind <= _IDR_SLICE:
+            return kind == _IDR_SLICE
+        at = data.find(b"\x00\x00\x01", at + 3)
+    return False
+
+
 class FrameReader(_FfmpegPipe):
     """Decodes a video into batches of frames through a pipe: RGB ``uint8 [N, H, W, 3]``, or
     ``yuv420p`` (``[N, H * 3/2, W]``) where the frames only pass through to an encoder."""
@@ -478,6 +509,15 @@ def count_frames(path: Path | str) -> int:
            "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", *input_args(), file_arg(path)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL).stdout
     return int(out.strip().split(",")[0] or 0)
+
+
+def decoded_frames(path: Path | str, input_format: str | None = None) -> int:
+    """Video frames a file decodes to, every picture decoded on one thread (run several at once)."""
+    cmd = [ffmpeg_path("ffprobe"), "-v", "error", "-threads", "1", *(["-f", input_format] if input_format else []),
+           "-select_streams", "v:0", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0",
+           *input_args(), file_arg(path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout.strip().split(",")[0]
+    return int(first) if first.isdigit() else 0
 
 
 def _run_ffmpeg(args: list[str], what: str) -> None:

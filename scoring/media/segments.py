@@ -64,6 +64,7 @@ class Plan:
     sar: str = "1:1"  # the output's sample aspect ratio (its display aspect is the source's)
     timestamps: str | None = None  # TIMES_FILE where the source has frame times
     notes: list[str] = field(default_factory=list)  # what was done to the picture (deinterlaced...)
+    copied: bool = False  # the segments are the source's own H.264 packets, cut at its IDR pictures
 
     def save(self, folder: Path) -> None:
         with atomic_path(folder / PLAN_FILE) as tmp:

@@ -1,14 +1,18 @@
 """split: validate a video, cut it into segments of frames, note what the output must keep.
 
 The segments hold the picture only, upright, progressive and (for HDR input, by default)
-tone-mapped to SDR BT.709; ``plan.json`` holds the source's streams, colour and shape, and
+tone-mapped to SDR BT.709: re-encoded near-losslessly, or, where the source already is such
+a picture in H.264 with IDR pictures close enough together, its own packets cut at them
+(no generation lost, a fraction of the time and bytes). ``plan.json`` holds the source's streams, colour and shape, and
 ``frame-times.json`` the presentation time of every frame, for ``stitch``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
@@ -48,7 +52,7 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
 
     try:
         plan = Plan.load(folder)
-        if plan.fingerprint == fingerprint:
+        if plan.fingerprint in (fingerprint, _fingerprint(source, width, height, segment_frames, hdr, copied=True)):
             return plan  # already split: a rerun after a crash does no work twice
     except (UserError, ValueError, TypeError, KeyError):
         pass
@@ -86,10 +90,17 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
         notes.append(f"{info.width}x{info.height} written as {width}x{height} (H.264 4:2:0 needs even sides), "
                      "display aspect kept")
 
-    frames = _write_segments(source, folder, (width, height), info.frame_rate, segment_frames, colour, before)
-    if frames < info.frames * 0.98:
-        raise UserError(f"{source.name} is damaged: only {frames} of its {info.frames} frames could be decoded")
-    lengths = segment_lengths(frames, segment_frames)
+    lengths = (_copy_segments(source, folder, media["video_index"], segment_frames)
+               if _copyable(info, media, (width, height), before) else None)
+    copied = lengths is not None
+    if copied:
+        frames = sum(lengths)
+        fingerprint = _fingerprint(source, width, height, segment_frames, hdr, copied=True)
+    else:
+        frames = _write_segments(source, folder, (width, height), info.frame_rate, segment_frames, colour, before)
+        if frames < info.frames * 0.98:
+            raise UserError(f"{source.name} is damaged: only {frames} of its {info.frames} frames could be decoded")
+        lengths = segment_lengths(frames, segment_frames)
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     timing = tracks.frame_times(source, media["video_index"], frames)
     if timing:
@@ -102,7 +113,7 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
                 segments=[Segment(i, start, n) for i, (start, n) in enumerate(zip(starts, lengths))],
                 media=media, colour=colour.to_dict(), hdr_output=hdr_output, mastering=mastering,
                 sar=f"{sar.numerator}:{sar.denominator}",
-                timestamps=TIMES_FILE if timing else None, notes=notes)
+                timestamps=TIMES_FILE if timing else None, notes=notes, copied=copied)
     plan.save(folder)  # written last: its presence means the split is complete
     return plan
 
@@ -123,10 +134,54 @@ def _write_segments(source: Path, folder: Path, size: tuple[int, int], rate: str
     return total
 
 
-def _fingerprint(source: Path, width: int, height: int, segment_frames: int, hdr: str = "sdr") -> str:
+def _copyable(info: ffmpeg.MediaInfo, media: dict, size: tuple[int, int], before: list[str]) -> bool:
+    """Whether the source's pictures already are what the ranks decode from a re-encoded split:
+    8-bit 4:2:0 H.264 at the output size, upright, with no filter to apply (deinterlacing,
+    tone mapping)."""
+    return (info.video_codec == "h264" and media["pix_fmt"] == "yuv420p" and media["bits"] == 8 and not before
+            and not media["rotation"] and size == (info.width, info.height))
+
+
+def _copy_segments(source: Path, folder: Path, index: int, segment_frames: int) -> list[int] | None:
+    """Cut the source's own packets at its keyframes into segments of at least
+    ``segment_frames`` frames (the last takes the rest) and return the frames of each. None,
+    with no segment left in ``folder``, where that would make a segment over twice as long
+    (keyframes far apart: the shares and a preempted node's loss would grow), an edit list
+    hides packets, or a segment does not start at an IDR picture and decode alone to its
+    frames: the split then re-encodes, as for any other source."""
+    flags = tracks.packet_flags(source, index)
+    if not flags or "K" not in flags[0] or any("D" in f for f in flags):
+        return None
+    cuts: list[int] = []
+    for number, packet in enumerate(flags):
+        if "K" in packet and number - (cuts[-1] if cuts else 0) >= segment_frames:
+            cuts.append(number)
+    lengths = [end - start for start, end in zip([0, *cuts], [*cuts, len(flags)])]
+    if max(lengths) > 2 * segment_frames:
+        return None
+    paths = [folder / segment_name(i) for i in range(len(lengths))]
+    if ffmpeg.copy_segments(source, folder, index, cuts, SEGMENT_PATTERN) and sorted(folder.glob("seg-*")) == paths:
+        with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:  # each decoder on one core
+            decoded = list(pool.map(_decodes_alone, paths))
+        if decoded == lengths:
+            return lengths
+    for path in folder.glob("seg-*"):
+        path.unlink()
+    return None
+
+
+def _decodes_alone(segment: Path) -> int:
+    """The frames a raw H.264 segment decodes to on its own; -1 where it does not start at an IDR picture."""
+    return ffmpeg.decoded_frames(segment, "h264") if ffmpeg.starts_with_idr(segment) else -1
+
+
+def _fingerprint(source: Path, width: int, height: int, segment_frames: int, hdr: str = "sdr",
+                 copied: bool = False) -> str:
     stat = source.stat()
     facts = {"name": source.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
              "width": width, "height": height, "segment_frames": segment_frames, "layout": 2}
+    if copied:  # cut elsewhere than a re-encoded split: never taken for one (nor its styled segments)
+        facts["cut"] = "copy"
     if hdr != "sdr":
         facts["hdr"] = hdr
         facts["hdr_layout"] = 2  # the mastering metadata in the plan

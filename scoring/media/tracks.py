@@ -130,6 +130,13 @@ def frame_times(path: Path | str, index: int, frames: int) -> dict | None:
     return {"time_base": time_base, "pts": pts}
 
 
+def packet_flags(path: Path | str, index: int) -> list[str]:
+    """The flags of each packet of stream ``index``, in decoding order (``K``: a keyframe,
+    ``D``: one an edit list discards), read without decoding."""
+    packets = ffprobe_json(path, "-select_streams", str(index), "-show_entries", "packet=flags")
+    return [str(p.get("flags", "")) for p in packets.get("packets", [])]
+
+
 def shown_times(path: Path | str) -> list[float]:
     """When each picture of the first video stream is shown, in seconds from the file's start
     (the origin of ffmpeg's ``-ss``), in display order: from the packets, so nothing is decoded;
