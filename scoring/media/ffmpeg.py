@@ -185,8 +185,8 @@ def probe(path: Path | str, limits: Limits = Limits()) -> MediaInfo:
         # there is an audio stream, and that file is whole
         if declared and declared - frames > max(1, declared * 0.02):
             raise UserError(f"{name} is truncated: its header declares {declared} frames but only {frames} are there")
-        if duration <= 0:
-            duration = frames / rate
+        if duration <= 0:  # a raw stream: no container to say
+            duration = float(frames / rate)
         if duration > limits.max_duration:
             raise UserError(f"{name} lasts {duration:.0f} s; the limit is {limits.max_duration:.0f} s")
         if frames > limits.max_frames:
