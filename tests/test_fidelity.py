@@ -171,6 +171,36 @@ def test_variable_frame_rate_start_offset_and_sync_are_kept(clips, tmp_path, suf
     assert lead[0] > 0.2 and lead[1] == pytest.approx(lead[0], abs=0.001)
 
 
+def test_a_clip_trimmed_without_encoding_is_styled_from_its_first_shown_frame(tmp_path):
+    """A clip cut by stream copy (an editor's or a phone's quick trim, ``ffmpeg -ss -c copy``)
+    starts inside a GOP: its MP4 edit list hides the pictures before the cut, decoded only to
+    build the first one shown. Those are no frames, so the file is not damaged (split refused
+    it as such); the output holds the frames shown, at their times, with the sound."""
+    whole, trimmed, output = tmp_path / "whole.mp4", tmp_path / "trimmed.mp4", tmp_path / "out.mp4"
+    make(whole, "-f", "lavfi", "-i", "testsrc2=s=96x64:r=30:d=4", "-f", "lavfi", "-i", "sine=f=440:d=4",
+         "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-pix_fmt", "yuv420p", "-c:a", "aac")
+    make(trimmed, "-ss", "0.5", "-i", whole, "-c", "copy")
+    hidden = [p for p in probe(trimmed, "-select_streams", "v:0", "-show_entries", "packet=flags")["packets"]
+              if "D" in p["flags"]]
+    assert len(hidden) >= 10  # the edit list this test is about
+    stylize(trimmed, output)
+    before, after = frame_times(trimmed), frame_times(output)
+    assert len(after) == len(before) == 105
+    assert max(abs(a - b) for a, b in zip(after, before)) < 0.001
+    durations = [float(s["duration"]) for s in streams(output)]
+    assert max(durations) - min(durations) < 0.05  # the sound as long as the picture, as in the source
+
+
+def test_a_raw_h264_stream_is_styled_at_its_frame_rate(tmp_path):
+    """An elementary stream, with no container to give a duration or frame times (split
+    crashed writing the plan): styled at its frame rate, every frame."""
+    source, output = tmp_path / "camera.h264", tmp_path / "out.mp4"
+    make(source, "-f", "lavfi", "-i", "testsrc2=s=96x64:r=30:d=1", "-c:v", "libx264", "-pix_fmt", "yuv420p")
+    result = stylize(source, output)
+    assert result["frames"] == 30 and result["frame_times"] == "frame rate"
+    assert len(frame_times(output)) == 30
+
+
 def test_mpeg_ts_times_count_from_the_start_and_keep_the_sync(clips, tmp_path):
     output = tmp_path / "out.mp4"
     stylize(clips["ts"], output)

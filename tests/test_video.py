@@ -138,8 +138,8 @@ def camera_clip(source: Path, path: Path, *x264: str) -> Path:
 def raw_pictures(path: Path, input_format: str | None = None) -> bytes:
     """Every picture of ``path``'s first video stream as the decoder gives it: yuv420p, no conversion."""
     return subprocess.run(["ffmpeg", "-v", "error", "-nostdin", *(["-f", input_format] if input_format else []),
-                           "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"],
-                          capture_output=True, check=True).stdout
+                           "-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo",
+                           "-pix_fmt", "yuv420p", "-"], capture_output=True, check=True).stdout
 
 
 def test_split_copies_h264_cut_at_its_idr_pictures(clip_factory, tmp_path):

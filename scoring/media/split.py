@@ -90,7 +90,9 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
         notes.append(f"{info.width}x{info.height} written as {width}x{height} (H.264 4:2:0 needs even sides), "
                      "display aspect kept")
 
-    lengths = (_copy_segments(source, folder, media["video_index"], segment_frames)
+    packets = tracks.packet_flags(source, media["video_index"])
+    shown = sum("D" not in flags for flags in packets) or info.frames  # what an edit list discards is no frame
+    lengths = (_copy_segments(source, folder, media["video_index"], packets, segment_frames)
                if _copyable(info, media, (width, height), before) else None)
     copied = lengths is not None
     if copied:
@@ -98,8 +100,8 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
         fingerprint = _fingerprint(source, width, height, segment_frames, hdr, copied=True)
     else:
         frames = _write_segments(source, folder, (width, height), info.frame_rate, segment_frames, colour, before)
-        if frames < info.frames * 0.98:
-            raise UserError(f"{source.name} is damaged: only {frames} of its {info.frames} frames could be decoded")
+        if frames < shown * 0.98:
+            raise UserError(f"{source.name} is damaged: only {frames} of its {shown} frames could be decoded")
         lengths = segment_lengths(frames, segment_frames)
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     timing = tracks.frame_times(source, media["video_index"], frames)
@@ -142,21 +144,22 @@ def _copyable(info: ffmpeg.MediaInfo, media: dict, size: tuple[int, int], before
             and not media["rotation"] and size == (info.width, info.height))
 
 
-def _copy_segments(source: Path, folder: Path, index: int, segment_frames: int) -> list[int] | None:
-    """Cut the source's own packets at its keyframes into segments of at least
-    ``segment_frames`` frames (the last takes the rest) and return the frames of each. None,
+def _copy_segments(source: Path, folder: Path, index: int, packets: list[str],
+                   segment_frames: int) -> list[int] | None:
+    """Cut stream ``index``'s own packets (``packets``: their flags, in decoding order) at its
+    keyframes into segments of at least ``segment_frames`` frames (the last takes the rest)
+    and return the frames of each. None,
     with no segment left in ``folder``, where that would make a segment over twice as long
     (keyframes far apart: the shares and a preempted node's loss would grow), an edit list
     hides packets, or a segment does not start at an IDR picture and decode alone to its
     frames: the split then re-encodes, as for any other source."""
-    flags = tracks.packet_flags(source, index)
-    if not flags or "K" not in flags[0] or any("D" in f for f in flags):
+    if not packets or "K" not in packets[0] or any("D" in flags for flags in packets):
         return None
     cuts: list[int] = []
-    for number, packet in enumerate(flags):
-        if "K" in packet and number - (cuts[-1] if cuts else 0) >= segment_frames:
+    for number, flags in enumerate(packets):
+        if "K" in flags and number - (cuts[-1] if cuts else 0) >= segment_frames:
             cuts.append(number)
-    lengths = [end - start for start, end in zip([0, *cuts], [*cuts, len(flags)])]
+    lengths = [end - start for start, end in zip([0, *cuts], [*cuts, len(packets)])]
     if max(lengths) > 2 * segment_frames:
         return None
     paths = [folder / segment_name(i) for i in range(len(lengths))]
