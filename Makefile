@@ -37,8 +37,10 @@ setup: $(STAMP) $(NODE_STAMP)
 # What the production topology needs beside: the Debian packages and the images' venvs.
 prod-setup: setup debian-prod $(PROD_STAMPS)
 
+# ffmpeg for the media; g++ builds the fused norm on first use (scoring/networks/fused_norm.py).
 $(STAMP): requirements.txt constraints.txt pyproject.toml
-	@command -v ffprobe >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg; }
+	@missing=$$(command -v ffprobe >/dev/null || echo ffmpeg; command -v g++ >/dev/null || echo g++); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv -c constraints.txt
 	$(UV_INSTALL) $(PY) -r requirements.txt

@@ -185,9 +185,7 @@ class Ranges:
         self.handles = [m.register_forward_pre_hook(self._seen, with_kwargs=True) for m in modules]
 
     def _seen(self, module, args, kwargs):
-        x = args[0].detach()
-        if kwargs.get("relu_input"):  # the layer takes the ReLU of what it is given
-            x = F.relu(x)
+        x = args[0].detach()  # through its ReLU and padding already (layers.norm_then_pad): the same range
         self.low[module] = min(self.low.get(module, np.inf), float(x.min()))
         self.high[module] = max(self.high.get(module, -np.inf), float(x.max()))
 

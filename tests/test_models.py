@@ -247,16 +247,15 @@ def test_each_form_of_the_norm_is_torchs_instance_norm(form, affine, dtype):
 def test_both_networks_give_the_same_frame_with_the_cuda_norm(spec, monkeypatch):
     """Each network's norms go through ``layers.instance_norm``: computed the CUDA way, the
     whole network gives the same frame as with torch's instance norm."""
-    from scoring.networks import layers, models
+    from scoring.networks import layers
 
     torch.manual_seed(0)
     net = (load_model(spec) if spec != "pth" else TransformerNet().eval())
     x = torch.rand(1, 3, 36, 64) * (255 if spec == "pth" else 1)
     with torch.inference_mode():
         expected = net(x)
-        for module in (layers, models):  # the TransformerNet's norms, the 26-style network's
-            monkeypatch.setattr(module, "instance_norm", lambda x, weight=None, bias=None, eps=1e-5:
-                                instance_norm_by_moments(x, weight, bias, eps))
+        monkeypatch.setattr(layers, "instance_norm", lambda x, weight=None, bias=None, eps=1e-5:
+                            instance_norm_by_moments(x, weight, bias, eps))
         got = net(x)
     assert not torch.equal(got, expected)  # the other path ran: not bit-identical
     assert (got - expected).abs().max() < 1e-4 * expected.abs().max()

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..media.errors import UserError
 from ..media.pictures import STYLE_SIZE, load_style_image  # noqa: F401 (the style picture is media-side)
-from .layers import double_then_conv3, instance_norm, relu_padded, wide_conv
+from .layers import double_then_conv3, instance_norm, norm_then_pad, relu_padded, then_pad, unpadded, wide_conv
 
 STYLE_DIM = 100
 
@@ -50,20 +50,23 @@ class StyleNorm(nn.Module):
         self.gamma = nn.Conv2d(STYLE_DIM, channels, 1)
         self.beta = nn.Conv2d(STYLE_DIM, channels, 1)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, **then) -> torch.Tensor:
+        """``then``: what follows the norm up to the next convolution (``norm_then_pad``)."""
         if style.shape[0] == 1:  # one style for the batch, as in a run: scale and shift inside the norm
-            return instance_norm(x, self.gamma(style).flatten(), self.beta(style).flatten())
-        return instance_norm(x) * self.gamma(style) + self.beta(style)
+            return norm_then_pad(x, self.gamma(style).flatten(), self.beta(style).flatten(), **then)
+        return then_pad(instance_norm(x) * self.gamma(style) + self.beta(style), **then)
 
 
 class ReflectConv(nn.Conv2d):
     """A convolution on its input reflect-padded by half the kernel (TF's MirrorPad + VALID);
     the wide 9x9 ones at the ends through ``wide_conv``."""
 
-    def forward(self, x: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
-        """``relu_input``: the ReLU of ``x`` taken in the same pass as the padding."""
+    def forward(self, x: torch.Tensor, relu_input: bool = False, padded: bool = False) -> torch.Tensor:
+        """``relu_input``: the ReLU of ``x`` taken in the same pass as the padding; ``padded``:
+        ``x`` comes padded (and through its ReLU) already, from the norm before (``norm_then_pad``)."""
         pad = self.kernel_size[0] // 2
-        x = relu_padded(x, pad) if relu_input else F.pad(x, [pad] * 4, mode="reflect")
+        if not padded:
+            x = relu_padded(x, pad) if relu_input else F.pad(x, [pad] * 4, mode="reflect")
         if self.stride == (1, 1):
             return wide_conv(x, self.weight, self.bias)
         return F.conv2d(x, self.weight, self.bias, self.stride)
@@ -82,14 +85,15 @@ class StyledConv(nn.Module):
         self.conv = reflect_conv(cin, cout, kernel)
         self.norm = StyleNorm(cout)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
-        """``relu_input``: the ReLU of ``x`` taken here, in the padding's pass where there is one."""
+    def forward(self, x: torch.Tensor, style: torch.Tensor, **then) -> torch.Tensor:
+        """``x`` as the convolution takes it: padded already (an upsampling layer pads its own);
+        ``then``: what follows the norm up to the next convolution."""
         if self.upsample == 2 and self.conv.kernel_size == (3, 3):
-            return self.norm(double_then_conv3(F.relu(x) if relu_input else x, self.conv.weight, self.conv.bias),
-                             style)
-        if self.upsample > 1:  # nearest neighbours: the ReLU can as well come after
+            return self.norm(double_then_conv3(x, self.conv.weight, self.conv.bias), style, **then)
+        if self.upsample > 1:
             x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
-        return self.norm(self.conv(x, relu_input=relu_input), style)
+            return self.norm(self.conv(x), style, **then)
+        return self.norm(self.conv(x, padded=True), style, **then)
 
 
 class StyledResidual(nn.Module):
@@ -98,8 +102,10 @@ class StyledResidual(nn.Module):
         self.conv1 = StyledConv(channels, channels, 3)
         self.conv2 = StyledConv(channels, channels, 3)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(x, style)), style)
+    def forward(self, x: torch.Tensor, style: torch.Tensor, pad: int) -> torch.Tensor:
+        """``x`` padded by 1 for the first convolution; the sum padded by ``pad`` for the next layer."""
+        inner = self.conv1(x, style, pad=1, relu=True)
+        return self.conv2(inner, style, pad=pad, residual=unpadded(x, 1))
 
 
 class ArbitraryStyleNet(nn.Module):
@@ -120,15 +126,17 @@ class ArbitraryStyleNet(nn.Module):
                                      StyledConv(8, 3, 9)])
 
     def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        # a ReLU before a reflection pad is taken by the next layer, in the pad's pass
+        # a ReLU before a reflection pad is taken in the pad's pass; after the contraction each
+        # norm writes the next convolution's input, its ReLU, residual sum and pad (norm_then_pad)
         first, down, down_again = self.contract
         x = down(first(image), relu_input=True)
-        x = F.relu(down_again(x, relu_input=True))
-        for block in self.residual:
-            x = block(x, style)
+        x = relu_padded(down_again(x, relu_input=True), 1)
+        for i, block in enumerate(self.residual, 1):
+            x = block(x, style, pad=1 if i < len(self.residual) else 0)
         up_first, up_second, last = self.expand
-        x = up_second(F.relu(up_first(x, style)), style)
-        return torch.sigmoid(last(x, style, relu_input=True))
+        x = up_first(x, style, relu=True)
+        x = up_second(x, style, pad=last.conv.kernel_size[0] // 2, relu=True)
+        return torch.sigmoid(last(x, style))
 
     @classmethod
     def from_onnx(cls, path: Path | str | None = None) -> ArbitraryStyleNet:

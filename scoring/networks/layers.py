@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused_norm
+
 
 def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``conv3x3(reflect_pad1(nearest_upsample_x2(x)))``, computed without the upsampling.
@@ -179,8 +181,41 @@ def instance_norm_by_moments(x: torch.Tensor, weight: torch.Tensor | None, bias:
     return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
 
 
-class InstanceNorm(nn.InstanceNorm2d):
-    """``nn.InstanceNorm2d`` (same parameters, same state dict) computed by ``instance_norm``."""
+def norm_then_pad(y: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
+                  pad: int = 0, relu: bool = False, residual: torch.Tensor | None = None,
+                  eps: float = 1e-5) -> torch.Tensor:
+    """The step from one convolution's output to the next one's input: ``instance_norm(y,
+    weight, bias)``, plus ``residual``, its ReLU where ``relu``, reflect-padded by ``pad``.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return instance_norm(x, self.weight, self.bias, self.eps)
+    Channels-last bf16 on a CPU (one with AMX) this is ``fused_norm``'s kernel, two passes over
+    ``y`` instead of torch's five, which at full size are memory-bound and took most of a frame
+    (docs/performance.md#the-norm-and-what-follows-it-in-two-passes-2026-12-05). Elsewhere, and
+    where the kernel has no loop for the shape or could not be built, torch's steps.
+    """
+    if fused_norm.takes(y, weight, residual, pad):
+        return fused_norm.norm_then_pad(y, weight, bias, pad, relu, residual, eps)
+    return then_pad(instance_norm(y, weight, bias, eps), pad=pad, relu=relu, residual=residual)
+
+
+def then_pad(y: torch.Tensor, *, pad: int = 0, relu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``norm_then_pad``'s steps after the norm, in torch."""
+    if residual is not None:
+        y = residual + y
+    if relu and pad:
+        return relu_padded(y, pad)
+    y = F.relu(y) if relu else y
+    return F.pad(y, [pad] * 4, mode="reflect") if pad else y
+
+
+def unpadded(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """The interior of ``x`` padded by ``pad`` on each side: a view, no copy."""
+    return x[..., pad:x.shape[-2] - pad, pad:x.shape[-1] - pad] if pad else x
+
+
+class InstanceNorm(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (same parameters, same state dict) computed by ``norm_then_pad``,
+    which also takes what follows the norm up to the next convolution."""
+
+    def forward(self, x: torch.Tensor, *, pad: int = 0, relu: bool = False,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        return norm_then_pad(x, self.weight, self.bias, pad=pad, relu=relu, residual=residual, eps=self.eps)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..media.errors import UserError
 from ..options import NUM_STYLES, check_model_choice, style_weights
-from .layers import InstanceNorm, double_then_conv3, instance_norm, relu_padded, wide_conv
+from .layers import InstanceNorm, double_then_conv3, norm_then_pad, unpadded, wide_conv
 
 # --------------------------------------------------------------------------- style specs
 
@@ -56,13 +56,15 @@ class ConditionalInstanceNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(num_styles, channels))
         self.beta = nn.Parameter(torch.zeros(num_styles, channels))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return instance_norm(x, style @ self.gamma, style @ self.beta)
+    def forward(self, x: torch.Tensor, style: torch.Tensor, **then) -> torch.Tensor:
+        """``then``: what follows the norm up to the next convolution (``norm_then_pad``)."""
+        return norm_then_pad(x, style @ self.gamma, style @ self.beta, **then)
 
 
 class StyledConv(nn.Module):
-    """Optional nearest-neighbour doubling, reflect pad, convolution without bias, conditional
-    instance norm."""
+    """Optional nearest-neighbour doubling, convolution without bias, conditional instance norm;
+    its input comes reflect-padded by the step before (``norm_then_pad``), its output goes
+    padded for the next layer."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, double: bool = False):
         super().__init__()
@@ -72,15 +74,16 @@ class StyledConv(nn.Module):
         self.w = nn.Parameter(torch.empty(cout, cin, kernel, kernel))
         self.norm = ConditionalInstanceNorm(cout)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
-        """``relu_input``: ``x`` is the previous layer's output before its ReLU, taken here in
-        the same pass as the padding (``relu_padded``)."""
+    def forward(self, x: torch.Tensor, style: torch.Tensor, **then) -> torch.Tensor:
+        """``x`` as the convolution takes it: padded by ``self.pad`` already (a doubling pads
+        its own); ``then``: what follows the norm up to the next convolution."""
         if self.double:
-            return self.norm(double_then_conv3(F.relu(x) if relu_input else x, self.w), style)
-        x = relu_padded(x, self.pad) if relu_input else F.pad(x, [self.pad] * 4, mode="reflect")
-        if self.stride == 1:
-            return self.norm(wide_conv(x, self.w), style)
-        return self.norm(F.conv2d(x, self.w, stride=self.stride), style)
+            y = double_then_conv3(x, self.w)
+        elif self.stride == 1:
+            y = wide_conv(x, self.w)
+        else:
+            y = F.conv2d(x, self.w, stride=self.stride)
+        return self.norm(y, style, **then)
 
 
 class StyledResidual(nn.Module):
@@ -88,9 +91,11 @@ class StyledResidual(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([StyledConv(channels, channels, 3), StyledConv(channels, channels, 3)])
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, pad: int) -> torch.Tensor:
+        """``x`` padded by 1 for the first convolution; the sum padded by ``pad`` for the next layer."""
         first, second = self.layers
-        return x + second(F.relu(first(x, style)), style)
+        inner = first(x, style, pad=1, relu=True)
+        return second(inner, style, pad=pad, residual=unpadded(x, 1))
 
 
 class MultiStyleNet(nn.Module):
@@ -108,16 +113,18 @@ class MultiStyleNet(nn.Module):
                                      StyledConv(4, 3, 9)])
 
     def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        # a ReLU before a reflection pad is taken by the next layer, in the pad's pass
+        # each norm writes the next convolution's input: the ReLU, the residual sum and the
+        # reflection pad in the norm's pass (norm_then_pad)
         first, down, down_again = self.contract
-        x = first(image, style)
-        x = down(x, style, relu_input=True)
-        x = F.relu(down_again(x, style, relu_input=True))
-        for block in self.res:
-            x = block(x, style)
+        x = first(F.pad(image, [first.pad] * 4, mode="reflect"), style, pad=1, relu=True)
+        x = down(x, style, pad=1, relu=True)
+        x = down_again(x, style, pad=1, relu=True)
+        for i, block in enumerate(self.res, 1):
+            x = block(x, style, pad=1 if i < len(self.res) else 0)
         up_first, up_second, last = self.expand
-        x = up_second(F.relu(up_first(x, style)), style)
-        return torch.sigmoid(last(x, style, relu_input=True))
+        x = up_first(x, style, relu=True)
+        x = up_second(x, style, pad=last.pad, relu=True)
+        return torch.sigmoid(last(x, style))
 
     @classmethod
     def from_onnx(cls, path: Path | str | None = None) -> MultiStyleNet:
@@ -156,9 +163,9 @@ class ConvLayer(nn.Module):
         self.reflection_pad = nn.ReflectionPad2d(kernel // 2)
         self.conv2d = nn.Conv2d(cin, cout, kernel, stride)
 
-    def forward(self, x: torch.Tensor, relu_input: bool = False) -> torch.Tensor:
-        """``relu_input``: the ReLU of ``x`` taken in the same pass as the padding."""
-        x = relu_padded(x, self.reflection_pad.padding[0]) if relu_input else self.reflection_pad(x)
+    def forward(self, x: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        """``padded``: ``x`` comes reflect-padded already, by the norm before (``norm_then_pad``)."""
+        x = x if padded else self.reflection_pad(x)
         if self.conv2d.stride == (1, 1):
             return wide_conv(x, self.conv2d.weight, self.conv2d.bias)
         return self.conv2d(x)
@@ -172,8 +179,10 @@ class ResidualBlock(nn.Module):
         self.conv2 = ConvLayer(channels, channels, 3)
         self.in2 = InstanceNorm(channels, affine=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.in2(self.conv2(F.relu(self.in1(self.conv1(x)))))
+    def forward(self, x: torch.Tensor, pad: int) -> torch.Tensor:
+        """``x`` padded by 1 for the first convolution; the sum padded by ``pad`` for the next layer."""
+        inner = self.in1(self.conv1(x, padded=True), pad=1, relu=True)
+        return self.in2(self.conv2(inner, padded=True), pad=pad, residual=unpadded(x, 1))
 
 
 class UpsampleConvLayer(nn.Module):
@@ -209,15 +218,17 @@ class TransformerNet(nn.Module):
         self.deconv3 = ConvLayer(32, 3, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # a ReLU before a reflection pad is taken by the next layer, in the pad's pass
-        y = self.in1(self.conv1(x))
-        y = self.in2(self.conv2(y, relu_input=True))
-        y = F.relu(self.in3(self.conv3(y, relu_input=True)))
-        for block in (self.res1, self.res2, self.res3, self.res4, self.res5):
-            y = block(y)
-        y = F.relu(self.in4(self.deconv1(y)))
-        y = self.in5(self.deconv2(y))
-        return self.deconv3(y, relu_input=True)
+        # each norm writes the next convolution's input: the ReLU, the residual sum and the
+        # reflection pad in the norm's pass (norm_then_pad)
+        y = self.in1(self.conv1(x), pad=1, relu=True)
+        y = self.in2(self.conv2(y, padded=True), pad=1, relu=True)
+        y = self.in3(self.conv3(y, padded=True), pad=1, relu=True)
+        blocks = (self.res1, self.res2, self.res3, self.res4, self.res5)
+        for i, block in enumerate(blocks, 1):
+            y = block(y, pad=1 if i < len(blocks) else 0)
+        y = self.in4(self.deconv1(y), relu=True)
+        y = self.in5(self.deconv2(y), pad=self.deconv3.reflection_pad.padding[0], relu=True)
+        return self.deconv3(y, padded=True)
 
 
 # Checkpoints saved with torch < 0.4 carry InstanceNorm running stats that the module no

@@ -1,0 +1,158 @@
+// The step between two convolutions of a style network, in two passes over the activations:
+//
+//     out = reflect_pad(act(instance_norm(x) * weight + bias + residual), pad)
+//
+// for bf16 tensors laid out channels-last (N, H, W, C in memory), as a CPU with AMX runs them.
+// torch does the same in five passes (statistics, normalise, add, ReLU, pad), each memory-bound
+// over tens of MB at full size: the largest share of a frame once the convolutions ran on AMX
+// (docs/performance.md#one-pass-for-the-norm-and-what-follows-it-2026-12-05).
+//
+// Pass 1 sums each channel (and its squares) over the sample; pass 2 writes each output row
+// once, from its source row (the reflected one near the top and bottom), the reflected columns
+// copied from the row's own interior. Arithmetic in fp32, sums of rows in fp64, the result
+// rounded to bf16 once (nearest even, as torch rounds). Threads: OpenMP, which resolves to the
+// libgomp torch has loaded (same soname), so torch's thread pool and its thread count.
+//
+// Built by fused_norm.py with the machine's own instruction set (-march=native); the loops are
+// written so that the compiler vectorises them: P values at a time, a multiple of 16, over
+// which the channels repeat.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+namespace {
+
+inline float from_bf16(uint16_t v) {
+    uint32_t bits = uint32_t(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+inline uint16_t to_bf16(float f) {  // round to nearest even; no NaNs arise here
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    bits += 0x7FFF + ((bits >> 16) & 1);
+    return uint16_t(bits >> 16);
+}
+
+struct Shape {
+    long height, width, channels, pad;
+};
+
+// One sample. P: values per step, the channels repeating within it (C divides P).
+template <int P>
+void one_sample(const uint16_t* x, uint16_t* out, const uint16_t* residual, long residual_row, const Shape& s,
+                const float* weight, const float* bias, float eps, bool relu, int threads) {
+    const long C = s.channels, row_values = s.width * C;
+
+    // pass 1: per lane sums of (x - pivot), the first pixel's value, which keeps the
+    // variance's subtraction small where the mean is large against the spread
+    float pivot[P];
+    for (int k = 0; k < P; ++k) pivot[k] = from_bf16(x[k % C]);
+    // each thread its own rows (a static schedule) and its own sums, added up in thread order:
+    // the same frame gives the same output on the same thread count, run after run
+    std::vector<double> sums(size_t(threads) * 2 * P, 0.0);
+#pragma omp parallel num_threads(threads)
+    {
+        double* sum = &sums[size_t(omp_get_thread_num()) * 2 * P];
+        double* squares = sum + P;
+#pragma omp for schedule(static)
+        for (long r = 0; r < s.height; ++r) {
+            const uint16_t* row = x + r * row_values;
+            float a[P] = {}, q[P] = {};
+            for (long i = 0; i < row_values; i += P)
+                for (int k = 0; k < P; ++k) {
+                    float v = from_bf16(row[i + k]) - pivot[k];
+                    a[k] += v;
+                    q[k] += v * v;
+                }
+            for (int k = 0; k < P; ++k) {
+                sum[k] += a[k];
+                squares[k] += q[k];
+            }
+        }
+    }
+
+    // the norm as one multiply-add per value, per lane
+    float scale[P], shift[P];
+    const double n = double(s.height) * double(s.width);
+    for (long c = 0; c < C; ++c) {
+        double total = 0, total_squares = 0;
+        for (int t = 0; t < threads; ++t)
+            for (long k = c; k < P; k += C) {
+                total += sums[size_t(t) * 2 * P + k];
+                total_squares += sums[size_t(t) * 2 * P + P + k];
+            }
+        const double offset = total / n, var = std::max(0.0, total_squares / n - offset * offset);
+        const double mean = pivot[c] + offset;
+        const double m = (weight ? weight[c] : 1.0) / std::sqrt(var + eps);
+        for (long k = c; k < P; k += C) {
+            scale[k] = float(m);
+            shift[k] = float((bias ? bias[c] : 0.0) - mean * m);
+        }
+    }
+
+    // pass 2: each output row from its source row
+    const long out_width = s.width + 2 * s.pad, out_rows = s.height + 2 * s.pad, pad = s.pad;
+    const float floor = relu ? 0.0f : -INFINITY;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < out_rows; ++r) {
+        long source = std::abs(r - pad);  // reflected at the top ...
+        if (source >= s.height) source = 2 * (s.height - 1) - source;  // ... and at the bottom
+        const uint16_t* row = x + source * row_values;
+        const uint16_t* add = residual ? residual + source * residual_row : nullptr;
+        uint16_t* line = out + r * out_width * C;
+        uint16_t* inner = line + pad * C;
+        for (long i = 0; i < row_values; i += P)
+            for (int k = 0; k < P; ++k) {
+                float v = from_bf16(row[i + k]) * scale[k] + shift[k];
+                if (add) v += from_bf16(add[i + k]);
+                inner[i + k] = to_bf16(std::max(v, floor));
+            }
+        for (long j = 1; j <= pad; ++j) {  // column -j mirrors column j, column W-1+j column W-1-j
+            std::memcpy(line + (pad - j) * C, line + (pad + j) * C, C * sizeof(uint16_t));
+            std::memcpy(line + (pad + s.width - 1 + j) * C, line + (pad + s.width - 1 - j) * C, C * sizeof(uint16_t));
+        }
+    }
+}
+
+template <int P>
+void samples(const uint16_t* x, uint16_t* out, const uint16_t* residual, long residual_row, long residual_sample,
+             long count, const Shape& s, const float* weight, const float* bias, float eps, bool relu, int threads) {
+    const long in_size = s.height * s.width * s.channels;
+    const long out_size = (s.height + 2 * s.pad) * (s.width + 2 * s.pad) * s.channels;
+    for (long i = 0; i < count; ++i)
+        one_sample<P>(x + i * in_size, out + i * out_size, residual ? residual + i * residual_sample : nullptr,
+                      residual_row, s, weight, bias, eps, relu, threads);
+}
+
+}  // namespace
+
+// x: [count, height, width, channels] bf16, contiguous; out: the same padded by `pad` on each
+// side; residual (or null): [count, height, width, channels] with rows `residual_row` and
+// samples `residual_sample` values apart; weight, bias (or null): fp32 per channel.
+// Returns 0, or -1 for a shape this file has no loop for (the caller then uses torch's steps).
+extern "C" int norm_then_pad_bf16(const uint16_t* x, uint16_t* out, const uint16_t* residual, long residual_row,
+                                  long residual_sample, long count, long height, long width, long channels, long pad,
+                                  const float* weight, const float* bias, float eps, int relu, int threads) {
+    const Shape s{height, width, channels, pad};
+    const long values = width * channels;
+    if (pad >= height || pad >= width) return -1;
+#define RUN(P)                                                                                                 \
+    if ((P % channels == 0) && values % P == 0) {                                                              \
+        samples<P>(x, out, residual, residual_row, residual_sample, count, s, weight, bias, eps, relu, threads); \
+        return 0;                                                                                              \
+    }
+    if (channels <= 16) RUN(16)
+    if (channels <= 32) RUN(32)
+    if (channels <= 64) RUN(64)
+    if (channels <= 128) RUN(128)
+#undef RUN
+    return -1;
+}
