@@ -44,7 +44,7 @@ import reference  # noqa: E402  (bench/reference.py)
 from nets import conv_flops, psnr, random_weights  # noqa: E402  (bench/nets.py)
 
 from scoring.media import samples  # noqa: E402
-from scoring.networks import models  # noqa: E402
+from scoring.networks import layers, models  # noqa: E402
 from scoring.networks.models import MultiStyleNet, load_model, parse_style  # noqa: E402
 from scoring.networks.stylizer import Stylizer, resolve_batch  # noqa: E402
 
@@ -64,18 +64,23 @@ def as_published():
     def wide_conv(x, weight, bias=None):
         return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
-    def instance_norm(x, weight=None, bias=None, eps=1e-5):
-        return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
+    def norm_then_pad(y, weight=None, bias=None, *, pad=0, relu=False, residual=None, eps=1e-5):
+        y = F.instance_norm(y, weight=weight, bias=bias, eps=eps)
+        y = y if residual is None else residual + y
+        y = F.relu(y) if relu else y
+        return F.pad(y, [pad] * 4, mode="reflect") if pad else y
 
-    names = ("double_then_conv3", "wide_conv", "instance_norm")
-    saved = [getattr(models, name) for name in names]
-    for name, plain in zip(names, (double_then_conv3, wide_conv, instance_norm)):
-        setattr(models, name, plain)
+    plain = {(models, "double_then_conv3"): double_then_conv3, (models, "wide_conv"): wide_conv,
+             (models, "norm_then_pad"): norm_then_pad,  # the 26-style network's norms
+             (layers, "norm_then_pad"): norm_then_pad}  # TransformerNet's (layers.InstanceNorm)
+    saved = {place: getattr(*place) for place in plain}
+    for (module, name), form in plain.items():
+        setattr(module, name, form)
     try:
         yield
     finally:
-        for name, ours in zip(names, saved):
-            setattr(models, name, ours)
+        for (module, name), ours in saved.items():
+            setattr(module, name, ours)
 
 
 def host_to_host(net: torch.nn.Module, device: torch.device):

@@ -120,20 +120,26 @@ def test_the_cuda_rows_plain_side_runs_the_published_layers():
     sys.path.insert(0, str(REPO / "bench"))
     import gpu
 
-    from scoring.networks import models
+    from scoring.networks import layers, models
 
-    ours = (models.double_then_conv3, models.wide_conv, models.instance_norm)
-    net = models.load_model("7")
-    x = torch.rand(1, 3, 36, 64)
-    with torch.inference_mode():
-        expected = net(x)
-        with gpu.as_published():
-            assert all(getattr(models, f.__name__) is not f for f in ours)
-            with mock.patch("torch.nn.functional.interpolate", wraps=torch.nn.functional.interpolate) as doubling:
-                got = net(x)
-    assert (models.double_then_conv3, models.wide_conv, models.instance_norm) == ours
-    assert doubling.call_count == 2  # the network's two nearest-neighbour doublings, as published
-    assert (got - expected).abs().max() < 1e-4
+    def places():
+        return models.double_then_conv3, models.wide_conv, models.norm_then_pad, layers.norm_then_pad
+
+    ours = places()
+    nets = {"26-style": (models.load_model("7"), torch.rand(1, 3, 36, 64), 2),
+            "TransformerNet": (models.UnitRange(models.TransformerNet()).eval(), torch.rand(1, 3, 36, 64), 2)}
+    for name, (net, x, doublings) in nets.items():
+        with torch.inference_mode():
+            expected = net(x)
+            with gpu.as_published():
+                assert all(now is not before for now, before in zip(places(), ours))
+                with (mock.patch("torch.nn.functional.interpolate", wraps=torch.nn.functional.interpolate) as doubling,
+                      mock.patch("torch.nn.functional.group_norm", wraps=torch.nn.functional.group_norm) as group):
+                    got = net(x)
+        assert places() == ours
+        assert doubling.call_count == doublings, name  # the network's nearest-neighbour doublings, as published
+        assert group.call_count == 0, name  # torch's instance norm, not ours (a group norm on a CPU)
+        assert (got - expected).abs().max() < 1e-4 * max(1.0, expected.abs().max().item()), name
 
 
 @pytest.mark.skipif(not (REPO / "node_modules" / ".bin" / "azurite-blob").exists(),
