@@ -248,13 +248,13 @@ def explore(style: str = "7", device: str = "cuda") -> list[dict]:
         net = net.to(device)
         with as_published():
             truth = as_uint8(variant(net, "fp32", False)(x4[:1]))
-        for layers in ("ours", "published"):
+        for form in ("ours", "published"):
             for precision in ("fp32", "fp16-autocast", "fp16-weights"):
                 for channels_last in (False, True):
                     for batch in (1, 4):
                         run = variant(net, precision, channels_last)
-                        with as_published() if layers == "published" else contextlib.nullcontext():
-                            row = {"network": name, "layers": layers, "precision": precision,
+                        with as_published() if form == "published" else contextlib.nullcontext():
+                            row = {"network": name, "layers": form, "precision": precision,
                                    "channels_last": channels_last, "batch": batch,
                                    "ms_per_frame": device_seconds(run, x4[:batch]) / batch * 1e3,
                                    "psnr_db": psnr(as_uint8(run(x4[:1])), truth)}
