@@ -1,5 +1,6 @@
 """``fused_norm.cpp``: an instance norm, a residual sum, a ReLU and a reflection pad in two passes
-over channels-last bf16 activations, the step between two convolutions on a CPU with AMX.
+over a CPU's activations (channels-last bf16, as a CPU with AMX runs them; NCHW fp32 or bf16, as
+other CPUs do), the step between two convolutions.
 
 The C++ is compiled on first use with the machine's C++ compiler, for its own instruction set
 (``-march=native``), into a cache shared by every process of that user (one build per source,
@@ -75,29 +76,44 @@ def library() -> ctypes.CDLL | None:
         log.warning("the fused norm did not build (%s%s): the norms run as torch's steps", type(exc).__name__,
                     f": {detail.decode(errors='replace').strip().splitlines()[-1]}" if detail.strip() else "")
         return None
-    lib.norm_then_pad_bf16.restype = ctypes.c_int
-    lib.norm_then_pad_bf16.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
-                                       ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
-                                       ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int,
-                                       ctypes.c_int]
+    long, pointer = ctypes.c_long, ctypes.c_void_p
+    lib.norm_then_pad_bf16.restype = lib.norm_then_pad_planes.restype = ctypes.c_int
+    lib.norm_then_pad_bf16.argtypes = [pointer, pointer, pointer, long, long, long, long, long, long, long, pointer,
+                                       pointer, ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    lib.norm_then_pad_planes.argtypes = [pointer, long, long, long, pointer, pointer, long, long, long, long, long,
+                                         long, long, long, pointer, pointer, ctypes.c_float, ctypes.c_int,
+                                         ctypes.c_int, ctypes.c_int]
     return lib
 
 
+def _layout(y: torch.Tensor) -> str | None:
+    """"channels-last" (contiguous, and not also NCHW, as one channel is), "nchw" (each row's
+    values next to each other: a slice of an NCHW tensor is), or None."""
+    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+        return "channels-last"
+    return "nchw" if y.stride(3) == 1 else None
+
+
 def takes(y: torch.Tensor, weight: torch.Tensor | None, residual: torch.Tensor | None, pad: int) -> bool:
-    """Whether the kernel has a loop for this step: bf16 on a CPU, ``y`` contiguous channels-last,
-    one weight per channel, ``residual`` channels innermost (a padded tensor's interior is), the
-    pad narrower than ``y``."""
-    if y.device.type != "cpu" or y.dtype != torch.bfloat16 or y.dim() != 4 or y.requires_grad:
+    """Whether the kernel has a loop for this step, on a CPU: NCHW in fp32 or bf16 (each row's
+    values next to each other), or contiguous channels-last bf16 whose channels divide one of
+    ``CHANNEL_STEPS`` (and a row's values are a multiple of it); one weight per channel;
+    ``residual`` in ``y``'s layout, its innermost values next to each other (a padded tensor's
+    interior is); the pad narrower than ``y``."""
+    if (y.device.type != "cpu" or y.dtype not in (torch.float32, torch.bfloat16) or y.dim() != 4
+            or y.requires_grad):
         return False
     n, channels, height, width = y.shape
-    if weight is not None and weight.numel() != channels:
+    layout = _layout(y)
+    if pad >= min(height, width) or (weight is not None and weight.numel() != channels) or layout is None:
         return False
-    if not (y.is_contiguous(memory_format=torch.channels_last) and pad < min(height, width)):
+    if layout == "channels-last" and not (y.dtype == torch.bfloat16 and any(
+            step % channels == 0 and width * channels % step == 0 for step in CHANNEL_STEPS)):
         return False
-    if not any(step % channels == 0 and width * channels % step == 0 for step in CHANNEL_STEPS):
-        return False
+    innermost = 3 if layout == "nchw" else 1
     if residual is not None and (residual.shape != y.shape or residual.dtype != y.dtype
-                                 or residual.stride(1) != 1 or residual.stride(3) != channels):
+                                 or residual.stride(innermost) != 1
+                                 or (layout == "channels-last" and residual.stride(3) != channels)):
         return False
     return library() is not None
 
@@ -106,15 +122,23 @@ def norm_then_pad(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tens
                   residual: torch.Tensor | None, eps: float) -> torch.Tensor:
     """``layers.norm_then_pad`` by the kernel; ``takes`` must have said yes."""
     n, channels, height, width = y.shape
+    nchw = _layout(y) == "nchw"
     out = torch.empty((n, channels, height + 2 * pad, width + 2 * pad), dtype=y.dtype,
-                      memory_format=torch.channels_last)
+                      memory_format=torch.contiguous_format if nchw else torch.channels_last)
     weight = None if weight is None else weight.detach().float().contiguous()
     bias = None if bias is None else bias.detach().float().contiguous()
-    status = library().norm_then_pad_bf16(
-        y.data_ptr(), out.data_ptr(), None if residual is None else residual.data_ptr(),
-        0 if residual is None else residual.stride(2), 0 if residual is None else residual.stride(0),
-        n, height, width, channels, pad, None if weight is None else weight.data_ptr(),
-        None if bias is None else bias.data_ptr(), eps, int(relu), torch.get_num_threads())
+    pointers = [y.data_ptr(), out.data_ptr(), None if residual is None else residual.data_ptr()]
+    parameters = [None if weight is None else weight.data_ptr(), None if bias is None else bias.data_ptr(), eps,
+                  int(relu), torch.get_num_threads()]
+    strides = (0, 0, 0) if residual is None else (residual.stride(2), residual.stride(1), residual.stride(0))
+    if nchw:
+        source, target, skip = pointers
+        status = library().norm_then_pad_planes(source, y.stride(2), y.stride(1), y.stride(0), target, skip, *strides,
+                                                n, height, width, channels, pad, *parameters,
+                                                int(y.dtype == torch.bfloat16))
+    else:
+        row, _, sample = strides
+        status = library().norm_then_pad_bf16(*pointers, row, sample, n, height, width, channels, pad, *parameters)
     if status != 0:
         raise RuntimeError(f"fused_norm.cpp has no loop for {tuple(y.shape)}, though takes() said it had")
     return out

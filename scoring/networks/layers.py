@@ -187,9 +187,9 @@ def norm_then_pad(y: torch.Tensor, weight: torch.Tensor | None = None, bias: tor
     """The step from one convolution's output to the next one's input: ``instance_norm(y,
     weight, bias)``, plus ``residual``, its ReLU where ``relu``, reflect-padded by ``pad``.
 
-    Channels-last bf16 on a CPU (one with AMX) this is ``fused_norm``'s kernel, two passes over
-    ``y`` instead of torch's five, which at full size are memory-bound and took most of a frame
-    (docs/performance.md#the-norm-and-what-follows-it-in-two-passes-2026-12-05). Elsewhere, and
+    On a CPU this is ``fused_norm``'s kernel, two passes over ``y`` instead of torch's five,
+    which at full size are memory-bound and took the largest share of a frame
+    (docs/performance.md#the-norm-and-what-follows-it-in-two-passes-2026-12-05). On a GPU, and
     where the kernel has no loop for the shape or could not be built, torch's steps.
     """
     if fused_norm.takes(y, weight, residual, pad):
