@@ -11,6 +11,9 @@ of a held-out clip:
   dropped (the norm takes every per-channel constant out again).
 * Activations: uint8 in channels-last order, one scale per tensor. The frames themselves are
   the first layer's input (``uint8`` is what the decoder gives), so nothing is lost there.
+  Where the CPU has no VNNI (AVX2 alone), oneDNN multiplies by ``vpmaddubsw``, whose sums of
+  two uint8 x int8 products saturate at int16's 32767: there the codes stop at ``TOP`` = 127
+  (2 x 127 x 127 fits) and the frames lose their lowest bit; with 255, a layer was 10% off.
   Every other quantized tensor comes out of an instance norm (or a residual sum), and is
   rounded into uint8 by the norm itself: the next layer's scale is folded into the norm's
   weight and bias, a ReLU is the clamp at zero.
@@ -48,18 +51,23 @@ sys.path.insert(0, str(REPO))
 # --------------------------------------------------------------------------- the parts
 
 
+# the largest code an activation takes: all of uint8 where VNNI's dot products are exact, seven
+# bits where AVX2's pairs of products would saturate (module docstring)
+TOP = 255 if torch.cpu._is_vnni_supported() else 127
+
+
 class Quant:
-    """How a tensor is stored in uint8: ``real = scale * (q - zero_point)``."""
+    """How a tensor is stored in uint8: ``real = scale * (q - zero_point)``, q in 0..``TOP``."""
 
     def __init__(self, low: float, high: float):
         low, high = min(low, 0.0), max(high, 1e-6)
-        self.scale = (high - low) / 255.0
+        self.scale = (high - low) / TOP
         self.zero_point = int(round(-low / self.scale))
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """fp32 -> uint8 (rounded, saturated), in ``x``'s memory order."""
+        """fp32 -> uint8 (rounded, saturated at 0 and ``TOP``), in ``x``'s memory order."""
         y = torch.addcmul(torch.full((), self.zero_point + 0.5), x, torch.full((), 1.0 / self.scale))
-        return y.clamp_(0.0, 255.0).to(torch.uint8)
+        return y.clamp_(0.0, TOP).to(torch.uint8)
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +167,7 @@ def norm_to_uint8(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, qua
     clamp at ``quant``'s zero (which is 0 for a ReLU's output: its range starts at 0)."""
     assert not relu or quant.zero_point == 0
     y = F.group_norm(z, z.shape[1], weight / quant.scale, bias / quant.scale + (quant.zero_point + 0.5), 1e-5)
-    return y.clamp_(0.0, 255.0).to(torch.uint8)
+    return y.clamp_(0.0, TOP).to(torch.uint8)
 
 
 def norm(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -231,7 +239,8 @@ class Int8Net(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Both networks' shape: three convs down, residual blocks, up to the last layer."""
-        x = frames
+        # seven bits: the frames' values halved, which the norm after the first layer undoes
+        x = frames if TOP == 255 else frames >> 1
         for (conv, weight, bias), into in zip(self.contract, self.into):
             x = norm_to_uint8(conv(x), weight, bias, into, relu=True)
         conv, weight, bias = self.contract[2]
@@ -263,7 +272,8 @@ class Int8MultiStyle(Int8Net):
             return conv, (style @ styled.norm.gamma).float(), (style @ styled.norm.beta).float()
 
         first, down1, down2 = net.contract
-        self.contract = [layer(first, Quant(0.0, 1.0)), layer(down1), layer(down2)]  # frames: x * 255 exactly
+        # the frames as x * TOP (near enough where halved: the norm after takes the scale out)
+        self.contract = [layer(first, Quant(0.0, 1.0)), layer(down1), layer(down2)]
         self.into = [ranges.quant(down1), ranges.quant(down2)]  # what each layer's output is stored as
         self.blocks = [(ranges.quant(one), layer(one), ranges.quant(two), layer(two)) for one, two in
                        (block.layers for block in net.res)]

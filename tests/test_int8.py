@@ -29,12 +29,13 @@ def quantized_weight(weight: torch.Tensor) -> torch.Tensor:
     (3, 32, 9, 1, "shifts"), (4, 3, 9, 1, "columns"), (32, 3, 9, 1, "columns"), (32, 32, 3, 2, "plain"),
     (32, 16, 3, 1, "plain")])
 def test_each_convolution_form_is_the_convolution_of_the_quantized_numbers(cin, cout, kernel, stride, form):
-    """int8 x int8 sums are exact, so each form (reflect padding, shifted copies, column
+    """int8 x int8 sums are exact (on codes up to ``TOP``, which cannot saturate AVX2's pairs
+    of products), so each form (reflect padding, shifted copies, column
     sums, stride) must give F.conv2d of the dequantized input and weights to float rounding.
     A shifted copy one pixel off, a lost bias or padding of the wrong kind all fail here."""
     torch.manual_seed(0)
     quant = int8.Quant(-1.5, 4.0)
-    q = torch.randint(0, 256, (1, cin, 26, 38), dtype=torch.uint8).contiguous(memory_format=int8.CHANNELS_LAST)
+    q = torch.randint(0, int8.TOP + 1, (1, cin, 26, 38), dtype=torch.uint8).contiguous(memory_format=int8.CHANNELS_LAST)
     weight, bias = torch.randn(cout, cin, kernel, kernel), torch.randn(cout)
     conv = int8.Conv(weight, bias, quant, stride)
     assert conv.form == form
@@ -56,7 +57,7 @@ def test_the_doubling_is_upsampling_then_the_convolution(size):
     folded, quantized phase kernels, borders included."""
     torch.manual_seed(0)
     quant = int8.Quant(0.0, 3.0)
-    q = torch.randint(0, 256, (1, 16, *size), dtype=torch.uint8).contiguous(memory_format=int8.CHANNELS_LAST)
+    q = torch.randint(0, int8.TOP + 1, (1, 16, *size), dtype=torch.uint8).contiguous(memory_format=int8.CHANNELS_LAST)
     weight = torch.randn(8, 16, 3, 3)
     doubling = int8.Doubling(weight, None, quant)
     got = doubling(q)
@@ -72,7 +73,7 @@ def test_quantize_rounds_and_saturates():
     x = torch.tensor([-5.0, 0.0, 0.5 * quant.scale + 1e-6, 7.0])
     q = quant.quantize(x)
     assert q.dtype == torch.uint8
-    assert q.tolist() == [0, quant.zero_point, quant.zero_point + 1, 255]
+    assert q.tolist() == [0, quant.zero_point, quant.zero_point + 1, int8.TOP]
     assert (dequantized(quant.quantize(torch.linspace(-1, 1, 101)), quant) - torch.linspace(-1, 1, 101)).abs().max() \
         <= quant.scale / 2 + 1e-6
 
