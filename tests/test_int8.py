@@ -30,12 +30,13 @@ def quantized_weight(weight: torch.Tensor) -> torch.Tensor:
     (32, 16, 3, 1, "plain")])
 def test_each_convolution_form_is_the_convolution_of_the_quantized_numbers(cin, cout, kernel, stride, form):
     """int8 x int8 sums are exact (on codes up to ``TOP``, which cannot saturate AVX2's pairs
-    of products), so each form (reflect padding, shifted copies, column
-    sums, stride) must give F.conv2d of the dequantized input and weights to float rounding.
+    of products), so each form (reflect padding, shifted copies, column sums, stride) must
+    give F.conv2d of the dequantized input and weights to float rounding.
     A shifted copy one pixel off, a lost bias or padding of the wrong kind all fail here."""
     torch.manual_seed(0)
     quant = int8.Quant(-1.5, 4.0)
-    q = torch.randint(0, int8.TOP + 1, (1, cin, 26, 38), dtype=torch.uint8).contiguous(memory_format=int8.CHANNELS_LAST)
+    q = torch.randint(0, int8.TOP + 1, (1, cin, 26, 38), dtype=torch.uint8)
+    q = q.contiguous(memory_format=int8.CHANNELS_LAST)
     weight, bias = torch.randn(cout, cin, kernel, kernel), torch.randn(cout)
     conv = int8.Conv(weight, bias, quant, stride)
     assert conv.form == form

@@ -127,18 +127,16 @@ def norm_then_pad(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tens
                       memory_format=torch.contiguous_format if nchw else torch.channels_last)
     weight = None if weight is None else weight.detach().float().contiguous()
     bias = None if bias is None else bias.detach().float().contiguous()
-    pointers = [y.data_ptr(), out.data_ptr(), None if residual is None else residual.data_ptr()]
-    parameters = [None if weight is None else weight.data_ptr(), None if bias is None else bias.data_ptr(), eps,
-                  int(relu), torch.get_num_threads()]
-    strides = (0, 0, 0) if residual is None else (residual.stride(2), residual.stride(1), residual.stride(0))
+    skip = None if residual is None else residual.data_ptr()
+    row, plane, sample = (0, 0, 0) if residual is None else (residual.stride(2), residual.stride(1), residual.stride(0))
+    shape_and_parameters = (n, height, width, channels, pad, None if weight is None else weight.data_ptr(),
+                            None if bias is None else bias.data_ptr(), eps, int(relu), torch.get_num_threads())
     if nchw:
-        source, target, skip = pointers
-        status = library().norm_then_pad_planes(source, y.stride(2), y.stride(1), y.stride(0), target, skip, *strides,
-                                                n, height, width, channels, pad, *parameters,
+        status = library().norm_then_pad_planes(y.data_ptr(), y.stride(2), y.stride(1), y.stride(0), out.data_ptr(),
+                                                skip, row, plane, sample, *shape_and_parameters,
                                                 int(y.dtype == torch.bfloat16))
     else:
-        row, _, sample = strides
-        status = library().norm_then_pad_bf16(*pointers, row, sample, n, height, width, channels, pad, *parameters)
+        status = library().norm_then_pad_bf16(y.data_ptr(), out.data_ptr(), skip, row, sample, *shape_and_parameters)
     if status != 0:
         raise RuntimeError(f"fused_norm.cpp has no loop for {tuple(y.shape)}, though takes() said it had")
     return out
