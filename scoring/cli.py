@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import os
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .launch import WaitingRanks, mpiexec_path, run_ranks
 from .media import ffmpeg
 from .media.delivery import DEFAULT_DELIVERY, DELIVERIES, segment_encode
 from .media.errors import UserError
@@ -64,14 +65,21 @@ def cmd_score(args) -> dict | None:
     # a bad style, model or strength fails every rank alike, before any work: a plain exit 2 in each
     stylizer, model_id = stylizer_from(args), model_id_from(args)
     check_temporal(args.temporal)
+    if args.await_go:
+        if not world.await_go():
+            return None  # stylize's split was refused, and stylize says why
+        score.set_threads(world)  # the cores, among the ranks that style
+    encoding = encoding_from(args, stylizer)
+    out = args.out or score.styled_folder(args.segments, model_id, encoding)
     try:
-        result = score.score(args.segments, args.out, stylizer, model_id, encoding_from(args, stylizer), world)
+        result = score.score(args.segments, out, stylizer, model_id, encoding, world)
     except UserError as exc:
         if world.size > 1:  # a failure in one rank's share: the others would wait for it forever
             print(f"error: [rank {world.rank}] {exc}", file=sys.stderr, flush=True)
             world.abort(exc.exit_code)
         raise
-    return score.summarize(world, result)
+    summary = score.summarize(world, result)
+    return summary and {**summary, "out": str(out)}
 
 
 def cmd_stitch(args) -> dict:
@@ -87,15 +95,64 @@ def cmd_stylize(args) -> dict:
         from .networks.images import stylize_image
 
         return stylize_image(source, output, stylizer_from(args), args.max_side, limits_from(args))
-    from .media.split import split
     from .media.stitch import check_delivery, check_output_path, stitch
 
     check_output_path(output)
     check_delivery(args.delivery)
     check_model_choice(args.style, args.model, args.style_image)  # a bad style fails here, before any work
-    temporal = check_temporal(args.temporal)
+    check_temporal(args.temporal)
     work = Path(args.work_dir) if args.work_dir else output.parent / f".{output.name}.work"
     fresh = not work.exists()
+    ranks = ranks_before_split(args, info)
+    if ranks > 1:
+        styled, ranks = _score_on_waiting_ranks(args, source, work, fresh, ranks)
+    else:
+        styled, ranks = _score_after_loading(args, source, work, fresh)
+    result = stitch(work / "segments", styled, output, source, args.delivery)
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return {**result, "ranks": ranks}
+
+
+def ranks_before_split(args, info: ffmpeg.MediaInfo) -> int:
+    """How many ranks stylize starts before it splits, so that they load the network while it
+    splits; 0 where it loads the network itself beside the split and decides after it. Only on
+    a CPU and for a built-in style: a user's .pth or picture is opened here first, so that one
+    that does not load is one line before any work, and torch counts a GPU's ranks."""
+    if args.model or args.style_image or args.precision == "fp16" or not mpiexec_path():
+        return 0
+    if args.device == "cuda" or (args.device == "auto" and any(Path("/dev").glob("nvidia[0-9]*"))):
+        return 0
+    wanted = len(os.sched_getaffinity(0)) if args.ranks == "auto" else args.ranks
+    segments = -(-info.frames // args.segment_frames)  # at most: none but the last is shorter than asked
+    return ranks if (ranks := min(wanted, segments)) > 1 else 0
+
+
+def _score_on_waiting_ranks(args, source: Path, work: Path, fresh: bool, ranks: int) -> tuple[Path, int]:
+    """Several CPU ranks: mpiexec starts first and its ranks load the network while this
+    process splits (this one never imports torch); then as many as the split's shares make
+    worth it style the split. Returns the styled segments' folder and the ranks that styled."""
+    from .media.split import split
+
+    waiting = WaitingRanks(["--segments", str(work / "segments"), *model_args(args)], ranks)
+    try:
+        plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr)
+    except BaseException as stopped:
+        waiting.cancel()
+        if fresh and isinstance(stopped, UserError):  # a run refused leaves no split behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    cores = len(os.sched_getaffinity(0))
+    workers = plan.even_ranks(cores) if args.ranks == "auto" else plan.useful_ranks(args.ranks)
+    summary = waiting.go(min(workers, ranks))
+    return Path(summary["out"]), summary["ranks"]
+
+
+def _score_after_loading(args, source: Path, work: Path, fresh: bool) -> tuple[Path, int]:
+    """One rank, a GPU's ranks or a user's model: torch and the network load here, beside the
+    split, then the split decides the ranks. Returns the styled segments' folder and the ranks."""
+    from .media.split import split
+
     with ThreadPoolExecutor(1) as pool:
         # torch and the network load (seconds of one core) while the split runs in ffmpeg's own
         # process; a device or precision this machine may lack is checked first, before any work
@@ -111,23 +168,17 @@ def cmd_stylize(args) -> dict:
             # a model that does not load is the error to show, as it would be without the overlap
             raise (loading.exception() or refused) from None
     from .networks.devices import auto_ranks  # torch, loaded by now
-    from .networks.score import run_ranks, score
-    from .networks.temporal import work_tag
+    from .networks.score import score, styled_folder
 
     model_id = model_id_from(args)  # reads a .pth or picture once: its digest names it
     encoding = encoding_from(args, stylizer)
-    # keyed by split, model, smoothing and encode, so a rerun of the same command resumes and a new style starts clean
-    work_id = f"{plan.fingerprint} {model_id}{work_tag(temporal)}{encoding.tag}"
-    styled = work / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
+    styled = styled_folder(work / "segments", model_id, encoding)
     ranks = auto_ranks(stylizer.device, plan) if args.ranks == "auto" else plan.useful_ranks(args.ranks)
     if ranks > 1:
         run_ranks(["--segments", str(work / "segments"), "--out", str(styled), *model_args(args)], ranks)
     else:
         score(work / "segments", styled, stylizer, model_id, encoding)
-    result = stitch(work / "segments", styled, output, source, args.delivery)
-    if not args.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    return {**result, "ranks": ranks}
+    return styled, ranks
 
 
 def cmd_preview(args) -> dict:
@@ -314,7 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Style every segment of a split; run under mpiexec each rank takes a "
                        "contiguous share. Finished segments are skipped, so a rerun resumes.")
     p.add_argument("--segments", type=Path, required=True, help="folder written by split")
-    p.add_argument("--out", type=Path, required=True, help="folder for styled segments and their done markers")
+    p.add_argument("--out", type=Path, help="folder for styled segments and their done markers (default: one beside "
+                   "the segments' folder, named by the split, model, smoothing and encode, as stylize keeps them)")
+    p.add_argument("--await-go", action="store_true", help="load the network, then wait for one line on standard "
+                   "input (rank 0's): how many ranks style, 0 or none to end; stylize starts its ranks so while it "
+                   "splits")
     p.set_defaults(run=cmd_score)
 
     p = sub.add_parser("stitch", parents=[delivery], help="join styled segments and the source's other streams into one video",

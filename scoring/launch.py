@@ -5,9 +5,11 @@ Kept free of heavy imports: Airflow workers use it to start the steps without lo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 
@@ -67,3 +69,37 @@ def scoring_command(args: list[str], ranks: int = 1) -> list[str]:
     if not mpiexec:
         raise UserError(f"{ranks} ranks need mpiexec (pip install mpich)")
     return [mpiexec, "-n", str(ranks), *command]
+
+
+def run_ranks(score_args: list[str], ranks: int) -> None:
+    """Run the score step as ``mpiexec -n ranks python -m scoring score ...``."""
+    _check_ranks(subprocess.run(scoring_command(["score", *score_args], ranks), stdin=subprocess.DEVNULL).returncode)
+
+
+class WaitingRanks:
+    """The score step on ``ranks`` MPI ranks, started before the split it styles: the ranks
+    import torch and load the network (seconds of CPU each) while the caller splits, then wait
+    asleep (``score --await-go``) until ``go`` says how many of them style, or ``cancel``."""
+
+    def __init__(self, score_args: list[str], ranks: int):
+        self.process = subprocess.Popen(scoring_command(["score", "--await-go", *score_args], ranks),
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def go(self, workers: int) -> dict:
+        """Let ``workers`` of the ranks style the split, wait for them, and return rank 0's
+        summary, which says where the styled segments are (and is printed, as score prints it)."""
+        printed, _ = self.process.communicate(f"{workers}\n")
+        _check_ranks(self.process.returncode)
+        print(printed, end="", flush=True)
+        return json.loads(printed.splitlines()[-1])
+
+    def cancel(self) -> None:
+        """End the ranks at once, before they have written anything. mpiexec killed takes its
+        ranks with it, silently (a SIGTERM would print a page about a bad termination)."""
+        self.process.kill()
+        self.process.wait()
+
+
+def _check_ranks(code: int) -> None:
+    if code != 0:
+        raise UserError(f"scoring ranks failed (mpiexec exit code {code}); run again to resume from finished segments")

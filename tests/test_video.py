@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 
 from scoring.media import ffmpeg
 
-from .helpers import SHARED_MEDIA, psnr, read_frames, run_scoring, tiny_disk
+from .helpers import REPO, SHARED_MEDIA, psnr, read_frames, run_scoring, tiny_disk
 
 
 @pytest.mark.parametrize("fps, suffix, audio", [
@@ -85,6 +88,83 @@ def test_stylize_loads_the_network_while_it_splits(clip_factory, tmp_path, monke
     output = tmp_path / "styled.mp4"
     assert cli.main(["stylize", str(clip_factory(seconds=1)), str(output), "--ranks", "1"]) == 0
     assert ffmpeg.probe(output).frames == 25
+
+
+# stylize in a fresh process, its ranks' mpiexec and its split watched: the split must start
+# with the ranks already running, and stylize itself must never import torch
+RANKS_BESIDE_THE_SPLIT = """
+import sys
+import scoring.media.split as splitting
+from scoring import cli
+
+started, split = [], splitting.split
+
+
+class Watched(cli.WaitingRanks):
+    def __init__(self, *args):
+        super().__init__(*args)
+        started.append(self)
+
+
+def split_beside_the_ranks(*args, **kwargs):
+    assert started and started[0].process.poll() is None, "the split began before the ranks"
+    return split(*args, **kwargs)
+
+
+cli.WaitingRanks, splitting.split = Watched, split_beside_the_ranks
+code = cli.main(sys.argv[1:])
+assert "torch" not in sys.modules, "stylize imported torch beside its ranks"
+sys.exit(code)
+"""
+
+
+def test_stylize_starts_its_cpu_ranks_before_it_splits(clip_factory, tmp_path):
+    """Several CPU ranks load the network while the split runs, instead of after it, and the
+    process that splits and stitches never loads torch (seconds of a core each)."""
+    output = tmp_path / "styled.mp4"
+    result = subprocess.run([sys.executable, "-c", RANKS_BESIDE_THE_SPLIT, "stylize", str(clip_factory(seconds=1)),
+                             str(output), "--style", "7", "--segment-frames", "10", "--ranks", "2"],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks, published = (json.loads(line) for line in result.stdout.splitlines()[-2:])
+    assert ranks["ranks"] == 2 and ranks["frames_scored"] == 25 and published["ranks"] == 2
+    assert ffmpeg.probe(output).frames == 25
+
+
+def test_a_refused_split_ends_the_waiting_ranks_unheard(clip_factory, tmp_path, monkeypatch, capfd):
+    """The ranks started before the split end with it when it refuses the input: one line of
+    error, no process left, nothing on disk."""
+    import scoring.media.split
+    from scoring import cli
+    from scoring.media.errors import UserError
+
+    started = []
+
+    class Watched(cli.WaitingRanks):
+        def __init__(self, *args):
+            super().__init__(*args)
+            started.append(self)
+
+    def refuse(*args, **kwargs):
+        time.sleep(1)  # the ranks are importing torch
+        raise UserError("this input is refused here")
+
+    monkeypatch.setattr(cli, "WaitingRanks", Watched)
+    monkeypatch.setattr(scoring.media.split, "split", refuse)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    assert cli.main(["stylize", str(clip_factory(seconds=1)), str(out_dir / "styled.mp4"), "--segment-frames", "10",
+                     "--ranks", "2"]) == 2
+    assert capfd.readouterr().err.splitlines() == ["error: this input is refused here"]
+    assert started and started[0].process.returncode is not None
+    ranks = f"--segments {out_dir / '.styled.mp4.work' / 'segments'}"
+    for _ in range(50):  # mpiexec's proxies end its ranks as soon as it is gone
+        if subprocess.run(["pgrep", "-f", ranks], capture_output=True).returncode:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("a rank outlived the refused split")
+    assert list(out_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize("fps, segment_frames", [("30000/1001", 1), ("179/6", 7), ("24000/1001", 16), ("25", 48)])
@@ -261,10 +341,14 @@ def test_real_clip_from_shared_media(tmp_path):
 
 
 def test_no_more_ranks_than_segments(clip_factory, tmp_path):
-    """A rank with no segment would only pay torch's start and hold half the cores: 10 frames
-    in 2 segments on --ranks 4 run on 2 ranks (each prints its progress as [rank r/size])."""
-    source = camera_clip(clip_factory(seconds=1, fps="10", size=(64, 36)), tmp_path / "in.mp4", "-g", "5")
+    """No more ranks style than the split has segments: 16 frames in segments of 5 on --ranks 4
+    start 4 ranks before the split (they could be 4 segments), but a camera's keyframes every 8
+    frames make 2, so 2 ranks style (each prints its progress as [rank r/size]) and 2 only wait."""
+    source = camera_clip(clip_factory(seconds=1.6, fps="10", size=(64, 36)), tmp_path / "in.mp4", "-g", "8")
     result = run_scoring("stylize", source, tmp_path / "out.mp4", "--style", "7", "--segment-frames", "5",
                          "--ranks", "4", check=True)
     sizes = {line.split("]")[0].split("/")[1] for line in result.stderr.splitlines() if line.startswith("[rank ")}
     assert sizes == {"2"}, result.stderr
+    ranks, published = (json.loads(line) for line in result.stdout.splitlines()[-2:])
+    assert [r["frames_scored"] for r in ranks["per_rank"]] == [8, 8] and published["ranks"] == 2
+    assert ffmpeg.probe(tmp_path / "out.mp4").frames == 16

@@ -26,22 +26,11 @@ def check_node(local: int | None = None) -> str | None:
     return device
 
 
-# --ranks auto starts a rank per core only if no rank's share is more than this over the mean
-EVEN_SHARES = 1.1
-
-
 def auto_ranks(device, plan: Plan) -> int:
-    """``--ranks auto``: one rank per GPU on a CUDA device. On a CPU, one rank per core when
-    the segments share out evenly among them (ranks take contiguous shares: ``EVEN_SHARES``),
-    else one rank whose threads take every core: two single-thread ranks were a little
-    faster than one rank on two threads with even shares, and much slower where one rank got
-    most of the frames and the other waited (docs/performance.md#ranks-and-threads)."""
+    """``--ranks auto``: one rank per GPU on a CUDA device, never more than the segments; on a
+    CPU ``Plan.even_ranks`` of its cores. One rank where there is no mpiexec to start more."""
     if not mpiexec_path():
         return 1
     if device.type == "cuda":
         return plan.useful_ranks(torch.cuda.device_count())
-    for ranks in range(min(len(os.sched_getaffinity(0)), len(plan.segments)), 1, -1):
-        frames = [sum(s.frames for s in plan.share(ranks, r)) for r in range(ranks)]
-        if max(frames) <= EVEN_SHARES * plan.frames / ranks:
-            return ranks
-    return 1
+    return plan.even_ranks(len(os.sched_getaffinity(0)))

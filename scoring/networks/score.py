@@ -8,9 +8,9 @@ where it stopped and redoes at most the segments that were in flight.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import deque
@@ -23,17 +23,17 @@ from threading import Thread
 
 import numpy as np
 
-from ..launch import scoring_command
 from ..media import ffmpeg
 from ..media.colour import Colour
 from ..media.delivery import DEFAULT_DELIVERY, segment_encode
-from ..media.errors import UserError
 from ..media.files import atomic_path
 from ..media.segments import Plan, Segment, finished, mark_done
 from .stylizer import Stylizer
 from .temporal import WARMUP_FRAMES, TemporalSmoother, check_strength, work_tag
 
 MPI_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+GO_TAG = 1  # the message in which rank 0 passes on stylize's go
+ASLEEP = 0.02  # seconds between looks while a rank waits: MPICH's blocking waits poll and take a core
 
 
 class World:
@@ -49,6 +49,42 @@ class World:
             self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
             node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
             self.local_size, self.local_rank = node.Get_size(), node.Get_rank()
+        self.go: int | None = None  # how many ranks style, where stylize's go said so (await_go)
+
+    @property
+    def workers(self) -> int:
+        """The ranks that style: all of them, unless stylize started more than its split needs."""
+        return self.size if self.go is None else self.go
+
+    def share(self, plan: Plan) -> list[Segment]:
+        """This rank's contiguous share of the segments; none for a rank past the workers."""
+        return plan.share(self.workers, self.rank) if self.rank < self.workers else []
+
+    def await_go(self) -> bool:
+        """For ranks that stylize starts before its split: rank 0 reads one line from standard
+        input, how many ranks style, and passes it on; the others wait asleep, leaving the cores
+        to the split and to rank 0's start-up. False where the line says 0 or never comes (the
+        split was refused)."""
+        if self.rank == 0:
+            line = sys.stdin.readline().strip()
+            workers = int(line) if line.isdigit() else 0
+            for rank in range(1, self.size):
+                self.comm.send(workers, dest=rank, tag=GO_TAG)
+        else:
+            request = self.comm.irecv(source=0, tag=GO_TAG)
+            while not (received := request.test())[0]:
+                time.sleep(ASLEEP)
+            workers = received[1]
+        self.go = min(workers, self.size)
+        return self.go > 0
+
+    def wait_for_all(self) -> None:
+        """Return once every rank has come here, waiting asleep (a rank done first, or one with
+        no share, would otherwise take CPU from those still styling)."""
+        if self.comm:
+            request = self.comm.Ibarrier()
+            while not request.Test():
+                time.sleep(ASLEEP)
 
     def gather(self, value):
         return self.comm.gather(value, root=0) if self.comm else [value]
@@ -72,7 +108,7 @@ class Progress:
             self.last = now
             fps = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / fps if fps else 0.0
-            print(f"[rank {self.world.rank}/{self.world.size}] {self.done}/{self.total} frames "
+            print(f"[rank {self.world.rank}/{self.world.workers}] {self.done}/{self.total} frames "
                   f"{fps:.2f} fps ETA {eta:.0f}s", file=sys.stderr, flush=True)
 
 
@@ -104,7 +140,7 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
     out_dir.mkdir(parents=True, exist_ok=True)
     temporal = check_strength(encoding.temporal)
     work_id = f"{model_id}{work_tag(temporal)}{encoding.tag} on {plan.fingerprint}"
-    mine = plan.share(world.size, world.rank)
+    mine = world.share(plan)
     todo = [s for s in mine if not finished(out_dir, s, work_id)]
     progress = Progress(world, sum(s.frames for s in todo))
     started = time.monotonic()
@@ -117,6 +153,15 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
         mark_done(out_dir, segment, work_id, time.monotonic() - t0, encoding.delivery)
     return {"rank": world.rank, "segments": len(mine), "scored": len(todo), "skipped": len(mine) - len(todo),
             "frames_scored": progress.done, "seconds": round(time.monotonic() - started, 3)}
+
+
+def styled_folder(segments_dir: Path | str, model_id: str, encoding: Encoding) -> Path:
+    """Where stylize keeps the styled segments of a split, beside it: named by the split, the
+    model, the smoothing and the encode, so that a rerun of the same command resumes and a new
+    style starts clean."""
+    segments_dir, smoothing = Path(segments_dir), work_tag(check_strength(encoding.temporal))
+    work_id = f"{Plan.load(segments_dir).fingerprint} {model_id}{smoothing}{encoding.tag}"
+    return segments_dir.parent / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
 
 
 def _style_stream(segments_dir: Path, segment: Segment, target: Path, plan: Plan, stylizer: Stylizer,
@@ -184,19 +229,12 @@ def _read_ahead(batches: Iterable, depth: int = 2) -> Iterator:
         yield item
 
 
-def run_ranks(score_args: list[str], ranks: int) -> None:
-    """Run the score step as ``mpiexec -n ranks python -m scoring score ...``."""
-    code = subprocess.run(scoring_command(["score", *score_args], ranks), stdin=subprocess.DEVNULL).returncode
-    if code != 0:
-        raise UserError(f"scoring ranks failed (mpiexec exit code {code}); run again to resume from finished segments")
-
-
 def set_threads(world: World) -> None:
-    """Split this machine's cores among the ranks that share it (no oversubscription)."""
+    """Split this machine's cores among the ranks on it that style (no oversubscription)."""
     import torch
 
     cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, cores // world.local_size))
+    torch.set_num_threads(max(1, cores // min(world.local_size, world.workers)))
 
 
 def exit_on_sigterm() -> None:
@@ -205,8 +243,10 @@ def exit_on_sigterm() -> None:
 
 
 def summarize(world: World, result: dict) -> dict | None:
+    world.wait_for_all()
     results = world.gather(result)
     if world.rank != 0:
         return None
+    results = results[:world.workers]  # a rank past the workers had nothing to do
     totals = {k: sum(r[k] for r in results) for k in ("segments", "scored", "skipped", "frames_scored")}
-    return totals | {"ranks": world.size, "per_rank": results}
+    return totals | {"ranks": world.workers, "per_rank": results}
