@@ -55,10 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     stylizer(frames[0] if frames else np.zeros((1, plan.height, plan.width, 3), np.uint8))  # warm-up
     if world.comm:
         world.comm.Barrier()
+    world.begin_styling()
     start = time.perf_counter()
     for frame in frames:
         stylizer(frame)
-    ends = world.gather(time.perf_counter())
+        world.take_freed_cores()  # as the score step does, once another rank is done
+    end = time.perf_counter()
+    world.done_styling()
+    world.wait_for_all()
+    ends = world.gather(end)
     counts = world.gather(len(frames))
     if world.rank == 0:
         seconds = max(ends) - start

@@ -1,3 +1,4 @@
+import gc
 import sys
 
 from .launch import restart_with_huge_pages
@@ -6,4 +7,6 @@ restart_with_huge_pages()
 
 from .cli import main  # noqa: E402  (after the restart: nothing is loaded twice)
 
-sys.exit(main())
+code = main()
+gc.freeze()  # the interpreter's collections at exit would walk torch's objects once more, for nothing
+sys.exit(code)

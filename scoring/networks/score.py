@@ -22,6 +22,7 @@ from queue import Queue
 from threading import Thread
 
 import numpy as np
+import torch
 
 from ..media import ffmpeg
 from ..media.colour import Colour
@@ -33,6 +34,7 @@ from .temporal import WARMUP_FRAMES, TemporalSmoother, check_strength, work_tag
 
 MPI_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 GO_TAG = 1  # the message in which rank 0 passes on stylize's go
+DONE_TAG = 2  # the message in which a rank done with its share tells the others styling on its node
 ASLEEP = 0.02  # seconds between looks while a rank waits: MPICH's blocking waits poll and take a core
 
 
@@ -40,16 +42,19 @@ class World:
     """This process's place among the ranks; a plain process is rank 0 of 1."""
 
     def __init__(self):
-        self.comm = None
+        self.comm = self.node = None
         self.rank, self.size, self.local_size, self.local_rank = 0, 1, 1, 0
         if any(name in os.environ for name in MPI_ENV):
             from mpi4py import MPI
 
             self.comm = MPI.COMM_WORLD
             self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-            node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
-            self.local_size, self.local_rank = node.Get_size(), node.Get_rank()
+            self.node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
+            self.local_size, self.local_rank = self.node.Get_size(), self.node.Get_rank()
         self.go: int | None = None  # how many ranks style, where stylize's go said so (await_go)
+        self._peers: list[int] = []  # the other ranks on this node that style (begin_styling)
+        self._styling: list | None = None  # a receive per peer, done when it says it has finished
+        self._told: list = []
 
     @property
     def workers(self) -> int:
@@ -78,6 +83,34 @@ class World:
         self.go = min(workers, self.size)
         return self.go > 0
 
+    @property
+    def styling_here(self) -> int:
+        """The ranks on this node that style and have not finished, this one counted."""
+        return min(self.local_size, self.workers) if self._styling is None else 1 + len(self._styling)
+
+    def begin_styling(self) -> None:
+        """Every rank, before it styles its share: those that style listen for the others on
+        their node to say they are done (``done_styling``), to take their cores then. Shares
+        end up to a segment apart, and the last one's frames would run on a part of the cores."""
+        if self.node is None:
+            return
+        styles = self.node.allgather(self.rank < self.workers)
+        if styles[self.local_rank]:
+            self._peers = [rank for rank, style in enumerate(styles) if style and rank != self.local_rank]
+            self._styling = [self.node.irecv(source=rank, tag=DONE_TAG) for rank in self._peers]
+
+    def done_styling(self) -> None:
+        self._told = [self.node.isend(self.rank, dest=rank, tag=DONE_TAG) for rank in self._peers]
+
+    def take_freed_cores(self) -> None:
+        """Between frames: where another rank on this node has finished its share, spread the
+        cores again among those still styling (torch takes a new thread count at once)."""
+        if self._styling:
+            still = [request for request in self._styling if not request.test()[0]]
+            if len(still) < len(self._styling):
+                self._styling = still
+                set_threads(self)
+
     def wait_for_all(self) -> None:
         """Return once every rank has come here, waiting asleep (a rank done first, or one with
         no share, would otherwise take CPU from those still styling)."""
@@ -85,6 +118,8 @@ class World:
             request = self.comm.Ibarrier()
             while not request.Test():
                 time.sleep(ASLEEP)
+            for request in [*(self._styling or []), *self._told]:  # all sent before the barrier
+                request.wait()
 
     def gather(self, value):
         return self.comm.gather(value, root=0) if self.comm else [value]
@@ -95,7 +130,7 @@ class World:
 
 
 class Progress:
-    """One line per rank, at most every few seconds: frames done/total, fps, ETA."""
+    """One line per rank, at most every few seconds: frames done/total, fps, ETA, threads."""
 
     def __init__(self, world: World, total: int, every: float = 2.0):
         self.world, self.total, self.every = world, total, every
@@ -108,8 +143,9 @@ class Progress:
             self.last = now
             fps = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / fps if fps else 0.0
-            print(f"[rank {self.world.rank}/{self.world.workers}] {self.done}/{self.total} frames "
-                  f"{fps:.2f} fps ETA {eta:.0f}s", file=sys.stderr, flush=True)
+            threads = torch.get_num_threads()
+            print(f"[rank {self.world.rank}/{self.world.workers}] {self.done}/{self.total} frames {fps:.2f} fps "
+                  f"ETA {eta:.0f}s on {threads} thread{'s' * (threads > 1)}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -142,15 +178,17 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
     work_id = f"{model_id}{work_tag(temporal)}{encoding.tag} on {plan.fingerprint}"
     mine = world.share(plan)
     todo = [s for s in mine if not finished(out_dir, s, work_id)]
+    world.begin_styling()
     progress = Progress(world, sum(s.frames for s in todo))
     started = time.monotonic()
     for segment in todo:
         t0 = time.monotonic()
         with atomic_path(out_dir / segment.name) as tmp:
-            frames = _style_stream(segments_dir, segment, tmp, plan, stylizer, encoding, progress)
+            frames = _style_stream(segments_dir, segment, tmp, plan, stylizer, encoding, progress, world)
             if frames != segment.frames:
                 raise RuntimeError(f"{segment.name}: styled {frames} frames, the plan says {segment.frames}")
         mark_done(out_dir, segment, work_id, time.monotonic() - t0, encoding.delivery)
+    world.done_styling()
     return {"rank": world.rank, "segments": len(mine), "scored": len(todo), "skipped": len(mine) - len(todo),
             "frames_scored": progress.done, "seconds": round(time.monotonic() - started, 3)}
 
@@ -165,7 +203,7 @@ def styled_folder(segments_dir: Path | str, model_id: str, encoding: Encoding) -
 
 
 def _style_stream(segments_dir: Path, segment: Segment, target: Path, plan: Plan, stylizer: Stylizer,
-                  encoding: Encoding, progress: Progress) -> int:
+                  encoding: Encoding, progress: Progress, world: World) -> int:
     """Decode, style and encode one segment; a thread reads ahead and another writes behind,
     so that ffmpeg's pipes never wait on the network or the other way round. With temporal
     smoothing the write-behind thread also blends (in order), after a warm-up on the end of
@@ -192,6 +230,7 @@ def _style_stream(segments_dir: Path, segment: Segment, target: Path, plan: Plan
                 pending.result()
             pending = encoder_thread.submit(write, frames, styled)
             progress.advance(len(frames))
+            world.take_freed_cores()
         if pending:
             pending.result()
     return writer.frames
@@ -231,10 +270,8 @@ def _read_ahead(batches: Iterable, depth: int = 2) -> Iterator:
 
 def set_threads(world: World) -> None:
     """Split this machine's cores among the ranks on it that style (no oversubscription)."""
-    import torch
-
     cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, cores // min(world.local_size, world.workers)))
+    torch.set_num_threads(max(1, cores // world.styling_here))
 
 
 def exit_on_sigterm() -> None:
