@@ -131,7 +131,7 @@ def network(name, tmp_path):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", ["26-style", "TransformerNet", "style picture"])
 def test_each_network_runs_its_norms_through_the_kernel_on_a_cpu(built, tmp_path, monkeypatch, name, layout):
-    """In each layout ``Stylizer`` gives a CPU (channels-last bf16 with AMX, NCHW otherwise) the
+    """In each layout ``Stylizer`` gives a CPU (channels-last native bf16, NCHW otherwise) the
     kernel takes each norm it has a loop for (NCHW all, channels-last all but a last one of 3
     channels), and the frame is the one torch's steps give."""
     memory, dtype = LAYOUTS[layout]

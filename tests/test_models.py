@@ -130,14 +130,15 @@ def test_the_network_gets_plain_nchw_frames_on_a_cpu():
     assert seen == [True]
 
 
-@pytest.mark.parametrize("amx, precision, layout", [(True, "bf16", torch.channels_last), (True, "fp32", None),
-                                                     (False, "bf16", None)])
-def test_bf16_on_a_cpu_with_amx_runs_channels_last(monkeypatch, amx, precision, layout):
-    """oneDNN's AMX convolutions take channels-last directly (docs/performance.md#on-a-cpu-with-amx);
-    elsewhere on a CPU the network gets plain NCHW."""
+@pytest.mark.parametrize("native_bf16, precision, layout", [(True, "bf16", torch.channels_last), (True, "fp32", None),
+                                                             (False, "bf16", None)])
+def test_bf16_on_a_cpu_with_native_bf16_runs_channels_last(monkeypatch, native_bf16, precision, layout):
+    """oneDNN's bf16 convolutions (AMX or AVX-512 BF16) take channels-last directly
+    (docs/performance.md#channels-last-without-amx-2026-12-07); fp32, and bf16 a CPU only
+    emulates, get plain NCHW."""
     import scoring.networks.stylizer as stylizer
 
-    monkeypatch.setattr(stylizer, "cpu_has_amx", lambda: amx)
+    monkeypatch.setattr(stylizer, "cpu_has_native_bf16", lambda: native_bf16)
     seen = []
 
     class Probe(torch.nn.Module):
@@ -151,7 +152,7 @@ def test_bf16_on_a_cpu_with_amx_runs_channels_last(monkeypatch, amx, precision, 
 
 @pytest.mark.parametrize("network", ["26-style", "TransformerNet", "style picture"])
 def test_channels_last_gives_the_frames_nchw_gives_and_keeps_its_layout(tmp_path, photos, network):
-    """On any CPU (slowly without AMX): every convolution of the network gets channels-last
+    """On any CPU (slowly without native bf16): every convolution of the network gets channels-last
     input (no layer falls back to NCHW and converts every tensor after it), and the frames
     are those of the NCHW run, in bf16 and in fp32."""
     from unittest import mock

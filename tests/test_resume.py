@@ -71,7 +71,7 @@ def test_rank_killed_mid_segment_then_rerun(split_clip, tmp_path):
 
     # the result is the same video an uninterrupted run makes: every frame once, in order
     run_scoring("stitch", "--segments", segments, "--styled", styled, tmp_path / "resumed.mp4", check=True)
-    # on the same two ranks: oneDNN's channels-last kernels (a CPU with AMX) sum in an order that
+    # on the same two ranks: oneDNN's channels-last kernels (native bf16) sum in an order that
     # follows the threads, and a frame's last bit with it
     clean = subprocess.run(_score_cmd(2, segments, tmp_path / "clean"), env=env, capture_output=True, text=True,
                            timeout=300)

@@ -62,7 +62,7 @@ def clip(tmp_path_factory):
     segments = folder / "segments"
     plan = split(source, segments, None, SEGMENT_FRAMES)
     # The module's runs style on the threads a rank of `stylize --ranks 2` gets, as the runs it
-    # compares with: oneDNN's channels-last kernels (a CPU with AMX) sum in an order that
+    # compares with: oneDNN's channels-last kernels (native bf16) sum in an order that
     # follows the threads, and a frame's last bit with it.
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))

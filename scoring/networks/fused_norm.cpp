@@ -2,8 +2,8 @@
 //
 //     out = reflect_pad(act(instance_norm(x) * weight + bias + residual), pad)
 //
-// on a CPU, for bf16 tensors laid out channels-last (N, H, W, C in memory), as a CPU with AMX
-// runs them, and for fp32 or bf16 ones in NCHW, as other CPUs do. torch does the same in five
+// on a CPU, for bf16 tensors laid out channels-last (N, H, W, C in memory), as a CPU with native
+// bf16 runs them, and for fp32 or bf16 ones in NCHW, as other CPUs do. torch does the same in five
 // passes (statistics, normalise, add, ReLU, pad), each memory-bound over tens of MB at full
 // size: the largest share of a frame once the convolutions ran on AMX
 // (docs/performance.md#the-norm-and-what-follows-it-in-two-passes-2026-12-05).

@@ -1,6 +1,6 @@
 """``fused_norm.cpp``: an instance norm, a residual sum, a ReLU and a reflection pad in two passes
-over a CPU's activations (channels-last bf16, as a CPU with AMX runs them; NCHW fp32 or bf16, as
-other CPUs do), the step between two convolutions.
+over a CPU's activations (channels-last bf16, as a CPU with native bf16 runs them; NCHW fp32 or
+bf16, as other CPUs do), the step between two convolutions.
 
 The C++ is compiled on first use with the machine's C++ compiler, for its own instruction set
 (``-march=native``), into a cache shared by every process of that user (one build per source,
@@ -64,7 +64,7 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernel, built first if this machine has none yet; None where it cannot be."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
-        log.info("no C++ compiler: the norms run as torch's steps (slower on a CPU with AMX)")
+        log.info("no C++ compiler: the norms run as torch's steps (slower)")
         return None
     key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"fused_norm-{key}.so"

@@ -24,7 +24,7 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     doubled image by one pixel repeats the input's edge, hence the replicate padding. The
     result equals the straightforward one up to float rounding (tests/test_models.py).
 
-    Channels-last on a CPU (one with AMX) the four phases run as one convolution with four
+    Channels-last on a CPU (bf16 where it is native) the four phases run as one convolution with four
     times the output channels, 9/4 of the folded form's multiplications (as many as the
     straightforward one, without its doubled input), for oneDNN runs it several times faster.
     """
@@ -34,7 +34,7 @@ def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     offsets = [(r, c) for r in (0, 1) for c in (0, 1)]
     kernels = [_fold(_fold(folded, 2, r), 3, c) for r, c in offsets]  # [cout, cin, 2, 2] each
     channels = weight.shape[0]
-    if _channels_last_on_a_cpu(x):  # a CPU with AMX; a GPU as it was measured
+    if _channels_last_on_a_cpu(x):  # bf16 on a CPU with native bf16; a GPU as it was measured
         # each 2x2 kernel at its offset in a 3x3 one: oneDNN's AMX kernels run one wide
         # convolution much faster than four narrow ones (docs/performance.md#on-a-cpu-with-amx);
         # its channels-last output is [n, row, column, (row phase, column phase, channels)],
@@ -62,7 +62,7 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 
 def _channels_last_on_a_cpu(x: torch.Tensor) -> bool:
-    """The layout ``Stylizer`` gives a CPU with AMX (docs/performance.md#on-a-cpu-with-amx); a
+    """The layout ``Stylizer`` gives bf16 on a CPU with native bf16 (``stylizer.resolve_layout``); a
     GPU gets channels-last frames too, and keeps the forms measured there."""
     return x.device.type == "cpu" and is_channels_last(x)
 
@@ -88,7 +88,7 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
 
     Other shapes go to ``F.conv2d`` unchanged, and so, in fp32 on a CPU, do few input
     channels: oneDNN's fp32 convolution runs those well (docs/performance.md#on-a-cpu-without-bf16),
-    and so does a channels-last ``x`` on a CPU (one with AMX): oneDNN's channels-last kernels
+    and so does a channels-last ``x`` on a CPU (bf16 where it is native): oneDNN's channels-last kernels
     run the direct form fastest (docs/performance.md#on-a-cpu-with-amx). On a GPU the frames
     come channels-last too and take the forms above, as measured there.
     """
@@ -154,7 +154,7 @@ def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: tor
     On a CPU it is a group norm with one group per channel, the same statistics per sample
     and channel: torch's CPU instance norm, run as a batch norm over ``N * C`` channels, takes
     several times as long over the same activations (docs/performance.md#on-a-cpu-without-bf16).
-    Channels-last with a few channels (the last layers of a style network on a CPU with AMX),
+    Channels-last with a few channels (the last layers of a style network in bf16 on a CPU),
     torch's group norm runs several times slower than over the same values in NCHW, so those
     go through NCHW and back (docs/performance.md#on-a-cpu-with-amx). Elsewhere
     ``F.instance_norm`` as it is.

@@ -4,8 +4,8 @@ Frames arrive as ``uint8 [N, H, W, 3]`` (what the ffmpeg pipe gives) and leave t
 contiguous for the encoder.
 
 Precision: on CUDA, fp16/bf16 run under autocast. On a CPU, bf16 runs the whole network in
-bf16 (a bf16 copy of the weights, activations in bf16; NCHW, or channels-last on a CPU with
-AMX: ``resolve_layout``): autocast there casts every
+bf16 (a bf16 copy of the weights, activations in bf16, channels-last: ``resolve_layout``):
+autocast there casts every
 instance norm's fp32 output back to bf16 and keeps the reflection pads in fp32, which cost
 a large share of the run (docs/performance.md; the bf16 test bounds its distance from fp32).
 ``auto`` picks fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), else fp32.
@@ -49,22 +49,15 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX tiles, on which oneDNN runs bf16 convolutions channels-last."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def resolve_layout(device: torch.device, precision: str) -> torch.memory_format:
-    """The activations' layout: channels-last for bf16 on a CPU with AMX, where oneDNN's AMX
-    convolutions take it directly (several times faster than in NCHW); plain NCHW on other
-    CPUs, where the layers run fastest in it; on a GPU the layout the frames come in
-    (docs/performance.md#on-a-cpu-with-amx)."""
+    """The activations' layout: channels-last for bf16 on a CPU with native bf16, where oneDNN's
+    bf16 convolutions take it directly (with AMX 2.4x faster than NCHW, with AVX-512 BF16 1.4x);
+    plain NCHW for fp32 and for bf16 without native support, where the layers run fastest in
+    it; on a GPU the layout the frames come in (docs/performance.md#on-a-cpu-with-amx,
+    docs/performance.md#channels-last-without-amx-2026-12-07)."""
     if device.type != "cpu":
         return torch.preserve_format
-    return torch.channels_last if precision == "bf16" and cpu_has_amx() else torch.contiguous_format
+    return torch.channels_last if precision == "bf16" and cpu_has_native_bf16() else torch.contiguous_format
 
 
 def resolve_precision(precision: str, device: str = "auto") -> str:
@@ -141,10 +134,10 @@ class Stylizer:
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.asarray(frames)).to(self.device, non_blocking=True)
-        # without AMX a CPU's layers want plain NCHW: left in the frames' channels-last order,
-        # every convolution answers in it too and each instance norm first copies it back
-        # (docs/performance.md#on-a-cpu-without-bf16); with AMX, channels-last is the fast
-        # layout; the GPU path is left as it was measured
+        # fp32 on a CPU wants plain NCHW: left in the frames' channels-last order, every
+        # convolution answers in it too and each instance norm first copies it back
+        # (docs/performance.md#on-a-cpu-without-bf16); native bf16 runs fastest channels-last;
+        # the GPU path is left as it was measured
         x = original = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=self.layout).div_(255.0)
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % 4, -width % 4  # the networks downsample by 4
