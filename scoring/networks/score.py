@@ -100,6 +100,7 @@ class World:
             self._styling = [self.node.irecv(source=rank, tag=DONE_TAG) for rank in self._peers]
 
     def done_styling(self) -> None:
+        """Tell the other ranks styling on this node that this one has finished its share."""
         self._told = [self.node.isend(self.rank, dest=rank, tag=DONE_TAG) for rank in self._peers]
 
     def take_freed_cores(self) -> None:

@@ -50,10 +50,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_layout(device: torch.device, precision: str) -> torch.memory_format:
-    """The activations' layout: channels-last for bf16 on a CPU with native bf16, where oneDNN's
-    bf16 convolutions take it directly (with AMX 2.4x faster than NCHW, with AVX-512 BF16 1.4x);
-    plain NCHW for fp32 and for bf16 without native support, where the layers run fastest in
-    it; on a GPU the layout the frames come in (docs/performance.md#on-a-cpu-with-amx,
+    """The activations' layout: channels-last for bf16 on a CPU with native bf16 (AMX or AVX-512
+    BF16), where oneDNN's bf16 convolutions take it directly instead of reordering NCHW at every
+    call; plain NCHW for fp32 and for bf16 without native support, where the layers run fastest
+    in it; on a GPU the layout the frames come in (docs/performance.md#on-a-cpu-with-amx,
     docs/performance.md#channels-last-without-amx-2026-12-07)."""
     if device.type != "cpu":
         return torch.preserve_format
