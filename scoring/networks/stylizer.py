@@ -4,10 +4,10 @@ Frames arrive as ``uint8 [N, H, W, 3]`` (what the ffmpeg pipe gives) and leave t
 contiguous for the encoder.
 
 Precision: on CUDA, fp16/bf16 run under autocast. On a CPU, bf16 runs the whole network in
-bf16 (a bf16 copy of the weights, activations in bf16, channels-last: ``resolve_layout``):
-autocast there casts every
-instance norm's fp32 output back to bf16 and keeps the reflection pads in fp32, which cost
-a large share of the run (docs/performance.md; the bf16 test bounds its distance from fp32).
+bf16 (a bf16 copy of the weights, activations in bf16, channels-last where the CPU has native
+bf16: ``resolve_layout``): autocast there casts every instance norm's fp32 output back to
+bf16 and keeps the reflection pads in fp32, which cost a large share of the run
+(docs/performance.md; the bf16 test bounds its distance from fp32).
 ``auto`` picks fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), else fp32.
 
 Strength: below 1 each styled frame is blended back toward its original (in float, before the
