@@ -130,8 +130,9 @@ def ranks_before_split(args, info: ffmpeg.MediaInfo) -> int:
 
 def _score_on_waiting_ranks(args, source: Path, work: Path, fresh: bool, ranks: int) -> tuple[Path, int]:
     """Several CPU ranks: mpiexec starts first and its ranks load the network while this
-    process splits (this one never imports torch); then as many as the split's shares make
-    worth it style the split. Returns the styled segments' folder and the ranks that styled."""
+    process splits (this one never imports torch); then every one the split gives a share
+    styles it, even shares or not: they have loaded already, and one done first lends its
+    cores to those still styling. Returns the styled segments' folder and the ranks that styled."""
     from .media.split import split
 
     waiting = WaitingRanks(["--segments", str(work / "segments"), *model_args(args)], ranks)
@@ -142,9 +143,7 @@ def _score_on_waiting_ranks(args, source: Path, work: Path, fresh: bool, ranks: 
         if fresh and isinstance(stopped, UserError):  # a run refused leaves no split behind
             shutil.rmtree(work, ignore_errors=True)
         raise
-    cores = len(os.sched_getaffinity(0))
-    workers = plan.even_ranks(cores) if args.ranks == "auto" else plan.useful_ranks(args.ranks)
-    summary = waiting.go(min(workers, ranks))
+    summary = waiting.go(plan.useful_ranks(ranks))
     return Path(summary["out"]), summary["ranks"]
 
 
@@ -342,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="video: .mp4 .m4v .mov .mkv; image: .png .jpg .webp ...")
     p.add_argument("--ranks", type=auto_or_positive, default="auto",
                    help="MPI ranks; above 1 runs mpiexec, never more than the video has segments (default: auto: one "
-                   "per GPU on CUDA; on a CPU one per core when the segments share out evenly, else one rank using "
-                   "every core)")
+                   "per GPU on CUDA; on a CPU one per core, but with --model or --style-image only when the segments "
+                   "share out evenly, else one rank using every core)")
     p.add_argument("--work-dir", type=Path, help="where segments go (default: .OUTPUT.work beside the output)")
     p.add_argument("--keep-work", action="store_true", help="keep the segments after a successful run")
     p.set_defaults(run=cmd_stylize)

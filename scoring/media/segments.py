@@ -86,11 +86,12 @@ class Plan:
         return [self.segments[i] for i in share([s.frames for s in self.segments], ranks, rank)]
 
     def even_ranks(self, cores: int) -> int:
-        """``--ranks auto`` on a CPU: one rank per core when the segments share out evenly
-        among them (no share more than ``EVEN_SHARES`` over the mean), else one rank whose
-        threads take every core: two single-thread ranks were a little faster than one rank on
-        two threads with even shares, and much slower where one rank got most of the frames
-        and the other waited (docs/performance.md#ranks-and-threads)."""
+        """``--ranks auto`` on a CPU where the ranks would start only after the split (a
+        user's model, loaded and checked first): one rank per core when the segments share out
+        evenly among them (no share more than ``EVEN_SHARES`` over the mean), else one rank
+        whose threads take every core. Ranks started after the split each pay torch's import
+        and the network's load again, which uneven shares do not win back; ranks that loaded
+        beside the split all style (docs/performance.md#ranks-and-threads)."""
         for ranks in range(min(cores, len(self.segments)), 1, -1):
             frames = [sum(s.frames for s in self.share(ranks, r)) for r in range(ranks)]
             if max(frames) <= EVEN_SHARES * self.frames / ranks:
