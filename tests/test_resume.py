@@ -7,15 +7,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import psutil
 import pytest
 
 from scoring.media import ffmpeg
+from scoring.networks.score import score
 
 from .helpers import REPO, psnr, read_frames, run_scoring, wait_until
 
 STYLE = "7"
+SEGMENT_FRAMES = 6
 
 
 def _score_cmd(ranks: int, segments, out) -> list[str]:
@@ -36,7 +39,7 @@ def _is_rank(process: psutil.Process) -> bool:
 def split_clip(clip_factory, tmp_path_factory):
     folder = tmp_path_factory.mktemp("split")
     source = clip_factory(seconds=4, fps="24", size=(320, 180))
-    run_scoring("split", source, "--out", folder / "segments", "--segment-frames", "6", check=True)
+    run_scoring("split", source, "--out", folder / "segments", "--segment-frames", SEGMENT_FRAMES, check=True)
     return source, folder / "segments"
 
 
@@ -109,3 +112,49 @@ def test_a_different_style_never_mixes_into_finished_segments(split_clip, tmp_pa
     other = run_scoring("score", "--segments", segments, "--out", tmp_path / "styled", "--style", "2")
     assert other.returncode == 2
     assert "holds segments of another run" in other.stderr and len(other.stderr.strip().splitlines()) == 1
+
+
+class Counting:
+    """A stand-in network for the tests about a segment's files: the frames as they came, counted."""
+
+    def __init__(self):
+        self.frames = 0
+        self.into_second_segment = threading.Event()
+
+    def __call__(self, frames):
+        self.frames += len(frames)
+        if self.frames > SEGMENT_FRAMES:
+            self.into_second_segment.set()
+        return frames.copy()
+
+
+def test_the_next_segment_is_styled_while_the_encoder_before_it_flushes(split_clip, tmp_path, monkeypatch):
+    """x264 holds its last frames (lookahead, frame threads) until its input ends: the network
+    goes on to the next segment meanwhile. The first segment's encoder is let finish only once
+    a frame of the second has been styled; run in turn, it never would."""
+    _, segments = split_clip
+    network, close = Counting(), ffmpeg.FrameWriter.close
+
+    def close_after_the_next_has_begun(writer):
+        assert network.into_second_segment.wait(30), "the second segment waited for the first one's encoder"
+        close(writer)
+
+    monkeypatch.setattr(ffmpeg.FrameWriter, "close", close_after_the_next_has_begun)
+    done = score(segments, tmp_path / "styled", network, "as they came")
+    assert done["scored"] == 16 and len(list((tmp_path / "styled").glob("*.done"))) == 16
+    assert not list((tmp_path / "styled").glob(".*.partial"))
+
+
+def test_an_encoder_that_fails_as_it_ends_leaves_nothing_for_a_rerun_to_trust(split_clip, tmp_path, monkeypatch):
+    """The first segment's encoder fails after its last frame, while the second is being styled:
+    the run stops, and neither segment is left renamed into place or marked done."""
+    _, segments = split_clip
+
+    def fail(writer):
+        writer.kill()
+        raise RuntimeError("ffmpeg encoder failed: a stand-in for a full disk")
+
+    monkeypatch.setattr(ffmpeg.FrameWriter, "close", fail)
+    with pytest.raises(RuntimeError, match="full disk"):
+        score(segments, tmp_path / "styled", Counting(), "as they came")
+    assert sorted(p.name for p in (tmp_path / "styled").iterdir()) == []

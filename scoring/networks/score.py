@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
@@ -170,7 +171,11 @@ class Encoding:
 
 def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, model_id: str,
           encoding: Encoding = Encoding(), world: World | None = None) -> dict:
-    """Style this rank's share of segments; returns what it did (for the summary)."""
+    """Style this rank's share of segments; returns what it did (for the summary).
+
+    A segment's encoder flushes its last frames, and the segment is renamed into place and
+    marked done, on a finisher thread while the network styles the next segment; a segment
+    counts as done only once all of that has happened."""
     segments_dir, out_dir = Path(segments_dir), Path(out_dir)
     world = world or World()
     plan = Plan.load(segments_dir)
@@ -182,14 +187,27 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
     world.begin_styling()
     progress = Progress(world, sum(s.frames for s in todo))
     started = time.monotonic()
-    for segment in todo:
-        t0 = time.monotonic()
-        with atomic_path(out_dir / segment.name) as tmp:
-            frames = _style_stream(segments_dir, segment, tmp, plan, stylizer, encoding, progress, world)
-            if frames != segment.frames:
-                raise RuntimeError(f"{segment.name}: styled {frames} frames, the plan says {segment.frames}")
+
+    def finish(output: ExitStack, segment: Segment, t0: float) -> None:
+        output.close()  # the encoder's flush and check, then the rename into place
         mark_done(out_dir, segment, work_id, time.monotonic() - t0, encoding.delivery)
-    world.done_styling()
+
+    with ThreadPoolExecutor(1) as finisher:
+        finishing = None
+        for segment in todo:
+            t0 = time.monotonic()
+            with ExitStack() as output:  # on an error: the encoder killed, the partial file removed
+                tmp = output.enter_context(atomic_path(out_dir / segment.name))
+                writer = output.enter_context(_segment_writer(tmp, plan, encoding))
+                frames = _style_stream(segments_dir, segment, writer, plan, stylizer, encoding, progress, world)
+                if frames != segment.frames:
+                    raise RuntimeError(f"{segment.name}: styled {frames} frames, the plan says {segment.frames}")
+                if finishing:
+                    finishing.result()  # the segment before failed to finish: this one stops here too
+                finishing = finisher.submit(finish, output.pop_all(), segment, t0)
+        world.done_styling()
+        if finishing:
+            finishing.result()
     return {"rank": world.rank, "segments": len(mine), "scored": len(todo), "skipped": len(mine) - len(todo),
             "frames_scored": progress.done, "seconds": round(time.monotonic() - started, 3)}
 
@@ -203,19 +221,24 @@ def styled_folder(segments_dir: Path | str, model_id: str, encoding: Encoding) -
     return segments_dir.parent / ("styled-" + hashlib.sha256(work_id.encode()).hexdigest()[:12])
 
 
-def _style_stream(segments_dir: Path, segment: Segment, target: Path, plan: Plan, stylizer: Stylizer,
-                  encoding: Encoding, progress: Progress, world: World) -> int:
-    """Decode, style and encode one segment; a thread reads ahead and another writes behind,
-    so that ffmpeg's pipes never wait on the network or the other way round. With temporal
-    smoothing the write-behind thread also blends (in order), after a warm-up on the end of
-    the previous segment."""
+def _segment_writer(target: Path, plan: Plan, encoding: Encoding) -> ffmpeg.FrameWriter:
+    """The encoder of a styled segment, in the split's colour (HDR written back where it was kept)."""
+    return ffmpeg.FrameWriter(target, (plan.width, plan.height), plan.frame_rate, encoding.crf, encoding.preset,
+                              colour=Colour.from_dict(plan.colour) if plan.colour else None,  # an older split: untagged
+                              hdr=Colour.from_dict(plan.hdr_output) if plan.hdr_output else None,
+                              mastering=plan.mastering)
+
+
+def _style_stream(segments_dir: Path, segment: Segment, writer: ffmpeg.FrameWriter, plan: Plan,
+                  stylizer: Stylizer, encoding: Encoding, progress: Progress, world: World) -> int:
+    """Decode and style one segment into ``writer``; a thread reads ahead and another writes
+    behind, so that ffmpeg's pipes never wait on the network or the other way round. With
+    temporal smoothing the write-behind thread also blends (in order), after a warm-up on the
+    end of the previous segment. Returns the frames written."""
     size = (plan.width, plan.height)
-    colour = Colour.from_dict(plan.colour) if plan.colour else None  # a plan of an older split: untagged
+    colour = Colour.from_dict(plan.colour) if plan.colour else None
     smoother = TemporalSmoother(encoding.temporal) if encoding.temporal else None
     with ffmpeg.FrameReader(segments_dir / segment.name, size, input_format="h264", colour=colour) as reader, \
-            ffmpeg.FrameWriter(target, size, plan.frame_rate, encoding.crf, encoding.preset, colour=colour,
-                               hdr=Colour.from_dict(plan.hdr_output) if plan.hdr_output else None,
-                               mastering=plan.mastering) as writer, \
             ThreadPoolExecutor(1) as encoder_thread:
         if smoother and segment.index > 0:
             _warm_up(smoother, segments_dir / plan.segments[segment.index - 1].name, size, stylizer, encoding.batch,
