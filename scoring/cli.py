@@ -9,6 +9,7 @@ import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from threading import Thread
 
 from .launch import WaitingRanks, mpiexec_path, run_ranks
 from .media import ffmpeg
@@ -51,6 +52,7 @@ def cmd_split(args) -> dict:
 
 
 def cmd_score(args) -> dict | None:
+    Thread(target=_list_demuxers, daemon=True).start()
     from .networks import score
 
     world = score.World()
@@ -80,6 +82,15 @@ def cmd_score(args) -> dict | None:
         raise
     summary = score.summarize(world, result)
     return summary and {**summary, "out": str(out)}
+
+
+def _list_demuxers() -> None:
+    """ffmpeg lists its demuxers (a process of its own, for every decoder's whitelist) while
+    torch loads, not after the go; should it fail, the first decoder's own call says why."""
+    try:
+        ffmpeg.allowed_demuxers()
+    except Exception:  # noqa: BLE001  (reported where it is needed)
+        pass
 
 
 def cmd_stitch(args) -> dict:
