@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -127,14 +126,15 @@ def cmd_stylize(args) -> dict:
 
 def ranks_before_split(args, info: ffmpeg.MediaInfo) -> int:
     """How many ranks stylize starts before it splits, so that they load the network while it
-    splits; 0 where it loads the network itself beside the split and decides after it. Only on
-    a CPU and for a built-in style: a user's .pth or picture is opened here first, so that one
-    that does not load is one line before any work, and torch counts a GPU's ranks."""
-    if args.model or args.style_image or args.precision == "fp16" or not mpiexec_path():
+    splits; 0 where it loads the network itself beside the split and decides after it. Only
+    for ``--ranks N`` on a CPU and a built-in style: ``auto`` styles here, on a lane per core
+    (score.Lanes); a user's .pth or picture is opened here first, so that one that does not
+    load is one line before any work; and torch counts a GPU's ranks."""
+    if args.ranks == "auto" or args.model or args.style_image or args.precision == "fp16" or not mpiexec_path():
         return 0
     if args.device == "cuda" or (args.device == "auto" and any(Path("/dev").glob("nvidia[0-9]*"))):
         return 0
-    wanted = len(os.sched_getaffinity(0)) if args.ranks == "auto" else args.ranks
+    wanted = args.ranks
     segments = -(-info.frames // args.segment_frames)  # at most: none but the last is shorter than asked
     return ranks if (ranks := min(wanted, segments)) > 1 else 0
 
@@ -352,8 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", type=Path, help="video: .mp4 .m4v .mov .mkv; image: .png .jpg .webp ...")
     p.add_argument("--ranks", type=auto_or_positive, default="auto",
                    help="MPI ranks; above 1 runs mpiexec, never more than the video has segments (default: auto: one "
-                   "per GPU on CUDA; on a CPU one per core, but with --model or --style-image only when the segments "
-                   "share out evenly, else one rank using every core)")
+                   "per GPU on CUDA; on a CPU one, in this process, styling a segment per core side by side)")
     p.add_argument("--work-dir", type=Path, help="where segments go (default: .OUTPUT.work beside the output)")
     p.add_argument("--keep-work", action="store_true", help="keep the segments after a successful run")
     p.set_defaults(run=cmd_stylize)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import psutil
 import pytest
@@ -140,7 +141,7 @@ def test_the_next_segment_is_styled_while_the_encoder_before_it_flushes(split_cl
         close(writer)
 
     monkeypatch.setattr(ffmpeg.FrameWriter, "close", close_after_the_next_has_begun)
-    done = score(segments, tmp_path / "styled", network, "as they came")
+    done = score(segments, tmp_path / "styled", network, "as they came", lanes=1)  # one segment after another
     assert done["scored"] == 16 and len(list((tmp_path / "styled").glob("*.done"))) == 16
     assert not list((tmp_path / "styled").glob(".*.partial"))
 
@@ -156,5 +157,38 @@ def test_an_encoder_that_fails_as_it_ends_leaves_nothing_for_a_rerun_to_trust(sp
 
     monkeypatch.setattr(ffmpeg.FrameWriter, "close", fail)
     with pytest.raises(RuntimeError, match="full disk"):
-        score(segments, tmp_path / "styled", Counting(), "as they came")
+        score(segments, tmp_path / "styled", Counting(), "as they came", lanes=1)
     assert sorted(p.name for p in (tmp_path / "styled").iterdir()) == []
+
+
+def test_a_lane_that_fails_stops_the_other_and_a_rerun_styles_the_rest(split_clip, tmp_path):
+    """Two lanes style segments side by side. The network fails in one of them mid-segment:
+    the other lane stops between two frames and unwinds (its encoder killed, its partial file
+    removed), the run raises the failure itself, not the other lane's stop, and what is left is
+    whole segments, each marked done. A rerun styles only the others."""
+    _, segments = split_clip
+    styled = tmp_path / "styled"
+
+    class FailsOnce(Counting):
+        def __init__(self, at: int):
+            super().__init__()
+            self.at, self.lock, self.failed = at, threading.Lock(), False
+
+        def __call__(self, frames):
+            with self.lock:
+                self.frames += len(frames)
+                fail = self.frames >= self.at and not self.failed
+                self.failed |= fail
+            if fail:
+                raise RuntimeError("the network failed: a stand-in")
+            time.sleep(0.005)  # both lanes well inside a segment when one fails
+            return frames.copy()
+
+    with pytest.raises(RuntimeError, match="stand-in"):
+        score(segments, styled, FailsOnce(at=SEGMENT_FRAMES * 5 + 3), "as they came", lanes=2)
+    names = {p.name for p in styled.iterdir()}
+    assert not [name for name in names if name.startswith(".")], names  # no partial file
+    done = {name.removesuffix(".done") for name in names if name.endswith(".done")}
+    assert done == names - {f"{name}.done" for name in done} and 2 <= len(done) < 16, names
+    again = score(segments, styled, Counting(), "as they came", lanes=2)
+    assert again["skipped"] == len(done) and again["scored"] == 16 - len(done)

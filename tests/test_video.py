@@ -354,21 +354,42 @@ def test_no_more_ranks_than_segments(clip_factory, tmp_path):
     assert ffmpeg.probe(tmp_path / "out.mp4").frames == 16
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--ranks auto takes one rank on one core")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two ranks need two cores to share")
 def test_a_rank_done_first_lends_its_cores_to_the_one_still_styling(clip_factory, tmp_path):
     """Shares end up to a segment apart: a camera's 50 frames cut at its keyframes every 40 give
-    rank 0 forty frames and rank 1 ten. ``--ranks auto`` still styles on both ranks (they loaded
-    beside the split); rank 0 starts on half the cores and ends on all of them."""
+    rank 0 forty frames and rank 1 ten. ``--ranks 2`` styles on both ranks (they loaded beside
+    the split); rank 0 starts on half the cores and ends on all of them."""
     source = camera_clip(clip_factory(seconds=2, fps="25", size=(320, 180)), tmp_path / "in.mp4", "-g", "40",
                          "-sc_threshold", "0")
     result = run_scoring("stylize", source, tmp_path / "out.mp4", "--style", "7", "--segment-frames", "40",
-                         check=True)
+                         "--ranks", "2", check=True)
     ranks = json.loads(result.stdout.splitlines()[-2])
     assert [r["frames_scored"] for r in ranks["per_rank"]] == [40, 10]
     last = {line.split("]")[0] + "]": line for line in result.stderr.splitlines() if line.startswith("[rank ")}
     cores = len(os.sched_getaffinity(0))
     assert last["[rank 1/2]"].startswith("[rank 1/2] 10/10 frames") and last["[rank 1/2]"].endswith(on(cores // 2))
     assert last["[rank 0/2]"].startswith("[rank 0/2] 40/40 frames") and last["[rank 0/2]"].endswith(on(cores)), last
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core has one lane")
+def test_auto_styles_in_one_process_on_a_lane_per_core(clip_factory, tmp_path):
+    """``--ranks auto`` on a CPU: no mpiexec, one process whose lanes style the 40- and 10-frame
+    segments side by side on one thread each; the lane done first lends its core, so the
+    40-frame segment ends on every core. The video is whole and in order."""
+    source = camera_clip(clip_factory(seconds=2, fps="25", size=(320, 180)), tmp_path / "in.mp4", "-g", "40",
+                         "-sc_threshold", "0")
+    output = tmp_path / "out.mp4"
+    result = run_scoring("stylize", source, output, "--style", "7", "--segment-frames", "40", check=True)
+    assert json.loads(result.stdout.splitlines()[-1])["ranks"] == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[rank ")]
+    cores = len(os.sched_getaffinity(0))
+    assert lines[0].endswith(f" on 2 lanes of {cores // 2} thread{'s' * (cores > 3)}"), lines
+    assert lines[-1].startswith("[rank 0/1] 50/50 frames") and lines[-1].endswith(on(cores)), lines
+    assert ffmpeg.probe(output).frames == 50
+    reference = tmp_path / "ranks.mp4"  # the same frames styled by two ranks of one lane each
+    run_scoring("stylize", source, reference, "--style", "7", "--segment-frames", "40", "--ranks", "2", check=True)
+    got, expected = read_frames(output), read_frames(reference)
+    assert got.shape == expected.shape and min(psnr(a, b) for a, b in zip(got, expected)) > 40
 
 
 def on(threads: int) -> str:

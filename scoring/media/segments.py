@@ -23,8 +23,6 @@ TIMES_FILE = "frame-times.json"
 # The trade-off (docs/performance.md): 48 frames keep the per-segment start-up (two ffmpeg
 # processes) small while a preempted node loses at most a few seconds of work per rank.
 DEFAULT_SEGMENT_FRAMES = 48
-# --ranks auto starts a rank per core only if no rank's share is more than this over the mean
-EVEN_SHARES = 1.1
 
 
 @dataclass(frozen=True)
@@ -84,19 +82,6 @@ class Plan:
     def share(self, ranks: int, rank: int) -> list[Segment]:
         """The segments rank ``rank`` of ``ranks`` styles: about an equal part of the frames."""
         return [self.segments[i] for i in share([s.frames for s in self.segments], ranks, rank)]
-
-    def even_ranks(self, cores: int) -> int:
-        """``--ranks auto`` on a CPU where the ranks would start only after the split (a
-        user's model, loaded and checked first): one rank per core when the segments share out
-        evenly among them (no share more than ``EVEN_SHARES`` over the mean), else one rank
-        whose threads take every core. Ranks started after the split each pay torch's import
-        and the network's load again, which uneven shares do not win back; ranks that loaded
-        beside the split all style (docs/performance.md#ranks-and-threads)."""
-        for ranks in range(min(cores, len(self.segments)), 1, -1):
-            frames = [sum(s.frames for s in self.share(ranks, r)) for r in range(ranks)]
-            if max(frames) <= EVEN_SHARES * self.frames / ranks:
-                return ranks
-        return 1
 
     def useful_ranks(self, ranks: int) -> int:
         """At most one rank per segment: a rank with no share would still start (torch, the

@@ -28,9 +28,8 @@ def check_node(local: int | None = None) -> str | None:
 
 def auto_ranks(device, plan: Plan) -> int:
     """``--ranks auto``: one rank per GPU on a CUDA device, never more than the segments; on a
-    CPU ``Plan.even_ranks`` of its cores. One rank where there is no mpiexec to start more."""
-    if not mpiexec_path():
+    CPU one, whose lanes style a segment per core (score.Lanes). One rank where there is no
+    mpiexec to start more."""
+    if device.type != "cuda" or not mpiexec_path():
         return 1
-    if device.type == "cuda":
-        return plan.useful_ranks(torch.cuda.device_count())
-    return plan.even_ranks(len(os.sched_getaffinity(0)))
+    return plan.useful_ranks(torch.cuda.device_count())

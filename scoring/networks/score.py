@@ -1,9 +1,10 @@
 """score: the MPI entry point. Each rank styles its contiguous share of the segments.
 
 Started as ``mpiexec -n R python -m scoring score ...`` (locally or on Azure ML nodes) or
-as a plain single process. A segment is written under a temporary name and renamed into
-place, then marked done; a rerun skips done segments, so a killed or preempted run resumes
-where it stopped and redoes at most the segments that were in flight.
+as a plain single process. Within a rank on a CPU, lanes (threads) style its segments side
+by side, one per core the rank has (``Lanes``). A segment is written under a temporary name
+and renamed into place, then marked done; a rerun skips done segments, so a killed or
+preempted run resumes where it stopped and redoes at most the segments that were in flight.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
-from threading import Thread
+from threading import Event, Lock, Thread
 
 import numpy as np
 import torch
@@ -104,14 +105,16 @@ class World:
         """Tell the other ranks styling on this node that this one has finished its share."""
         self._told = [self.node.isend(self.rank, dest=rank, tag=DONE_TAG) for rank in self._peers]
 
-    def take_freed_cores(self) -> None:
-        """Between frames: where another rank on this node has finished its share, spread the
-        cores again among those still styling (torch takes a new thread count at once)."""
+    def take_freed_cores(self) -> bool:
+        """Between frames: True where another rank on this node has finished its share since
+        the last look, so that ``styling_here`` counts one fewer and its cores can be spread
+        again among those still styling (torch takes a new thread count at once)."""
         if self._styling:
             still = [request for request in self._styling if not request.test()[0]]
             if len(still) < len(self._styling):
                 self._styling = still
-                set_threads(self)
+                return True
+        return False
 
     def wait_for_all(self) -> None:
         """Return once every rank has come here, waiting asleep (a rank done first, or one with
@@ -137,17 +140,112 @@ class Progress:
     def __init__(self, world: World, total: int, every: float = 2.0):
         self.world, self.total, self.every = world, total, every
         self.done, self.start, self.last = 0, time.monotonic(), 0.0
+        self._lock = Lock()  # the rank's lanes advance it in turn
 
-    def advance(self, frames: int) -> None:
-        self.done += frames
-        now = time.monotonic()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            fps = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / fps if fps else 0.0
-            threads = torch.get_num_threads()
-            print(f"[rank {self.world.rank}/{self.world.workers}] {self.done}/{self.total} frames {fps:.2f} fps "
-                  f"ETA {eta:.0f}s on {threads} thread{'s' * (threads > 1)}", file=sys.stderr, flush=True)
+    def advance(self, frames: int, lanes: Lanes) -> None:
+        with self._lock:
+            self.done += frames
+            now = time.monotonic()
+            if now - self.last >= self.every or self.done >= self.total:
+                self.last = now
+                fps = self.done / max(now - self.start, 1e-9)
+                eta = (self.total - self.done) / fps if fps else 0.0
+                print(f"[rank {self.world.rank}/{self.world.workers}] {self.done}/{self.total} frames {fps:.2f} fps "
+                      f"ETA {eta:.0f}s on {lanes.describe()}", file=sys.stderr, flush=True)
+
+
+class _Stopped(Exception):
+    """Raised in a lane between two frames once another lane has failed (or the rank is ending)."""
+
+
+class Lanes:
+    """The threads of one rank that style its share side by side, each taking the next segment
+    in order. On a CPU, one lane of one thread for each core the rank has: as fast a frame per
+    core as one process per core, with torch imported and the network loaded once, and an op
+    never waits for a core an encoder took as one op on several threads does
+    (docs/performance.md#lanes-instead-of-a-process-per-core-2026-12-07-late). On a GPU, or
+    with torch.compile, one lane.
+
+    A lane with nothing left to take lends its cores to the lanes still styling, as a rank done
+    first lends its cores to the others on its node; the last lane to end tells them. A lane
+    that fails stops the others between two frames (each unwinds: its encoder killed, its
+    partial file removed), and ``run`` raises the first failure, a SIGTERM's exit included."""
+
+    def __init__(self, world: World, segments: list[Segment], count: int):
+        self.world, self.count = world, max(1, min(count, len(segments)))
+        self._queue = deque(segments)
+        self._styling = self.count  # the lanes that have not yet found the queue empty
+        self._lock = Lock()  # the queue, the count and the MPI calls, one lane at a time
+        self._stop = Event()
+        self._error: BaseException | None = None
+
+    @staticmethod
+    def for_device(device: torch.device, compiled: bool, world: World) -> int:
+        """How many lanes a rank styles on: its share of this node's cores on a CPU, else one."""
+        if device.type != "cpu" or compiled:
+            return 1
+        return max(1, len(os.sched_getaffinity(0)) // world.styling_here)
+
+    def take(self) -> Segment | None:
+        """The next segment to style; None once there is none or the rank is stopping, after
+        which this lane ends (and takes no more)."""
+        with self._lock:
+            if self._queue and not self._stop.is_set():
+                return self._queue.popleft()
+            self._styling -= 1
+            if self._styling == 0:
+                self.world.done_styling()
+            return None
+
+    def threads(self) -> int:
+        """One lane's threads: this rank's cores among the ranks styling on the node, then
+        among its lanes still styling."""
+        cores = max(1, len(os.sched_getaffinity(0)) // self.world.styling_here)
+        return max(1, cores // max(1, self._styling))
+
+    def between_frames(self) -> None:
+        """In a lane, after each frame: stop if another lane has failed; take freed cores."""
+        if self._stop.is_set():
+            raise _Stopped
+        with self._lock:
+            self.world.take_freed_cores()
+            threads = self.threads()
+        if threads != torch.get_num_threads():  # this thread's own count: each lane sets its own
+            torch.set_num_threads(threads)
+
+    def describe(self) -> str:
+        threads = self.threads()
+        lanes = f"{self._styling} lanes of " if self._styling > 1 else ""
+        return f"{lanes}{threads} thread{'s' * (threads > 1)}"
+
+    def run(self, lane: Callable[[], None]) -> None:
+        """``lane`` on every lane, the first on this thread (where a SIGTERM's exit arrives);
+        returns once all have ended, or raises the first failure."""
+
+        def guarded() -> None:
+            try:
+                torch.set_num_threads(self.threads())
+                lane()
+            except _Stopped:
+                pass
+            except BaseException as exc:  # noqa: BLE001  (raised below, once every lane has ended)
+                self._fail(exc)
+
+        with ThreadPoolExecutor(max(1, self.count - 1), thread_name_prefix="lane") as pool:
+            others = [pool.submit(guarded) for _ in range(self.count - 1)]
+            try:
+                guarded()
+                wait(others)
+            except BaseException as exc:  # noqa: BLE001  (a SIGTERM while this thread waits)
+                self._fail(exc)
+                wait(others)
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            self._error = self._error or exc
+        self._stop.set()
 
 
 @dataclass(frozen=True)
@@ -170,8 +268,9 @@ class Encoding:
 
 
 def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, model_id: str,
-          encoding: Encoding = Encoding(), world: World | None = None) -> dict:
-    """Style this rank's share of segments; returns what it did (for the summary).
+          encoding: Encoding = Encoding(), world: World | None = None, lanes: int | None = None) -> dict:
+    """Style this rank's share of segments on ``lanes`` lanes (``Lanes.for_device``'s count by
+    default); returns what it did (for the summary).
 
     A segment's encoder flushes its last frames, and the segment is renamed into place and
     marked done, on a finisher thread while the network styles the next segment; a segment
@@ -185,6 +284,7 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
     mine = world.share(plan)
     todo = [s for s in mine if not finished(out_dir, s, work_id)]
     world.begin_styling()
+    lanes = Lanes(world, todo, lanes or Lanes.for_device(stylizer.device, stylizer.compiled, world))
     progress = Progress(world, sum(s.frames for s in todo))
     started = time.monotonic()
 
@@ -192,22 +292,24 @@ def score(segments_dir: Path | str, out_dir: Path | str, stylizer: Stylizer, mod
         output.close()  # the encoder's flush and check, then the rename into place
         mark_done(out_dir, segment, work_id, time.monotonic() - t0, encoding.delivery)
 
-    with ThreadPoolExecutor(1) as finisher:
-        finishing = None
-        for segment in todo:
-            t0 = time.monotonic()
-            with ExitStack() as output:  # on an error: the encoder killed, the partial file removed
-                tmp = output.enter_context(atomic_path(out_dir / segment.name))
-                writer = output.enter_context(_segment_writer(tmp, plan, encoding))
-                frames = _style_stream(segments_dir, segment, writer, plan, stylizer, encoding, progress, world)
-                if frames != segment.frames:
-                    raise RuntimeError(f"{segment.name}: styled {frames} frames, the plan says {segment.frames}")
-                if finishing:
-                    finishing.result()  # the segment before failed to finish: this one stops here too
-                finishing = finisher.submit(finish, output.pop_all(), segment, t0)
-        world.done_styling()
-        if finishing:
-            finishing.result()
+    def lane() -> None:
+        with ThreadPoolExecutor(1) as finisher:
+            finishing = None
+            while (segment := lanes.take()) is not None:
+                t0 = time.monotonic()
+                with ExitStack() as output:  # on an error: the encoder killed, the partial file removed
+                    tmp = output.enter_context(atomic_path(out_dir / segment.name))
+                    writer = output.enter_context(_segment_writer(tmp, plan, encoding))
+                    frames = _style_stream(segments_dir, segment, writer, plan, stylizer, encoding, progress, lanes)
+                    if frames != segment.frames:
+                        raise RuntimeError(f"{segment.name}: styled {frames} frames, the plan says {segment.frames}")
+                    if finishing:
+                        finishing.result()  # the segment before failed to finish: this one stops here too
+                    finishing = finisher.submit(finish, output.pop_all(), segment, t0)
+            if finishing:
+                finishing.result()
+
+    lanes.run(lane)
     return {"rank": world.rank, "segments": len(mine), "scored": len(todo), "skipped": len(mine) - len(todo),
             "frames_scored": progress.done, "seconds": round(time.monotonic() - started, 3)}
 
@@ -230,7 +332,7 @@ def _segment_writer(target: Path, plan: Plan, encoding: Encoding) -> ffmpeg.Fram
 
 
 def _style_stream(segments_dir: Path, segment: Segment, writer: ffmpeg.FrameWriter, plan: Plan,
-                  stylizer: Stylizer, encoding: Encoding, progress: Progress, world: World) -> int:
+                  stylizer: Stylizer, encoding: Encoding, progress: Progress, lanes: Lanes) -> int:
     """Decode and style one segment into ``writer``; a thread reads ahead and another writes
     behind, so that ffmpeg's pipes never wait on the network or the other way round. With
     temporal smoothing the write-behind thread also blends (in order), after a warm-up on the
@@ -253,8 +355,8 @@ def _style_stream(segments_dir: Path, segment: Segment, writer: ffmpeg.FrameWrit
             if pending:
                 pending.result()
             pending = encoder_thread.submit(write, frames, styled)
-            progress.advance(len(frames))
-            world.take_freed_cores()
+            progress.advance(len(frames), lanes)
+            lanes.between_frames()
         if pending:
             pending.result()
     return writer.frames

@@ -125,6 +125,10 @@ class Stylizer:
         self.model = model.to(self.device).eval()
         self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
 
+    @property
+    def compiled(self) -> bool:
+        return self.forward is not self.model
+
     def _autocast(self):
         dtype = PRECISIONS[self.precision]
         if dtype is None or self.cast is not None:
