@@ -6,7 +6,7 @@ import argparse
 import json
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from threading import Thread
 
@@ -100,11 +100,15 @@ def cmd_stitch(args) -> dict:
 
 def cmd_stylize(args) -> dict:
     source, output = Path(args.input), Path(args.output)
+    # --ranks auto styles in this process whatever the input: torch and the network start to
+    # load now, beside the probe and the split (a second of a core, before the first frame)
+    loading = _load_beside(args) if args.ranks == "auto" else None
     info = ffmpeg.probe(source, limits_from(args))
     if info.kind == "image":
         from .networks.images import stylize_image
 
-        return stylize_image(source, output, stylizer_from(args), args.max_side, limits_from(args))
+        stylizer = loading.result() if loading else stylizer_from(args)
+        return stylize_image(source, output, stylizer, args.max_side, limits_from(args))
     from .media.stitch import check_delivery, check_output_path, stitch
 
     check_output_path(output)
@@ -115,9 +119,9 @@ def cmd_stylize(args) -> dict:
     fresh = not work.exists()
     ranks = ranks_before_split(args, info)
     if ranks > 1:
-        styled, ranks = _score_on_waiting_ranks(args, source, work, fresh, ranks)
+        styled, ranks = _score_on_waiting_ranks(args, source, info, work, fresh, ranks)
     else:
-        styled, ranks = _score_after_loading(args, source, work, fresh)
+        styled, ranks = _score_after_loading(args, source, info, work, fresh, loading or _load_beside(args))
     result = stitch(work / "segments", styled, output, source, args.delivery)
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
@@ -139,7 +143,16 @@ def ranks_before_split(args, info: ffmpeg.MediaInfo) -> int:
     return ranks if (ranks := min(wanted, segments)) > 1 else 0
 
 
-def _score_on_waiting_ranks(args, source: Path, work: Path, fresh: bool, ranks: int) -> tuple[Path, int]:
+def _load_beside(args) -> Future:
+    """The stylizer, loading on a thread of this process while this one goes on."""
+    pool = ThreadPoolExecutor(1)
+    loading = pool.submit(stylizer_from, args)
+    pool.shutdown(wait=False)  # the thread ends with its one task
+    return loading
+
+
+def _score_on_waiting_ranks(args, source: Path, info: ffmpeg.MediaInfo, work: Path, fresh: bool,
+                            ranks: int) -> tuple[Path, int]:
     """Several CPU ranks: mpiexec starts first and its ranks load the network while this
     process splits (this one never imports torch); then every one the split gives a share
     styles it, even shares or not: they have loaded already, and one done first lends its
@@ -148,7 +161,8 @@ def _score_on_waiting_ranks(args, source: Path, work: Path, fresh: bool, ranks: 
 
     waiting = WaitingRanks(["--segments", str(work / "segments"), *model_args(args)], ranks)
     try:
-        plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr)
+        plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr,
+                     info)
     except BaseException as stopped:
         waiting.cancel()
         if fresh and isinstance(stopped, UserError):  # a run refused leaves no split behind
@@ -158,25 +172,26 @@ def _score_on_waiting_ranks(args, source: Path, work: Path, fresh: bool, ranks: 
     return Path(summary["out"]), summary["ranks"]
 
 
-def _score_after_loading(args, source: Path, work: Path, fresh: bool) -> tuple[Path, int]:
-    """One rank, a GPU's ranks or a user's model: torch and the network load here, beside the
-    split, then the split decides the ranks. Returns the styled segments' folder and the ranks."""
+def _score_after_loading(args, source: Path, info: ffmpeg.MediaInfo, work: Path, fresh: bool,
+                         loading: Future) -> tuple[Path, int]:
+    """One rank, a GPU's ranks or a user's model: torch and the network load here (``loading``)
+    beside the split, then the split decides the ranks. Returns the styled segments' folder and
+    the ranks."""
     from .media.split import split
 
-    with ThreadPoolExecutor(1) as pool:
-        # torch and the network load (seconds of one core) while the split runs in ffmpeg's own
-        # process; a device or precision this machine may lack is checked first, before any work
-        loading = pool.submit(stylizer_from, args)
-        if args.device not in ("auto", "cpu") or args.precision == "fp16":
-            loading.result()
-        try:
-            plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr)
-            stylizer = loading.result()
-        except UserError as refused:
-            if fresh:  # a run refused leaves no split behind
-                shutil.rmtree(work, ignore_errors=True)
-            # a model that does not load is the error to show, as it would be without the overlap
-            raise (loading.exception() or refused) from None
+    # torch and the network load (seconds of one core) while the split runs in ffmpeg's own
+    # process; a device or precision this machine may lack is checked first, before any work
+    if args.device not in ("auto", "cpu") or args.precision == "fp16":
+        loading.result()
+    try:
+        plan = split(source, work / "segments", args.max_side, args.segment_frames, limits_from(args), args.hdr,
+                     info)
+        stylizer = loading.result()
+    except UserError as refused:
+        if fresh:  # a run refused leaves no split behind
+            shutil.rmtree(work, ignore_errors=True)
+        # a model that does not load is the error to show, as it would be without the overlap
+        raise (loading.exception() or refused) from None
     from .networks.devices import auto_ranks  # torch, loaded by now
     from .networks.score import score, styled_folder
 

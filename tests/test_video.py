@@ -90,6 +90,51 @@ def test_stylize_loads_the_network_while_it_splits(clip_factory, tmp_path, monke
     assert ffmpeg.probe(output).frames == 25
 
 
+def test_stylize_on_auto_loads_the_network_while_it_probes(clip_factory, tmp_path, monkeypatch):
+    """On ``--ranks auto`` the run styles in this process whatever the input, so torch and the
+    weights start to load before the probe: the probe here waits for the loading to have
+    begun, which never happens if the two run in turn."""
+    from scoring import cli
+
+    loading = threading.Event()
+    load, probe = cli.stylizer_from, ffmpeg.probe
+
+    def load_and_say(args):
+        loading.set()
+        return load(args)
+
+    def probe_once_loading(*args, **kwargs):
+        assert loading.wait(20), "the probe ran before the network began to load"
+        return probe(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "stylizer_from", load_and_say)
+    monkeypatch.setattr(ffmpeg, "probe", probe_once_loading)
+    output = tmp_path / "styled.mp4"
+    assert cli.main(["stylize", str(clip_factory(seconds=1)), str(output), "--style", "7"]) == 0
+    assert probe(output).frames == 25
+
+
+def test_the_split_reads_each_fact_of_its_source_once(clip_factory, tmp_path, monkeypatch):
+    """Every ffprobe of the source is a process before the first frame: the split takes the
+    caller's probe instead of probing again, and reads the packets' flags and times and the
+    stream's time base in one pass, after the one that describes the streams."""
+    from scoring.media import split as splitting
+    from scoring.media import tracks
+
+    source = clip_factory(seconds=1)
+    info, read, reads = ffmpeg.probe(source), tracks.ffprobe_json, []
+
+    def counted(path, *entries):
+        reads.append(entries)
+        return read(path, *entries)
+
+    monkeypatch.setattr(tracks, "ffprobe_json", counted)
+    monkeypatch.setattr(ffmpeg, "probe", lambda *args, **kwargs: pytest.fail("the split probed its source again"))
+    plan = splitting.split(source, tmp_path / "segments", info=info)
+    assert plan.frames == 25 and plan.timestamps
+    assert len(reads) == 2, reads
+
+
 # stylize in a fresh process, its ranks' mpiexec and its split watched: the split must start
 # with the ranks already running, and stylize itself must never import torch
 RANKS_BESIDE_THE_SPLIT = """
@@ -235,7 +280,7 @@ def test_split_copies_h264_cut_at_its_idr_pictures(clip_factory, tmp_path):
     run_scoring("split", source, "--out", folder, "--segment-frames", "10", check=True)
     plan = Plan.load(folder)
     assert plan.copied and [s.frames for s in plan.segments] == [12, 12, 12, 12, 2]
-    keyframes = [n for n, flags in enumerate(tracks.packet_flags(source, 0)) if "K" in flags]
+    keyframes = [n for n, flags in enumerate(tracks.video_packets(source, 0).flags) if "K" in flags]
     assert [s.first_frame for s in plan.segments] == keyframes
     picture = plan.width * plan.height * 3 // 2
     pieces = [raw_pictures(folder / s.name, "h264") for s in plan.segments]

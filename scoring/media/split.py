@@ -36,9 +36,10 @@ DEFAULT_HDR = "sdr"
 
 def split(source: Path | str, folder: Path | str, max_side: int | None = None,
           segment_frames: int = DEFAULT_SEGMENT_FRAMES, limits: ffmpeg.Limits = ffmpeg.Limits(),
-          hdr: str = "sdr") -> Plan:
+          hdr: str = "sdr", info: ffmpeg.MediaInfo | None = None) -> Plan:
+    """``info``: the source's probe under ``limits``, where the caller has it already."""
     source, folder = Path(source), Path(folder)
-    info = ffmpeg.probe(source, limits)
+    info = info or ffmpeg.probe(source, limits)
     if info.kind != "video":
         raise UserError(f"{source.name} is a still image; `stylize` takes images, `split` takes videos")
     if segment_frames < 1:
@@ -90,9 +91,9 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
         notes.append(f"{info.width}x{info.height} written as {width}x{height} (H.264 4:2:0 needs even sides), "
                      "display aspect kept")
 
-    packets = tracks.packet_flags(source, media["video_index"])
-    shown = sum("D" not in flags for flags in packets) or info.frames  # what an edit list discards is no frame
-    lengths = (_copy_segments(source, folder, media["video_index"], packets, segment_frames)
+    packets = tracks.video_packets(source, media["video_index"])
+    shown = sum("D" not in flags for flags in packets.flags) or info.frames  # what an edit list discards is no frame
+    lengths = (_copy_segments(source, folder, media["video_index"], packets.flags, segment_frames)
                if _copyable(info, media, (width, height), before) else None)
     copied = lengths is not None
     if copied:
@@ -104,7 +105,7 @@ def split(source: Path | str, folder: Path | str, max_side: int | None = None,
             raise UserError(f"{source.name} is damaged: only {frames} of its {shown} frames could be decoded")
         lengths = segment_lengths(frames, segment_frames)
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
-    timing = tracks.frame_times(source, media["video_index"], frames)
+    timing = tracks.frame_times(source, media["video_index"], frames, packets)
     if timing:
         with atomic_path(folder / TIMES_FILE) as tmp:
             tmp.write_text(json.dumps(timing))

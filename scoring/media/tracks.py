@@ -16,6 +16,7 @@ import re
 import shutil
 import struct
 import subprocess
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -110,31 +111,41 @@ def _ratio(text) -> Fraction:
 # --------------------------------------------------------------------------- timing
 
 
-def frame_times(path: Path | str, index: int, frames: int) -> dict | None:
+@dataclass(frozen=True)
+class Packets:
+    """A stream's packets in decoding order, read without decoding: each one's flags (``K``: a
+    keyframe, ``D``: one an edit list discards) and presentation time, in ``time_base``."""
+
+    time_base: str | None
+    flags: list[str]
+    pts: list[int | None]
+
+
+def video_packets(path: Path | str, index: int) -> Packets:
+    """The packets of stream ``index``, in one read of the file."""
+    facts = ffprobe_json(path, "-select_streams", str(index), "-show_entries", "packet=pts,flags:stream=time_base")
+    packets = facts.get("packets", [])
+    return Packets((facts.get("streams") or [{}])[0].get("time_base"), [str(p.get("flags", "")) for p in packets],
+                   [p.get("pts") for p in packets])
+
+
+def frame_times(path: Path | str, index: int, frames: int, packets: Packets | None = None) -> dict | None:
     """The presentation time of each of the ``frames`` frames the decoder gives for stream
-    ``index``, in the stream's time base: from the packets (no decoding), in display order,
-    less those an edit list discards; from the decoded frames where the packets do not add up.
-    None where the input has no usable times (a raw stream)."""
-    base = ffprobe_json(path, "-select_streams", str(index), "-show_entries", "stream=time_base")
-    time_base = (base.get("streams") or [{}])[0].get("time_base")
-    packets = ffprobe_json(path, "-select_streams", str(index), "-show_entries", "packet=pts,flags")
-    pts = [p.get("pts") for p in packets.get("packets", []) if "D" not in str(p.get("flags", ""))]
+    ``index``, in the stream's time base: from the packets (no decoding; ``packets`` where the
+    caller has read them), in display order, less those an edit list discards; from the
+    decoded frames where the packets do not add up. None where the input has no usable times
+    (a raw stream)."""
+    packets = packets or video_packets(path, index)
+    pts = [pts for pts, flags in zip(packets.pts, packets.flags) if "D" not in flags]
     if len(pts) != frames or any(p is None for p in pts):
         decoded = ffprobe_json(path, "-select_streams", str(index), "-show_entries", "frame=best_effort_timestamp")
         pts = [f.get("best_effort_timestamp") for f in decoded.get("frames", [])]
-    if len(pts) != frames or any(p is None for p in pts) or not time_base:
+    if len(pts) != frames or any(p is None for p in pts) or not packets.time_base:
         return None
     pts = sorted(int(p) for p in pts)
     if len(set(pts)) != len(pts):
         return None
-    return {"time_base": time_base, "pts": pts}
-
-
-def packet_flags(path: Path | str, index: int) -> list[str]:
-    """The flags of each packet of stream ``index``, in decoding order (``K``: a keyframe,
-    ``D``: one an edit list discards), read without decoding."""
-    packets = ffprobe_json(path, "-select_streams", str(index), "-show_entries", "packet=flags")
-    return [str(p.get("flags", "")) for p in packets.get("packets", [])]
+    return {"time_base": packets.time_base, "pts": pts}
 
 
 def shown_times(path: Path | str) -> list[float]:
