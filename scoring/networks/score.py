@@ -155,14 +155,14 @@ class Progress:
 
 
 class _Stopped(Exception):
-    """Raised in a lane between two frames once another lane has failed (or the rank is ending)."""
+    """Raised in a lane between two frames once another lane has failed, or a SIGTERM has come."""
 
 
 class Lanes:
     """The threads of one rank that style its share side by side, each taking the next segment
     in order. On a CPU, one lane of one thread for each core the rank has: as fast a frame per
-    core as one process per core, with torch imported and the network loaded once, and an op
-    never waits for a core an encoder took as one op on several threads does
+    core as one process per core, with torch imported and the network loaded once, and no op
+    waits, as one op on several threads does, for a core that an encoder has taken
     (docs/performance.md#lanes-instead-of-a-process-per-core-2026-12-07-late). On a GPU, or
     with torch.compile, one lane.
 
