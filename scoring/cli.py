@@ -138,9 +138,8 @@ def ranks_before_split(args, info: ffmpeg.MediaInfo) -> int:
         return 0
     if args.device == "cuda" or (args.device == "auto" and any(Path("/dev").glob("nvidia[0-9]*"))):
         return 0
-    wanted = args.ranks
     segments = -(-info.frames // args.segment_frames)  # at most: none but the last is shorter than asked
-    return ranks if (ranks := min(wanted, segments)) > 1 else 0
+    return ranks if (ranks := min(args.ranks, segments)) > 1 else 0
 
 
 def _load_beside(args) -> Future:

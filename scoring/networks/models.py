@@ -69,6 +69,8 @@ def onnx_initializers(path: Path) -> dict[str, torch.Tensor]:
 
     tensors = {init.name: torch.from_numpy(numpy_helper.to_array(init).copy())
                for init in onnx.load_from_string(data).graph.initializer}
+    # written under a name of this process's own, not atomic_path's fixed one: the ranks of a
+    # fresh machine write the same entry at once
     partial = None
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -174,6 +174,7 @@ class Lanes:
     def __init__(self, world: World, segments: list[Segment], count: int):
         self.world, self.count = world, max(1, min(count, len(segments)))
         self._queue = deque(segments)
+        self._cores = len(os.sched_getaffinity(0))  # this node's, read once rather than at every frame
         self._styling = self.count  # the lanes that have not yet found the queue empty
         self._lock = Lock()  # the queue, the count and the MPI calls, one lane at a time
         self._stop = Event()
@@ -200,7 +201,7 @@ class Lanes:
     def threads(self) -> int:
         """One lane's threads: this rank's cores among the ranks styling on the node, then
         among its lanes still styling."""
-        cores = max(1, len(os.sched_getaffinity(0)) // self.world.styling_here)
+        cores = max(1, self._cores // self.world.styling_here)
         return max(1, cores // max(1, self._styling))
 
     def between_frames(self) -> None:
