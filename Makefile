@@ -37,7 +37,7 @@ setup: $(STAMP) $(NODE_STAMP)
 # What the production topology needs beside: the Debian packages and the images' venvs.
 prod-setup: setup debian-prod $(PROD_STAMPS)
 
-# ffmpeg for the media; g++ builds the fused norm on first use (scoring/networks/fused_norm.py).
+# ffmpeg for the media; g++ builds the networks' C++ kernels on first use (scoring/networks/native.py).
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@missing=$$(command -v ffprobe >/dev/null || echo ffmpeg; command -v g++ >/dev/null || echo g++); \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; fi

@@ -2,79 +2,29 @@
 over a CPU's activations (channels-last bf16, as a CPU with native bf16 runs them; NCHW fp32 or
 bf16, as other CPUs do), the step between two convolutions.
 
-The C++ is compiled on first use with the machine's C++ compiler, for its own instruction set
-(``-march=native``), into a cache shared by every process of that user (one build per source,
-compiler and CPU); a build elsewhere in progress is waited for. Where no compiler is found or
-the build fails, ``library()`` is None and ``layers.norm_then_pad`` takes torch's steps, with
-the same results up to rounding: a machine without a compiler is slower, never wrong.
+The C++ is compiled on first use (``native.compiled``). Where it cannot be, ``library()`` is
+None and ``layers.norm_then_pad`` takes torch's steps, with the same results up to rounding.
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from . import native
+
 SOURCE = Path(__file__).with_name("fused_norm.cpp")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
 CHANNEL_STEPS = (16, 32, 64, 128)  # the loops the C++ has: the channels must divide one
-
-log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "video-style-transfer" / "kernels"
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
-def _build(compiler: str, target: Path) -> None:
-    """Compile ``SOURCE`` into ``target``: written beside it, then renamed, so that a process
-    that finds ``target`` finds it whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another rank may be building the same file
-        if target.exists():
-            return
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            built = Path(scratch) / target.name
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True,
-                           timeout=300)
-            os.replace(built, target)
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built first if this machine has none yet; None where it cannot be."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        log.info("no C++ compiler: the norms run as torch's steps (slower)")
-        return None
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"fused_norm-{key}.so"
-    try:
-        _build(compiler, target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        log.warning("the fused norm did not build (%s%s): the norms run as torch's steps", type(exc).__name__,
-                    f": {detail.decode(errors='replace').strip().splitlines()[-1]}" if detail.strip() else "")
+    lib = native.compiled(SOURCE, "the fused norm", "the norms run as torch's steps")
+    if lib is None:
         return None
     long, pointer = ctypes.c_long, ctypes.c_void_p
     lib.norm_then_pad_bf16.restype = lib.norm_then_pad_planes.restype = ctypes.c_int

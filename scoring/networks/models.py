@@ -28,7 +28,7 @@ from torch import nn
 
 from ..media.errors import UserError
 from ..options import NUM_STYLES, check_model_choice, style_weights
-from . import fused_norm
+from . import native
 from .layers import InstanceNorm, double_then_conv3, norm_then_pad, unpadded, wide_conv
 
 # --------------------------------------------------------------------------- style specs
@@ -85,7 +85,7 @@ def onnx_initializers(path: Path) -> dict[str, torch.Tensor]:
 
 
 def weights_cache_dir() -> Path:
-    return fused_norm.cache_dir().with_name("weights")
+    return native.cache_dir().with_name("weights")
 
 
 class ConditionalInstanceNorm(nn.Module):

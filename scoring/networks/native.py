@@ -1,0 +1,73 @@
+"""The networks' C++ kernels (``fused_norm.cpp``, ``narrow_conv.cpp``), compiled on first use.
+
+Each is built with the machine's C++ compiler for its own instruction set (``-march=native``)
+into a cache shared by every process of that user (one build per source, compiler and CPU); a
+build elsewhere in progress is waited for. Where no compiler is found or a build fails,
+``compiled`` says so once in the log and returns None, and the layer it serves takes torch's
+steps: a machine without a compiler is slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-fno-math-errno"]
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "video-style-transfer" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _build(compiler: str, source: Path, target: Path) -> None:
+    """Compile ``source`` into ``target``: written beside it, then renamed, so that a process
+    that finds ``target`` finds it whole."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another rank may be building the same file
+        if target.exists():
+            return
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            built = Path(scratch) / target.name
+            subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], check=True, capture_output=True,
+                           timeout=300)
+            os.replace(built, target)
+
+
+def compiled(source: Path, what: str, otherwise: str) -> ctypes.CDLL | None:
+    """``source`` compiled and loaded, built first if this machine has no build of it yet; None
+    where it cannot be, logged as ``what`` did not build and ``otherwise`` (what runs instead).
+    Not cached here: each kernel's module keeps its own library."""
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        log.info("no C++ compiler: %s (slower)", otherwise)
+        return None
+    key = hashlib.sha256("\0".join([source.read_text(), compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"{source.stem}-{key}.so"
+    try:
+        _build(compiler, source, target)
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        log.warning("%s did not build (%s%s): %s", what, type(exc).__name__,
+                    f": {detail.decode(errors='replace').strip().splitlines()[-1]}" if detail.strip() else "",
+                    otherwise)
+        return None
