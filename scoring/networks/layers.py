@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused_norm
+from . import fused_norm, narrow_conv
 
 
 def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,6 +86,8 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
       rows and columns (``9 * cin`` channels) and convolved with a (k/3) x (k/3) kernel
       dilated by 3, so that tap ``(3a + i, 3b + j)`` reads shift ``(i, j)`` at ``(3a, 3b)``.
 
+    On a CPU with AVX-512 BF16, bf16 channels-last with at most 4 output channels (the last
+    layer) goes to ``narrow_conv``, whose lanes run along the input instead of the 3 outputs.
     Other shapes go to ``F.conv2d`` unchanged, and so, in fp32 on a CPU, do few input
     channels: oneDNN's fp32 convolution runs those well (docs/performance.md#on-a-cpu-without-bf16),
     and so does a channels-last ``x`` on a CPU (bf16 where it is native): oneDNN's channels-last kernels
@@ -93,6 +95,8 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     come channels-last too and take the forms above, as measured there.
     """
     cout, cin, k, _ = weight.shape
+    if cout <= 4 and narrow_conv.takes(x, weight):
+        return narrow_conv.conv(x, weight, bias)
     if k < 5 or weight.shape[3] != k or _channels_last_on_a_cpu(x):
         return F.conv2d(x, weight, bias)
     height, width = x.shape[-2] - k + 1, x.shape[-1] - k + 1
