@@ -78,12 +78,14 @@ def test_the_same_input_gives_the_same_output_on_any_thread_count():
     assert all(torch.equal(outputs[0], other) for other in outputs[1:])
 
 
-@pytest.mark.parametrize("case", ["fp32", "NCHW", "5 outputs", "3 inputs", "48 inputs", "a gradient wanted",
-                                  "not square"])
+@pytest.mark.parametrize("case", ["fp32", "fp32 weights", "NCHW", "5 outputs", "3 inputs", "48 inputs",
+                                  "a gradient wanted", "not square"])
 def test_what_it_has_no_loop_for_takes_the_other_forms(case, monkeypatch):
     x, weight, _ = inputs(1, 4, 3, 9, 6, 10)
     if case == "fp32":
         x, weight = x.float(), weight.float()
+    elif case == "fp32 weights":
+        weight = weight.float()
     elif case == "NCHW":
         x = x.contiguous()
     elif case == "5 outputs":
@@ -98,7 +100,10 @@ def test_what_it_has_no_loop_for_takes_the_other_forms(case, monkeypatch):
         weight = torch.randn(3, 4, 9, 7).to(torch.bfloat16)
     assert not narrow_conv.takes(x, weight)
     monkeypatch.setattr(narrow_conv, "conv", lambda *args: pytest.fail("the kernel was called"))
-    if case != "not square":
+    if case == "fp32 weights":  # refused as F.conv2d refuses it, not rounded to bf16 quietly
+        with pytest.raises(RuntimeError, match="should be the same"):
+            layers.wide_conv(x, weight)
+    else:
         got = layers.wide_conv(x, weight)  # grad mode on, as a gradient needs
         torch.testing.assert_close(got.detach().float(), exactly(x, weight.detach(), None), rtol=2 ** -7, atol=2e-2)
 

@@ -40,12 +40,12 @@ def available() -> bool:
 
 def takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the kernel has a loop for ``F.conv2d(x, weight)`` (stride 1, no padding): ``x``
-    bf16 on a CPU, contiguous channels-last, with 2, 4, 8, 16, 32, 64 or 128 channels; a
+    and ``weight`` bf16 on a CPU, ``x`` contiguous channels-last, with 2, 4, 8, 16, 32, 64 or 128 channels; a
     square kernel with 1 to 4 output channels; no gradient wanted (the kernel has no
     backward)."""
     wants_gradient = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if (x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.dim() != 4 or wants_gradient
-            or not x.is_contiguous(memory_format=torch.channels_last)):
+    if (x.device.type != "cpu" or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or x.dim() != 4
+            or weight.dim() != 4 or wants_gradient or not x.is_contiguous(memory_format=torch.channels_last)):
         return False
     cout, cin, k, k_across = weight.shape
     if cin != x.shape[1] or k != k_across or k > min(x.shape[2], x.shape[3]):
