@@ -11,7 +11,7 @@ from skimage import data
 
 from scoring.media.errors import UserError
 from scoring.networks.layers import (InstanceNorm, double_then_conv3, instance_norm, instance_norm_by_moments,
-                                    is_channels_last, relu_padded, wide_conv)
+                                    is_channels_last, reflect_pad, relu_padded, wide_conv)
 from scoring.networks.models import MultiStyleNet, TransformerNet, load_model, model_id, parse_style
 from scoring.networks.stylizer import Stylizer
 
@@ -119,9 +119,22 @@ def test_the_relu_written_into_its_padding_is_relu_then_pad(size, pad, dtype, la
     assert got.is_contiguous(memory_format=layout)
 
 
-def test_a_padding_as_wide_as_the_input_fails_as_f_pad_does():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels, size, pad", [(3, (5, 7), 1), (3, (27, 48), 4), (8, (9, 6), 4)])
+def test_the_reflection_pad_is_f_pads(channels, size, pad, dtype, layout):
+    """The networks' input pad (3 channels): bit for bit F.pad's, in the layout it came in."""
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, *size).to(dtype).contiguous(memory_format=layout)
+    got = reflect_pad(x, pad)
+    assert torch.equal(got, torch.nn.functional.pad(x, [pad] * 4, mode="reflect"))
+    assert got.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("pad_step", [relu_padded, reflect_pad])
+def test_a_padding_as_wide_as_the_input_fails_as_f_pad_does(pad_step):
     with pytest.raises(RuntimeError, match="[Pp]adding size should be less than"):
-        relu_padded(torch.randn(1, 2, 4, 9), 4)
+        pad_step(torch.randn(1, 2, 4, 9).contiguous(memory_format=torch.channels_last), 4)
 
 
 @pytest.mark.parametrize("cin, cout, kernel", [(3, 32, 9), (4, 3, 9), (32, 3, 9), (3, 8, 9), (16, 16, 9), (3, 5, 5)])

@@ -26,7 +26,8 @@ from torch import nn
 
 from ..media.errors import UserError
 from ..media.pictures import STYLE_SIZE, load_style_image  # noqa: F401 (the style picture is media-side)
-from .layers import double_then_conv3, instance_norm, norm_then_pad, relu_padded, then_pad, unpadded, wide_conv
+from .layers import (double_then_conv3, instance_norm, norm_then_pad, reflect_pad, relu_padded, then_pad, unpadded,
+                     wide_conv)
 
 STYLE_DIM = 100
 
@@ -66,7 +67,7 @@ class ReflectConv(nn.Conv2d):
         ``x`` comes padded (and through its ReLU) already, from the norm before (``norm_then_pad``)."""
         pad = self.kernel_size[0] // 2
         if not padded:
-            x = relu_padded(x, pad) if relu_input else F.pad(x, [pad] * 4, mode="reflect")
+            x = relu_padded(x, pad) if relu_input else reflect_pad(x, pad)
         if self.stride == (1, 1):
             return wide_conv(x, self.weight, self.bias)
         return F.conv2d(x, self.weight, self.bias, self.stride)

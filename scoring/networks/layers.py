@@ -127,13 +127,31 @@ def relu_padded(x: torch.Tensor, pad: int) -> torch.Tensor:
     The same values, in ``x``'s layout. Elsewhere, and where the padding is as wide as ``x``
     (``F.pad`` says why not), the two steps.
     """
-    n, channels, height, width = x.shape
-    if x.device.type != "cpu" or pad >= min(height, width):
+    if x.device.type != "cpu" or pad >= min(x.shape[-2:]):
         return F.pad(F.relu(x), [pad] * 4, mode="reflect")
+    return _padded(x, pad, relu=True)
+
+
+def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``F.pad(x, [pad] * 4, mode="reflect")``; channels-last on a CPU as ``relu_padded`` writes
+    it, one copy of ``x`` and its border reflected from there: F.pad's own loop runs a
+    channels-last frame of 3 channels (the networks' input) at a fraction of a copy's speed,
+    and NCHW faster than this (docs/performance.md#the-last-layer-across-the-lanes-2026-12-08)."""
+    if not _channels_last_on_a_cpu(x) or pad >= min(x.shape[-2:]):
+        return F.pad(x, [pad] * 4, mode="reflect")
+    return _padded(x, pad, relu=False)
+
+
+def _padded(x: torch.Tensor, pad: int, relu: bool) -> torch.Tensor:
+    n, channels, height, width = x.shape
     layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     out = torch.empty((n, channels, height + 2 * pad, width + 2 * pad), dtype=x.dtype, memory_format=layout)
     columns = slice(pad, pad + width)
-    torch.clamp_min(x, 0, out=out[..., pad:pad + height, columns])
+    inside = out[..., pad:pad + height, columns]
+    if relu:
+        torch.clamp_min(x, 0, out=inside)
+    else:
+        inside.copy_(x)
     # row -i mirrors row i, row h-1+i row h-1-i (in x's numbering); then the columns the same
     # way over the full height, which reflects the corners both ways as F.pad does
     out[..., :pad, columns] = out[..., pad + 1:2 * pad + 1, columns].flip(-2)

@@ -29,7 +29,7 @@ from torch import nn
 from ..media.errors import UserError
 from ..options import NUM_STYLES, check_model_choice, style_weights
 from . import native
-from .layers import InstanceNorm, double_then_conv3, norm_then_pad, unpadded, wide_conv
+from .layers import InstanceNorm, double_then_conv3, norm_then_pad, reflect_pad, unpadded, wide_conv
 
 # --------------------------------------------------------------------------- style specs
 
@@ -156,7 +156,7 @@ class MultiStyleNet(nn.Module):
         # each norm writes the next convolution's input: the ReLU, the residual sum and the
         # reflection pad in the norm's pass (norm_then_pad)
         first, down, down_again = self.contract
-        x = first(F.pad(image, [first.pad] * 4, mode="reflect"), style, pad=1, relu=True)
+        x = first(reflect_pad(image, first.pad), style, pad=1, relu=True)
         x = down(x, style, pad=1, relu=True)
         x = down_again(x, style, pad=1, relu=True)
         for i, block in enumerate(self.res, 1):
@@ -200,7 +200,7 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, padded: bool = False) -> torch.Tensor:
         """``padded``: ``x`` comes reflect-padded already, by the norm before (``norm_then_pad``)."""
-        x = x if padded else self.reflection_pad(x)
+        x = x if padded else reflect_pad(x, self.reflection_pad.padding[0])
         if self.conv2d.stride == (1, 1):
             return wide_conv(x, self.conv2d.weight, self.conv2d.bias)
         return self.conv2d(x)
