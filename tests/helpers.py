@@ -23,6 +23,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = REPO.parent / "shared" / "media"
 
 
+def style_network(name: str, tmp_path: Path):
+    """One of the three networks the tests style with, by name: "26-style" (style 7),
+    "TransformerNet" (random weights, seeded) or "style picture" (scikit-image's cat)."""
+    import torch
+    from skimage import data
+
+    from scoring.networks.models import TransformerNet, UnitRange, load_model
+
+    if name == "26-style":
+        return load_model("7")
+    if name == "TransformerNet":
+        torch.manual_seed(0)
+        return UnitRange(TransformerNet()).eval()
+    from PIL import Image
+
+    Image.fromarray(data.chelsea()).save(tmp_path / "style.png")
+    return load_model(style_image=tmp_path / "style.png")
+
+
 def run_scoring(*args, cwd=None, check=False, timeout=300) -> subprocess.CompletedProcess:
     """``python -m scoring ARGS`` in a fresh process, as a user would run it."""
     env = dict(os.environ, PYTHONPATH=str(REPO))

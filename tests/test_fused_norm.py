@@ -14,10 +14,9 @@ from skimage import data
 
 from scoring.networks import fused_norm, layers, narrow_conv, native
 from scoring.networks.layers import instance_norm, norm_then_pad, then_pad, unpadded
-from scoring.networks.models import TransformerNet, UnitRange, load_model
 from scoring.networks.stylizer import Stylizer
 
-from .helpers import psnr
+from .helpers import psnr, style_network
 
 LAST = torch.channels_last
 
@@ -118,14 +117,8 @@ def test_the_kernel_shares_torchs_openmp_runtime(built):
 
 def network(name, tmp_path):
     """The network and how many norms it has, the last one (3 channels) counted apart."""
-    if name == "26-style":
-        return load_model("7"), 17
-    if name == "TransformerNet":
-        torch.manual_seed(0)
-        return UnitRange(TransformerNet()).eval(), 15  # its last layer has no norm
-    from PIL import Image
-    Image.fromarray(data.chelsea()).save(tmp_path / "style.png")
-    return load_model(style_image=tmp_path / "style.png"), 12
+    norms = {"26-style": 17, "TransformerNet": 15, "style picture": 12}  # TransformerNet's last layer has none
+    return style_network(name, tmp_path), norms[name]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -15,7 +15,7 @@ from scoring.networks.layers import (InstanceNorm, double_then_conv3, instance_n
 from scoring.networks.models import MultiStyleNet, TransformerNet, load_model, model_id, parse_style
 from scoring.networks.stylizer import Stylizer
 
-from .helpers import psnr, run_scoring
+from .helpers import psnr, run_scoring, style_network
 
 
 @pytest.fixture(scope="module")
@@ -206,18 +206,7 @@ def test_channels_last_gives_the_frames_nchw_gives_and_keeps_its_layout(tmp_path
     are those of the NCHW run, in bf16 and in fp32."""
     from unittest import mock
 
-    from scoring.networks.models import UnitRange
-
-    from PIL import Image
-
-    if network == "26-style":
-        model = load_model("7")
-    elif network == "TransformerNet":
-        torch.manual_seed(0)
-        model = UnitRange(TransformerNet()).eval()
-    else:
-        Image.fromarray(data.chelsea()).save(tmp_path / "style.png")
-        model = load_model(style_image=tmp_path / "style.png")
+    model = style_network(network, tmp_path)
     frame = photos[0][None]
     for precision, floor in (("bf16", 45), ("fp32", 60)):
         plain = Stylizer(model, "cpu", precision, layout=torch.contiguous_format)(frame)

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from skimage import data
 
 from scoring.networks import layers, narrow_conv
-from scoring.networks.models import TransformerNet, UnitRange, load_model
 from scoring.networks.stylizer import Stylizer, cpu_has_native_bf16
 
-from .helpers import psnr
+from .helpers import psnr, style_network
 
 LAST = torch.channels_last
 
@@ -120,18 +119,8 @@ def test_without_the_kernel_the_layer_is_onednns(monkeypatch):
 def test_each_network_styles_its_last_layer_by_the_kernel(tmp_path, monkeypatch, name):
     """The last layer of each network (4, 32 and 8 channels to 3) goes through the kernel in bf16
     on this CPU, once a frame, and the frame is within bf16's reach of oneDNN's."""
-    if name == "26-style":
-        model = load_model("7")
-    elif name == "TransformerNet":
-        torch.manual_seed(0)
-        model = UnitRange(TransformerNet()).eval()
-    else:
-        from PIL import Image
-
-        Image.fromarray(data.chelsea()).save(tmp_path / "style.png")
-        model = load_model(style_image=tmp_path / "style.png")
     assert cpu_has_native_bf16()
-    stylizer = Stylizer(model, "cpu", "bf16")
+    stylizer = Stylizer(style_network(name, tmp_path), "cpu", "bf16")
     frame = data.astronaut()[:250, :187][None]  # not a multiple of 4: padded, then cropped
     calls = []
     kernel = narrow_conv.conv
