@@ -23,17 +23,12 @@ CHANNEL_STEPS = (16, 32, 64, 128)  # the loops the C++ has: the channels must di
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built first if this machine has none yet; None where it cannot be."""
-    lib = native.compiled(SOURCE, "the fused norm", "the norms run as torch's steps")
-    if lib is None:
-        return None
-    long, pointer = ctypes.c_long, ctypes.c_void_p
-    lib.norm_then_pad_bf16.restype = lib.norm_then_pad_planes.restype = ctypes.c_int
-    lib.norm_then_pad_bf16.argtypes = [pointer, pointer, pointer, long, long, long, long, long, long, long, pointer,
-                                       pointer, ctypes.c_float, ctypes.c_int, ctypes.c_int]
-    lib.norm_then_pad_planes.argtypes = [pointer, long, long, long, pointer, pointer, long, long, long, long, long,
-                                         long, long, long, pointer, pointer, ctypes.c_float, ctypes.c_int,
-                                         ctypes.c_int, ctypes.c_int]
-    return lib
+    long, pointer, flag = native.LONG, native.POINTER, ctypes.c_int
+    return native.compiled(SOURCE, "the fused norm", "the norms run as torch's steps", {
+        "norm_then_pad_bf16": [pointer, pointer, pointer, long, long, long, long, long, long, long, pointer, pointer,
+                               ctypes.c_float, flag, flag],
+        "norm_then_pad_planes": [pointer, long, long, long, pointer, pointer, long, long, long, long, long, long,
+                                 long, long, pointer, pointer, ctypes.c_float, flag, flag, flag]})
 
 
 def _layout(y: torch.Tensor) -> str | None:

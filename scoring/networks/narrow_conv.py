@@ -21,15 +21,10 @@ SOURCE = Path(__file__).with_name("narrow_conv.cpp")
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    lib = native.compiled(SOURCE, "the narrow convolution", "the last layers run as oneDNN's")
-    if lib is None:
-        return None
-    long, pointer = ctypes.c_long, ctypes.c_void_p
-    lib.narrow_conv_takes.restype = lib.narrow_conv_bf16.restype = ctypes.c_int
-    lib.narrow_conv_takes.argtypes = [long, long]
-    lib.narrow_conv_bf16.argtypes = [pointer, long, long, long, long, long, pointer, pointer, long, pointer,
-                                     ctypes.c_int]
-    return lib
+    long, pointer = native.LONG, native.POINTER
+    return native.compiled(SOURCE, "the narrow convolution", "the last layers run as oneDNN's", {
+        "narrow_conv_takes": [long, long],
+        "narrow_conv_bf16": [pointer, long, long, long, long, long, pointer, pointer, long, pointer, ctypes.c_int]})
 
 
 def available() -> bool:

@@ -52,10 +52,14 @@ def _build(compiler: str, source: Path, target: Path) -> None:
             os.replace(built, target)
 
 
-def compiled(source: Path, what: str, otherwise: str) -> ctypes.CDLL | None:
-    """``source`` compiled and loaded, built first if this machine has no build of it yet; None
-    where it cannot be, logged as ``what`` did not build and ``otherwise`` (what runs instead).
-    Not cached here: each kernel's module keeps its own library."""
+LONG, POINTER = ctypes.c_long, ctypes.c_void_p
+
+
+def compiled(source: Path, what: str, otherwise: str, functions: dict[str, list]) -> ctypes.CDLL | None:
+    """``source`` compiled and loaded, built first if this machine has no build of it yet, its
+    ``functions`` (name: argument types) declared, each returning an int status; None where it
+    cannot be, logged as ``what`` did not build and ``otherwise`` (what runs instead). Not
+    cached here: each kernel's module keeps its own library."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         log.info("no C++ compiler: %s (slower)", otherwise)
@@ -64,10 +68,14 @@ def compiled(source: Path, what: str, otherwise: str) -> ctypes.CDLL | None:
     target = cache_dir() / f"{source.stem}-{key}.so"
     try:
         _build(compiler, source, target)
-        return ctypes.CDLL(str(target))
+        lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
         log.warning("%s did not build (%s%s): %s", what, type(exc).__name__,
                     f": {detail.decode(errors='replace').strip().splitlines()[-1]}" if detail.strip() else "",
                     otherwise)
         return None
+    for name, arguments in functions.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = ctypes.c_int, arguments
+    return lib
