@@ -95,7 +95,7 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     come channels-last too and take the forms above, as measured there.
     """
     cout, cin, k, _ = weight.shape
-    if cout <= 4 and narrow_conv.takes(x, weight):
+    if narrow_conv.takes(x, weight):
         return narrow_conv.conv(x, weight, bias)
     if k < 5 or weight.shape[3] != k or _channels_last_on_a_cpu(x):
         return F.conv2d(x, weight, bias)
