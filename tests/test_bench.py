@@ -187,19 +187,23 @@ def test_the_delivery_bench_prints_every_row(tmp_path, clip_factory):
         assert row["ratio"] == 1.0 if row["encode"] == TODAY else 0 < row["ratio"] < 10
 
 
-def test_the_last_layer_bench_prints_each_layer_and_network():
-    """bench/narrow_conv.py small: every last layer and both networks, each with two timings and
-    a ratio; on a CPU without AVX-512 BF16 it says the kernel has no loops and exits 1."""
-    from scoring.networks import narrow_conv
+@pytest.mark.parametrize("bench, kernel, names", [
+    ("narrow_conv", "narrow_conv", ["4 -> 3", "8 -> 3", "32 -> 3", "26-style network", "TransformerNet (random weights)"]),
+    ("frame_conv", "frame_conv", ["3 -> 32", "26-style network", "TransformerNet (random weights)"])])
+def test_the_kernel_benches_print_each_layer_and_network(bench, kernel, names):
+    """bench/narrow_conv.py (the last layers) and bench/frame_conv.py (the first) small: each
+    layer and both networks, each with two timings and a ratio; on a CPU without the kernel's
+    instructions each says it has no loops and exits 1."""
+    import importlib
 
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "narrow_conv.py"), "--size", "64x48",
+    module = importlib.import_module(f"scoring.networks.{kernel}")
+    result = subprocess.run([sys.executable, str(REPO / "bench" / f"{bench}.py"), "--size", "64x48",
                              "--repeats", "1"], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    if not narrow_conv.available():
+    if not module.available():
         assert result.returncode == 1 and "no loops on this CPU" in result.stdout
         return
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and " ms" in line]
-    names = ["4 -> 3", "8 -> 3", "32 -> 3", "26-style network", "TransformerNet (random weights)"]
     assert len(rows) == len(names) and all(name in row for name, row in zip(names, rows)), result.stdout
     for row in rows:
         ratio = float(row.rstrip(" |").rsplit("| ", 1)[1].rstrip("x"))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused_norm, narrow_conv
+from . import frame_conv, fused_norm, narrow_conv
 
 
 def double_then_conv3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,6 +115,20 @@ def wide_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
         return F.conv2d(shifts, coarse.permute(0, 1, 3, 5, 2, 4).reshape(cout, 9 * cin, k // 3, k // 3),
                         bias, dilation=3)
     return F.conv2d(x, weight, bias)
+
+
+def first_conv(image: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+               unit: float) -> torch.Tensor:
+    """A network's first layer, ``wide_conv(reflect_pad(image, k // 2), weight, bias)``, on its
+    input: floats, or the frames' uint8 codes standing for ``codes * unit`` (``Stylizer`` hands
+    those over where ``frame_conv`` takes them). Codes go to ``frame_conv``'s int8 kernel, exact
+    in the input, the weights rounded to int8 (docs/performance.md#the-first-layer-on-the-frames-codes-2026-12-08);
+    where it has no loop they become floats in the weight's dtype, as ``Stylizer`` makes them."""
+    if image.dtype == torch.uint8:
+        if frame_conv.takes(image, weight):
+            return frame_conv.conv(image, weight, bias, unit)
+        image = image.to(torch.float32).mul_(unit).to(weight.dtype)
+    return wide_conv(reflect_pad(image, weight.shape[-1] // 2), weight, bias)
 
 
 def relu_padded(x: torch.Tensor, pad: int) -> torch.Tensor:

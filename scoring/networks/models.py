@@ -11,7 +11,9 @@ Three architectures:
 * ``ArbitraryStyleNet`` (``arbitrary.py``): any picture as the style.
 
 All are wrapped so that they map a float batch ``[N, 3, H, W]`` in 0..1 to the same range
-(``Stylizer`` in ``stylizer.py`` does the uint8 conversion, padding and precision).
+(``Stylizer`` in ``stylizer.py`` does the uint8 conversion, padding and precision); those that
+say ``reads_codes`` take the frames' uint8 codes as well, which their first layer reads as
+they are where it can (``layers.first_conv``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 from ..media.errors import UserError
 from ..options import NUM_STYLES, check_model_choice, style_weights
 from . import native
-from .layers import InstanceNorm, double_then_conv3, norm_then_pad, reflect_pad, unpadded, wide_conv
+from .layers import InstanceNorm, double_then_conv3, first_conv, norm_then_pad, reflect_pad, unpadded, wide_conv
 
 # --------------------------------------------------------------------------- style specs
 
@@ -156,7 +158,7 @@ class MultiStyleNet(nn.Module):
         # each norm writes the next convolution's input: the ReLU, the residual sum and the
         # reflection pad in the norm's pass (norm_then_pad)
         first, down, down_again = self.contract
-        x = first(reflect_pad(image, first.pad), style, pad=1, relu=True)
+        x = first.norm(first_conv(image, first.w, unit=1 / 255), style, pad=1, relu=True)
         x = down(x, style, pad=1, relu=True)
         x = down_again(x, style, pad=1, relu=True)
         for i, block in enumerate(self.res, 1):
@@ -185,8 +187,10 @@ class BuiltinStyle(nn.Module):
         self.net = net
         self.register_buffer("style", style.float())
 
+    reads_codes = True  # ``image`` may be the frames' uint8 codes (``layers.first_conv``)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image, self.style.to(image.dtype))
+        return self.net(image, self.style.to(self.net.contract[0].w.dtype))
 
 
 # --------------------------------------------------------------------------- TransformerNet
@@ -199,7 +203,10 @@ class ConvLayer(nn.Module):
         self.conv2d = nn.Conv2d(cin, cout, kernel, stride)
 
     def forward(self, x: torch.Tensor, padded: bool = False) -> torch.Tensor:
-        """``padded``: ``x`` comes reflect-padded already, by the norm before (``norm_then_pad``)."""
+        """``padded``: ``x`` comes reflect-padded already, by the norm before (``norm_then_pad``);
+        uint8 ``x``: the frames' codes, 0..255 as this network's input is (``layers.first_conv``)."""
+        if x.dtype == torch.uint8:
+            return first_conv(x, self.conv2d.weight, self.conv2d.bias, unit=1.0)
         x = x if padded else reflect_pad(x, self.reflection_pad.padding[0])
         if self.conv2d.stride == (1, 1):
             return wide_conv(x, self.conv2d.weight, self.conv2d.bias)
@@ -297,9 +304,11 @@ class UnitRange(nn.Module):
         super().__init__()
         self.net = net
 
+    reads_codes = True  # ``image`` may be the frames' uint8 codes, already the net's 0..255
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # the division in fp32: in bf16 it would round the 0..255 output a second time
-        return (self.net(image * 255.0).float() / 255.0).clamp(0.0, 1.0)
+        return (self.net(image if image.dtype == torch.uint8 else image * 255.0).float() / 255.0).clamp(0.0, 1.0)
 
 
 def load_model(style: str | None = None, model_path: Path | str | None = None,

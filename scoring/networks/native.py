@@ -1,4 +1,5 @@
-"""The networks' C++ kernels (``fused_norm.cpp``, ``narrow_conv.cpp``), compiled on first use.
+"""The networks' C++ kernels (``fused_norm.cpp``, ``frame_conv.cpp``, ``narrow_conv.cpp``), compiled on
+first use.
 
 Each is built with the machine's C++ compiler for its own instruction set (``-march=native``)
 into a cache shared by every process of that user (one build per source, compiler and CPU); a

@@ -9,6 +9,9 @@ bf16: ``resolve_layout``): autocast there casts every instance norm's fp32 outpu
 bf16 and keeps the reflection pads in fp32, which cost a large share of the run
 (docs/performance.md; the bf16 test bounds its distance from fp32).
 ``auto`` picks fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), else fp32.
+In bf16 on a CPU with AVX-512 VNNI, the 26-style network and TransformerNet get the frames'
+uint8 codes instead of floats: their first layer multiplies them as integers by int8 weights
+(``frame_conv``; docs/performance.md#the-first-layer-on-the-frames-codes-2026-12-08).
 
 Strength: below 1 each styled frame is blended back toward its original (in float, before the
 one rounding to uint8), for any network.
@@ -28,6 +31,7 @@ from torch import nn
 
 from ..media.errors import UserError
 from ..options import check_style_strength as check_strength
+from . import frame_conv
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -123,6 +127,10 @@ class Stylizer:
         if self.layout == torch.channels_last:
             model = model.to(memory_format=torch.channels_last)  # the weights as oneDNN takes them
         self.model = model.to(self.device).eval()
+        # bf16 channels-last on a CPU with VNNI: the network's first layer reads the frames'
+        # uint8 codes themselves (layers.first_conv), without their conversion to floats
+        self.codes = (getattr(model, "reads_codes", False) and self.cast == torch.bfloat16
+                      and self.layout == torch.channels_last and frame_conv.available())
         self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
 
     @property
@@ -137,22 +145,26 @@ class Stylizer:
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.asarray(frames)).to(self.device, non_blocking=True)
-        # fp32 on a CPU wants plain NCHW: left in the frames' channels-last order, every
-        # convolution answers in it too and each instance norm first copies it back
-        # (docs/performance.md#on-a-cpu-without-bf16); native bf16 runs fastest channels-last;
-        # the GPU path is left as it was measured
-        x = original = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=self.layout).div_(255.0)
-        height, width = x.shape[-2:]
+        codes = torch.from_numpy(np.asarray(frames)).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        height, width = codes.shape[-2:]
         pad_h, pad_w = -height % 4, -width % 4  # the networks downsample by 4
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-        if self.cast is not None:
-            x = x.to(self.cast)  # already in its layout: a CPU is where the cast applies
+        if self.codes:  # channels-last, as frame_conv reads them (F.pad may answer NCHW)
+            x = F.pad(codes, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else codes
+            x = x.contiguous(memory_format=torch.channels_last)
+        else:
+            # fp32 on a CPU wants plain NCHW: left in the frames' channels-last order, every
+            # convolution answers in it too and each instance norm first copies it back
+            # (docs/performance.md#on-a-cpu-without-bf16); native bf16 runs fastest channels-last;
+            # the GPU path is left as it was measured
+            x = codes.to(torch.float32, memory_format=self.layout).div_(255.0)
+            if pad_h or pad_w:
+                x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+            if self.cast is not None:
+                x = x.to(self.cast)  # already in its layout: a CPU is where the cast applies
         with self._autocast():
             y = self.forward(x)
         y = y[..., :height, :width].float()
         if self.strength < 1.0:
-            y = torch.lerp(original, y, self.strength)
+            y = torch.lerp(codes.to(torch.float32).div_(255.0), y, self.strength)
         y = y.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
         return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
