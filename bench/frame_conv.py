@@ -6,7 +6,7 @@ layer alone, then the whole network a frame, on one thread, at 768x432
     python bench/frame_conv.py [--repeats 3] [--size 768x432] [--threads 1]
 
 Each pair runs in turn ``--repeats`` times; each figure is the best and worst of those runs.
-Needs a CPU with AVX-512 VNNI and BF16 (on another the kernel has no loops, and this says so).
+Needs a CPU with AVX-512 VNNI and BF16 and no AMX (on another the kernel has no loops, and this says so).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     width, height = (int(side) for side in args.size.split("x"))
     torch.set_num_threads(args.threads)
     if not frame_conv.available():
-        print("frame_conv: no loops on this CPU (it needs AVX-512 VNNI and BF16, and g++): nothing to compare")
+        print("frame_conv: no loops on this CPU (it needs AVX-512 VNNI and BF16 without AMX, and g++): nothing to compare")
         return 1
 
     print(f"| layer or network ({width}x{height}, {args.threads} thread(s)) | oneDNN bf16 on floats | "

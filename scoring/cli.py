@@ -320,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="(default: %(default)s)")
     group.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="auto: fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), else fp32; "
-                       "fp16 needs CUDA; bf16 on a CPU with VNNI takes the first layer in int8 on the frames' own "
-                       "8-bit values (default: %(default)s)")
+                       "fp16 needs CUDA; bf16 on a CPU with VNNI and no AMX takes the first layer in int8 on the "
+                       "frames' own 8-bit values (default: %(default)s)")
     group.add_argument("--compile", action="store_true", help="torch.compile the network: faster per frame "
                        "after a first call of about half a minute per process (per rank): for long clips")
     group.add_argument("--batch", type=auto_or_positive, default="auto", help="frames per forward pass; auto: 1 on "

@@ -18,7 +18,8 @@ from .helpers import psnr, style_network
 LAST = torch.channels_last
 
 # the kernel is built with -march=native; its loops need the CPU's int8 dot products
-needs_the_loops = pytest.mark.skipif(not frame_conv.available(), reason="this CPU has no AVX-512 VNNI and BF16")
+needs_the_loops = pytest.mark.skipif(not frame_conv.available(),
+                                     reason="this CPU has no AVX-512 VNNI and BF16, or has AMX")
 
 
 def inputs(n, cin, cout, k, height, width, bias=True, seed=0):

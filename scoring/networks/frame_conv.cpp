@@ -24,7 +24,11 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+// Where the CPU has AMX, oneDNN's bf16 tiles run this layer in 2.0-7.6 ms on two threads
+// (docs/performance.md#on-a-cpu-with-amx), and these loops were never measured there: the
+// build has none, and the layer stays oneDNN's.
+#if defined(__AVX512VNNI__) && defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    !defined(__AMX_BF16__)
 #include <immintrin.h>
 #include <omp.h>
 
@@ -152,7 +156,7 @@ extern "C" int frame_conv_bf16(const uint8_t* codes, long n, long C, long height
     return 0;
 }
 
-#else  // no AVX-512 VNNI and BF16 on the machine that built it: no loops, the caller takes oneDNN's
+#else  // no AVX-512 VNNI and BF16, or AMX, on the machine that built it: no loops, the caller takes oneDNN's
 
 extern "C" int frame_conv_takes(long, long, long) { return 0; }
 extern "C" int frame_conv_bf16(const uint8_t*, long, long, long, long, long, const int8_t*, const float*, const float*,

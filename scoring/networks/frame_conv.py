@@ -1,6 +1,7 @@
 """``frame_conv.cpp``: a network's first layer (reflect pad, then a stride-1 convolution from the
 colour channels to 16, 32 or 64) on the frames' uint8 codes, int8 weights, bf16 channels-last
-out, on a CPU with AVX-512 VNNI and BF16 (docs/performance.md#the-first-layer-on-the-frames-codes-2026-12-08).
+out, on a CPU with AVX-512 VNNI and BF16 and without AMX
+(docs/performance.md#the-first-layer-on-the-frames-codes-2026-12-08).
 
 The codes are exact in 8 bits, so only the weights are rounded: to int8 with a scale per output
 channel (``quantized``). Compiled on first use (``native.compiled``); where it cannot be, or the
@@ -31,7 +32,8 @@ def library() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """Whether this machine built the kernel with its loops (a CPU with AVX-512 VNNI and BF16)."""
+    """Whether this machine built the kernel with its loops (a CPU with AVX-512 VNNI and BF16 and
+    without AMX, whose tiles oneDNN uses for this layer)."""
     lib = library()
     return lib is not None and bool(lib.frame_conv_takes(3, 32, 9))
 

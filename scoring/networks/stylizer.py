@@ -9,7 +9,7 @@ bf16: ``resolve_layout``): autocast there casts every instance norm's fp32 outpu
 bf16 and keeps the reflection pads in fp32, which cost a large share of the run
 (docs/performance.md; the bf16 test bounds its distance from fp32).
 ``auto`` picks fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), else fp32.
-In bf16 on a CPU with AVX-512 VNNI, the 26-style network and TransformerNet get the frames'
+In bf16 on a CPU with AVX-512 VNNI (and no AMX), the 26-style network and TransformerNet get the frames'
 uint8 codes instead of floats: their first layer multiplies them as integers by int8 weights
 (``frame_conv``; docs/performance.md#the-first-layer-on-the-frames-codes-2026-12-08).
 
