@@ -6,6 +6,11 @@ into a cache shared by every process of that user (one build per source, compile
 build elsewhere in progress is waited for. Where no compiler is found or a build fails,
 ``compiled`` says so once in the log and returns None, and the layer it serves takes torch's
 steps: a machine without a compiler is slower, never wrong.
+
+The kernels read and write tensors through raw pointers, which ``torch.compile`` cannot see:
+traced, the norm's call was specialised on its pointers' values and the frames came out wrong
+(tests/test_models.py). So each kernel's entry point is ``torch.compiler.disable``d: a compiled
+network runs the kernels as they are, between its compiled parts.
 """
 
 from __future__ import annotations
