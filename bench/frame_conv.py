@@ -22,7 +22,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from narrow_conv import in_turn, span  # noqa: E402  (bench/narrow_conv.py, beside this file)
-
 from PIL import Image  # noqa: E402
 
 from scoring.media.samples import photos  # noqa: E402
@@ -69,7 +68,8 @@ def main(argv=None) -> int:
     width, height = (int(side) for side in args.size.split("x"))
     torch.set_num_threads(args.threads)
     if not frame_conv.available():
-        print("frame_conv: no loops on this CPU (it needs AVX-512 VNNI and BF16 without AMX, and g++): nothing to compare")
+        print("frame_conv: no loops on this CPU (it needs AVX-512 VNNI and BF16 without AMX, and g++): "
+              "nothing to compare")
         return 1
 
     print(f"| layer or network ({width}x{height}, {args.threads} thread(s)) | oneDNN bf16 on floats | "
@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     for name, model, calls in (("26-style network, style 7", load_model("7"), 20),
                                ("TransformerNet (random weights)", transformer, 4)):
         stylizer = Stylizer(model, "cpu", "bf16")
-        times = in_turn({"oneDNN": (lambda: setattr(stylizer, "codes", False), lambda: stylizer(frame)),
-                         "codes": (lambda: setattr(stylizer, "codes", True), lambda: stylizer(frame))},
+        times = in_turn({"oneDNN": (lambda s=stylizer: setattr(s, "codes", False), lambda s=stylizer: s(frame)),
+                         "codes": (lambda s=stylizer: setattr(s, "codes", True), lambda s=stylizer: s(frame))},
                         args.repeats, calls)
         print(f"| {name}, a frame | {span(times['oneDNN'])} | {span(times['codes'])} | "
               f"{min(times['oneDNN']) / min(times['codes']):.2f}x |")

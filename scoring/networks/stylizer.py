@@ -9,9 +9,9 @@ bf16: ``resolve_layout``): autocast there casts every instance norm's fp32 outpu
 bf16 and keeps the reflection pads in fp32, which cost a large share of the run
 (docs/performance.md; the bf16 test bounds its distance from fp32).
 ``auto`` picks fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 BF16 or AMX), else fp32.
-In bf16 on a CPU with AVX-512 VNNI (and no AMX), the 26-style network and TransformerNet get the frames'
-uint8 codes instead of floats: their first layer multiplies them as integers by int8 weights
-(``frame_conv``; docs/performance.md#the-first-layer-on-the-frames-codes-2026-12-08).
+In bf16 on a CPU with AVX-512 VNNI (and no AMX), the 26-style network and TransformerNet get
+the frames' uint8 codes instead of floats: their first layer multiplies them as integers by int8
+weights (``frame_conv``; docs/performance.md#the-first-layer-on-the-frames-codes-2026-12-08).
 
 Strength: below 1 each styled frame is blended back toward its original (in float, before the
 one rounding to uint8), for any network.
@@ -127,8 +127,8 @@ class Stylizer:
         if self.layout == torch.channels_last:
             model = model.to(memory_format=torch.channels_last)  # the weights as oneDNN takes them
         self.model = model.to(self.device).eval()
-        # bf16 channels-last on a CPU with VNNI: the network's first layer reads the frames'
-        # uint8 codes themselves (layers.first_conv), without their conversion to floats
+        # bf16 channels-last on a CPU with VNNI (no AMX): the network's first layer reads the
+        # frames' uint8 codes themselves (layers.first_conv), without their conversion to floats
         self.codes = (getattr(model, "reads_codes", False) and self.cast == torch.bfloat16
                       and self.layout == torch.channels_last and frame_conv.available())
         self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
