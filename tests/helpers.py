@@ -42,6 +42,21 @@ def style_network(name: str, tmp_path: Path):
     return load_model(style_image=tmp_path / "style.png")
 
 
+def same_on_any_thread_count(run) -> bool:
+    """Whether ``run()`` gives the same tensor on 1, 2 and again 1 of torch's threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    outputs = []
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            outputs.append(run())
+    finally:
+        torch.set_num_threads(previous)
+    return all(torch.equal(outputs[0], other) for other in outputs[1:])
+
+
 def run_scoring(*args, cwd=None, check=False, timeout=300) -> subprocess.CompletedProcess:
     """``python -m scoring ARGS`` in a fresh process, as a user would run it."""
     env = dict(os.environ, PYTHONPATH=str(REPO))

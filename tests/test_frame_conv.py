@@ -13,7 +13,7 @@ from skimage import data
 from scoring.networks import frame_conv, layers
 from scoring.networks.stylizer import Stylizer
 
-from .helpers import psnr, style_network
+from .helpers import psnr, same_on_any_thread_count, style_network
 
 LAST = torch.channels_last
 
@@ -86,15 +86,7 @@ def test_every_pixel_and_channel_is_written_and_the_codes_are_left_as_they_were(
 @needs_the_loops
 def test_the_same_codes_give_the_same_output_on_any_thread_count():
     codes, weight, bias = inputs(1, 3, 32, 9, 40, 96)
-    previous = torch.get_num_threads()
-    outputs = []
-    try:
-        for threads in (1, 2, 1):
-            torch.set_num_threads(threads)
-            outputs.append(frame_conv.conv(codes, weight, bias, 1 / 255))
-    finally:
-        torch.set_num_threads(previous)
-    assert all(torch.equal(outputs[0], other) for other in outputs[1:])
+    assert same_on_any_thread_count(lambda: frame_conv.conv(codes, weight, bias, 1 / 255))
 
 
 @pytest.mark.parametrize("case", ["float input", "NCHW codes", "fp32 weights", "8 outputs", "5 channels",

@@ -12,7 +12,7 @@ from skimage import data
 from scoring.networks import layers, narrow_conv
 from scoring.networks.stylizer import Stylizer, cpu_has_native_bf16
 
-from .helpers import psnr, style_network
+from .helpers import psnr, same_on_any_thread_count, style_network
 
 LAST = torch.channels_last
 
@@ -66,15 +66,7 @@ def test_every_pixel_and_channel_is_written_and_the_input_is_left_as_it_was():
 @needs_the_loops
 def test_the_same_input_gives_the_same_output_on_any_thread_count():
     x, weight, bias = inputs(1, 32, 3, 9, 40, 96)
-    previous = torch.get_num_threads()
-    outputs = []
-    try:
-        for threads in (1, 2, 1):
-            torch.set_num_threads(threads)
-            outputs.append(narrow_conv.conv(x, weight, bias))
-    finally:
-        torch.set_num_threads(previous)
-    assert all(torch.equal(outputs[0], other) for other in outputs[1:])
+    assert same_on_any_thread_count(lambda: narrow_conv.conv(x, weight, bias))
 
 
 @pytest.mark.parametrize("case", ["fp32", "fp32 weights", "NCHW", "5 outputs", "3 inputs", "48 inputs",
