@@ -401,19 +401,20 @@ def test_no_more_ranks_than_segments(clip_factory, tmp_path):
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two ranks need two cores to share")
 def test_a_rank_done_first_lends_its_cores_to_the_one_still_styling(clip_factory, tmp_path):
-    """Shares end up to a segment apart: a camera's 50 frames cut at its keyframes every 40 give
-    rank 0 forty frames and rank 1 ten. ``--ranks 2`` styles on both ranks (they loaded beside
-    the split); rank 0 starts on half the cores and ends on all of them."""
-    source = camera_clip(clip_factory(seconds=2, fps="25", size=(320, 180)), tmp_path / "in.mp4", "-g", "40",
+    """Shares end up to a segment apart: a camera's 100 frames cut at its keyframes every 90 give
+    rank 0 ninety frames and rank 1 ten. ``--ranks 2`` styles on both ranks (they loaded beside
+    the split); rank 0 starts on half the cores and ends on all of them. (Nine times rank 1's
+    frames: with four, a loaded machine that started rank 1 late let rank 0 finish first.)"""
+    source = camera_clip(clip_factory(seconds=4, fps="25", size=(320, 180)), tmp_path / "in.mp4", "-g", "90",
                          "-sc_threshold", "0")
-    result = run_scoring("stylize", source, tmp_path / "out.mp4", "--style", "7", "--segment-frames", "40",
+    result = run_scoring("stylize", source, tmp_path / "out.mp4", "--style", "7", "--segment-frames", "90",
                          "--ranks", "2", check=True)
     ranks = json.loads(result.stdout.splitlines()[-2])
-    assert [r["frames_scored"] for r in ranks["per_rank"]] == [40, 10]
+    assert [r["frames_scored"] for r in ranks["per_rank"]] == [90, 10]
     last = {line.split("]")[0] + "]": line for line in result.stderr.splitlines() if line.startswith("[rank ")}
     cores = len(os.sched_getaffinity(0))
     assert last["[rank 1/2]"].startswith("[rank 1/2] 10/10 frames") and last["[rank 1/2]"].endswith(on(cores // 2))
-    assert last["[rank 0/2]"].startswith("[rank 0/2] 40/40 frames") and last["[rank 0/2]"].endswith(on(cores)), last
+    assert last["[rank 0/2]"].startswith("[rank 0/2] 90/90 frames") and last["[rank 0/2]"].endswith(on(cores)), last
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core has one lane")
