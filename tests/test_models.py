@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -549,3 +551,17 @@ def test_a_compiled_network_styles_the_frames_the_eager_one_does(precision):
     for _ in range(2):
         frame = generator.integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
         assert np.array_equal(compiled(frame), eager(frame))
+
+
+def test_an_eager_run_does_not_import_torchs_compiler():
+    """``torch.compiler.disable`` imports torch's compiler, about a second of a process's start-up:
+    the kernels' entry points are wrapped in it only before a network is compiled."""
+    code = ("import sys, numpy as np\n"
+            "from scoring.networks.models import load_model\n"
+            "from scoring.networks.stylizer import Stylizer\n"
+            "Stylizer(load_model('7'), 'cpu', 'auto')(np.zeros((1, 36, 48, 3), np.uint8))\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False"], result.stdout

@@ -68,7 +68,7 @@ def quantized(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows.reshape(k, groups, 4, cout // 16, 16).permute(0, 1, 3, 4, 2).contiguous(), scale
 
 
-@torch.compiler.disable  # raw pointers, which torch.compile must not trace (native.py)
+@native.entry_point  # raw pointers, which torch.compile must not trace
 def conv(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, unit: float) -> torch.Tensor:
     """``F.conv2d(F.pad(codes * unit, [k // 2] * 4, mode="reflect"), weight, bias)`` by the kernel,
     bf16 channels-last, the weights rounded to int8; ``takes`` must have said yes."""

@@ -63,7 +63,7 @@ def takes(y: torch.Tensor, weight: torch.Tensor | None, residual: torch.Tensor |
     return library() is not None
 
 
-@torch.compiler.disable  # raw pointers, which torch.compile must not trace (native.py)
+@native.entry_point  # raw pointers, which torch.compile must not trace
 def norm_then_pad(y: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, pad: int, relu: bool,
                   residual: torch.Tensor | None, eps: float) -> torch.Tensor:
     """``layers.norm_then_pad`` by the kernel; ``takes`` must have said yes."""

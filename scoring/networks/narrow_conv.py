@@ -60,7 +60,7 @@ def weights_for_lanes(weight: torch.Tensor) -> torch.Tensor:
     return taps.reshape(k, k, cout, -1, 32).to(torch.bfloat16).contiguous()
 
 
-@torch.compiler.disable  # raw pointers, which torch.compile must not trace (native.py)
+@native.entry_point  # raw pointers, which torch.compile must not trace
 def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(x, weight, bias)`` by the kernel, in NCHW; ``takes`` must have said yes."""
     n, cin, padded_height, padded_width = x.shape

@@ -9,8 +9,11 @@ steps: a machine without a compiler is slower, never wrong.
 
 The kernels read and write tensors through raw pointers, which ``torch.compile`` cannot see:
 traced, the norm's call was specialised on its pointers' values and the frames came out wrong
-(tests/test_models.py). So each kernel's entry point is ``torch.compiler.disable``d: a compiled
-network runs the kernels as they are, between its compiled parts.
+(tests/test_models.py). So each kernel's entry point says so (``entry_point``), and before a
+network is compiled ``keep_out_of_compiled_graphs`` wraps them in ``torch.compiler.disable``:
+the compiled network runs the kernels as they are, between its compiled parts. Only then, since
+``torch.compiler.disable`` imports torch's compiler, a second of start-up an eager run would pay
+for nothing (docs/performance.md#the-first-layer-on-the-frames-codes-2026-12-08).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -85,3 +89,26 @@ def compiled(source: Path, what: str, otherwise: str, functions: dict[str, list]
         function = getattr(lib, name)
         function.restype, function.argtypes = ctypes.c_int, arguments
     return lib
+
+
+_ENTRY_POINTS: list[tuple[str, str]] = []  # (module, function) of each kernel's entry point
+
+
+def entry_point(function):
+    """Marks ``function``, which hands tensors' raw pointers to a kernel, as one that
+    ``torch.compile`` must call as it is (``keep_out_of_compiled_graphs``)."""
+    _ENTRY_POINTS.append((function.__module__, function.__name__))
+    return function
+
+
+def keep_out_of_compiled_graphs() -> None:
+    """Replace each entry point in its module by itself wrapped in ``torch.compiler.disable``,
+    once; the callers look the entry points up in their modules at every call."""
+    import torch
+
+    for module, name in _ENTRY_POINTS:
+        function = getattr(sys.modules[module], name)
+        if not getattr(function, "_kept_out_of_compiled_graphs", False):
+            kept = torch.compiler.disable(function)
+            kept._kept_out_of_compiled_graphs = True
+            setattr(sys.modules[module], name, kept)

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..media.errors import UserError
 from ..options import check_style_strength as check_strength
-from . import frame_conv
+from . import frame_conv, native
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -131,6 +131,8 @@ class Stylizer:
         # frames' uint8 codes themselves (layers.first_conv), without their conversion to floats
         self.codes = (getattr(model, "reads_codes", False) and self.cast == torch.bfloat16
                       and self.layout == torch.channels_last and frame_conv.available())
+        if compile:
+            native.keep_out_of_compiled_graphs()
         self.forward = torch.compile(self.model, dynamic=False) if compile else self.model
 
     @property
