@@ -12,7 +12,6 @@ Needs a CPU with AVX-512 VNNI and BF16 and no AMX (on another the kernel has no 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,26 +21,22 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from narrow_conv import in_turn, span  # noqa: E402  (bench/narrow_conv.py, beside this file)
+from nets import psnr  # noqa: E402  (bench/nets.py)
 from PIL import Image  # noqa: E402
 
+from scoring.media import ffmpeg  # noqa: E402
 from scoring.media.samples import photos  # noqa: E402
 from scoring.networks import frame_conv, layers  # noqa: E402
 from scoring.networks.models import TransformerNet, UnitRange, load_model  # noqa: E402
 from scoring.networks.stylizer import Stylizer  # noqa: E402
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255 ** 2 / max(mse, 1e-12)))
-
-
 def real_frames(clip: str | None, width: int, height: int) -> list[np.ndarray]:
+    """The four photos at the frame size, or six of ``clip``'s frames, 40 apart."""
     if clip is None:
         return [np.array(Image.fromarray(photo).resize((width, height), Image.BILINEAR)) for photo in photos()]
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", clip, "-vf", f"select=not(mod(n\\,40)),scale={width}:{height}",
-                          "-fps_mode", "passthrough", "-frames:v", "6", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-                         capture_output=True, check=True).stdout
-    return list(np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3).copy())
+    with ffmpeg.FrameReader(clip, (width, height)) as reader:
+        return [batch[0].copy() for batch, _ in zip(reader.batches(40), range(6))]
 
 
 def distances(models: dict, frames: list[np.ndarray]) -> None:
